@@ -100,17 +100,18 @@ func (c *Catalog) Count() map[Edition]int {
 // same pattern, in any edition or document, become one entry. Each entry is
 // then given its category and protection.
 func Build(docs ...*Document) *Catalog {
-	c := &Catalog{index: map[string]*Entry{}}
+	b := builder{Catalog: &Catalog{index: map[string]*Entry{}}, seen: map[string]bool{}}
 	for _, d := range docs {
-		c.Sources = append(c.Sources, d.Name)
+		b.Sources = append(b.Sources, d.Name)
 		for _, s := range d.Sections {
 			for _, r := range s.Rows {
 				for _, p := range r.Patterns {
-					c.add(p, s.Edition, d.Name, r)
+					b.add(p, s.Edition, d.Name, r)
 				}
 			}
 		}
 	}
+	c := b.Catalog
 	slices.SortFunc(c.Entries, func(a, b *Entry) int { return cmp.Compare(a.Pattern, b.Pattern) })
 	for _, e := range c.Entries {
 		slices.SortFunc(e.Uses, func(a, b Use) int { return cmp.Compare(a.Edition, b.Edition) })
@@ -119,12 +120,29 @@ func Build(docs ...*Document) *Catalog {
 	return c
 }
 
-func (c *Catalog) add(pattern string, eds Edition, file string, r Row) {
-	e := c.index[pattern]
+// builder merges rows into a catalog, remembering what each use already
+// holds so that merging stays linear however many rows repeat a pattern.
+type builder struct {
+	*Catalog
+	seen map[string]bool // pattern, edition, field and value, NUL-separated
+}
+
+// addOnce appends v to *list unless this use already has it.
+func (b *builder) addOnce(list *[]string, pattern string, ed Edition, field, v string) {
+	key := pattern + "\x00" + ed.String() + "\x00" + field + "\x00" + v
+	if v == "" || b.seen[key] {
+		return
+	}
+	b.seen[key] = true
+	*list = append(*list, v)
+}
+
+func (b *builder) add(pattern string, eds Edition, file string, r Row) {
+	e := b.index[pattern]
 	if e == nil {
 		e = &Entry{Pattern: pattern}
-		c.index[pattern] = e
-		c.Entries = append(c.Entries, e)
+		b.index[pattern] = e
+		b.Entries = append(b.Entries, e)
 	}
 	e.Editions |= eds
 	for _, ed := range eds.Each() {
@@ -134,16 +152,10 @@ func (c *Catalog) add(pattern string, eds Edition, file string, r Row) {
 			u = &e.Uses[len(e.Uses)-1]
 		}
 		for _, p := range protocols(r.Protocol) {
-			if !slices.Contains(u.Protocols, p) {
-				u.Protocols = append(u.Protocols, p)
-			}
+			b.addOnce(&u.Protocols, pattern, ed, "protocol", p)
 		}
-		if r.Description != "" && !slices.Contains(u.Descriptions, r.Description) {
-			u.Descriptions = append(u.Descriptions, r.Description)
-		}
-		if r.Area != "" && !slices.Contains(u.Areas, r.Area) {
-			u.Areas = append(u.Areas, r.Area)
-		}
+		b.addOnce(&u.Descriptions, pattern, ed, "description", r.Description)
+		b.addOnce(&u.Areas, pattern, ed, "area", r.Area)
 		u.Sources = append(u.Sources, fmt.Sprintf("%s:%d", file, r.Line))
 	}
 }

@@ -140,11 +140,10 @@ func NormalizePattern(dest string) (string, error) {
 		s = s[:i]
 	}
 	s = portRe.ReplaceAllString(s, "")
-	s = manyStars.ReplaceAllString(s, "*")
+	s = strings.TrimSuffix(manyStars.ReplaceAllString(s, "*"), ".")
 	if host, ok := strings.CutSuffix(s, "*"); ok && alphaTLD.MatchString(host) {
 		s = host
 	}
-	s = strings.TrimSuffix(s, ".")
 	if r, ok := strings.CutPrefix(s, "."); ok {
 		s = "*." + r
 	}
@@ -167,7 +166,7 @@ func checkPattern(s string) error {
 			return fmt.Errorf("not a host name: %q is not allowed", r)
 		}
 	}
-	if strings.Contains(s, "..") || strings.HasPrefix(s, ".") {
+	if strings.Contains(s, "..") || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") {
 		return fmt.Errorf("not a host name: empty label")
 	}
 	if !strings.Contains(s, ".") {

@@ -25,13 +25,14 @@ func TestNormalizePattern(t *testing.T) {
 		{"store-images.*microsoft.com", "store-images.*microsoft.com"},
 		{"msnbot-*.search.msn.com", "msnbot-*.search.msn.com"},
 		{"a.example.com**", "a.example.com"},
+		{"cdn.onenote.net*.", "cdn.onenote.net"},
 	} {
 		got, err := NormalizePattern(c.in)
 		if err != nil || got != c.want {
 			t.Errorf("NormalizePattern(%q) = %q, %v; want %q", c.in, got, err, c.want)
 		}
 	}
-	for _, bad := range []string{"", "img-prod-cms-rt-microsoft-com", "two words.com", "*", "*.*", "a..b.com", "ünï.com", "[Learn how to turn off traffic](x.md)"} {
+	for _, bad := range []string{"", "img-prod-cms-rt-microsoft-com", "two words.com", "*", "*.*", "a..b.com", "ünï.com", "[Learn how to turn off traffic](x.md)", "telecommand..", "a.example.com.."} {
 		if got, err := NormalizePattern(bad); err == nil {
 			t.Errorf("NormalizePattern(%q) = %q, want an error", bad, got)
 		}
