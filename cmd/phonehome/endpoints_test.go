@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// phonehome runs the command in-process as a user would from the shell.
+func phonehome(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(args, &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+func TestEndpointsTable(t *testing.T) {
+	out, errs, code := phonehome(t, "endpoints")
+	if code != 0 || errs != "" {
+		t.Fatalf("exit %d, stderr %q", code, errs)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 66 || !strings.HasPrefix(lines[0], "PATTERN ") {
+		t.Fatalf("%d lines, header %q", len(lines), lines[0])
+	}
+	// Aligned for a terminal: the CATEGORY column starts at the same place on every line.
+	col := strings.Index(lines[0], "CATEGORY")
+	for _, l := range lines[1:] {
+		if l[col-1] != ' ' || l[col] == ' ' {
+			t.Errorf("not aligned: %q", l)
+		}
+	}
+	if !strings.Contains(out, "ctldl.windowsupdate.com") || !strings.Contains(out, "certificates") {
+		t.Errorf("table lacks ctldl: %s", out)
+	}
+}
+
+func TestEndpointsTSV(t *testing.T) {
+	out, _, code := phonehome(t, "endpoints", "-format", "tsv", "-edition", "family")
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if lines[0] != "pattern\teditions\tcategory\tprotected\tprotocols\tdescription" {
+		t.Errorf("header %q", lines[0])
+	}
+	if len(lines) != 49 {
+		t.Errorf("%d home entries, want 48", len(lines)-1)
+	}
+	found := false
+	for _, l := range lines[1:] {
+		f := strings.Split(l, "\t")
+		if len(f) != 6 {
+			t.Fatalf("%d columns: %q", len(f), l)
+		}
+		if f[0] == "ctldl.windowsupdate.com" {
+			found = true
+			want := []string{"ctldl.windowsupdate.com", "home,pro,education", "certificates", "yes", "HTTP", "Certificate Trust List"}
+			if strings.Join(f, "|") != strings.Join(want, "|") {
+				t.Errorf("ctldl: %q", f)
+			}
+		}
+		if f[3] != "yes" && f[3] != "no" {
+			t.Errorf("protected %q", f[3])
+		}
+	}
+	if !found {
+		t.Error("no ctldl line")
+	}
+}
+
+func TestEndpointsJSONAndFilters(t *testing.T) {
+	out, _, code := phonehome(t, "endpoints", "-format", "json", "-category", "telemetry,spotlight", "-edition", "pro")
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	var entries []jsonEntry
+	if err := json.Unmarshal([]byte(out), &entries); err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) == 0 {
+		t.Fatal("no entries")
+	}
+	for _, e := range entries {
+		if e.Category != "telemetry" && e.Category != "spotlight" {
+			t.Errorf("%s: category %s", e.Pattern, e.Category)
+		}
+		if !strings.Contains(strings.Join(e.Editions, ","), "pro") || len(e.Uses) == 0 || len(e.Uses[0].Sources) == 0 {
+			t.Errorf("%s: %+v", e.Pattern, e)
+		}
+	}
+}
+
+func TestEndpointsDocs(t *testing.T) {
+	doc := "../../testdata/endpoint-docs/windows-endpoints-2004-non-enterprise-editions.md"
+	out, errs, code := phonehome(t, "endpoints", "-builtin=false", "-doc", doc, "-format", "tsv")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	// The document's two rows naming a cut-short host warn with file and line; the rest loads.
+	if strings.Count(errs, "warning: "+doc+":") != 2 || !strings.Contains(errs, doc+":67:") {
+		t.Errorf("stderr: %q", errs)
+	}
+	if strings.Contains(out, "windowsupdate.com/") || !strings.Contains(out, "crl.microsoft.com") {
+		t.Errorf("output: %s", out)
+	}
+	both, _, _ := phonehome(t, "endpoints", "-doc", doc, "-format", "tsv")
+	if len(both) <= len(out) {
+		t.Error("-doc with the built-in document should list more")
+	}
+}
+
+func TestEndpointsErrors(t *testing.T) {
+	dir := t.TempDir()
+	notable := filepath.Join(dir, "notes.md")
+	os.WriteFile(notable, []byte("# Notes\n\nnothing here\n"), 0o644)
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"endpoints", "-edition", "server"}, 2, `unknown edition "server" (valid: home (or family), pro`},
+		{[]string{"endpoints", "-category", "telemetri"}, 2, `unknown category "telemetri" (valid: telemetry, update`},
+		{[]string{"endpoints", "-format", "csv"}, 2, `unknown format "csv" (valid: table, tsv, json, hosts`},
+		{[]string{"endpoints", "-doc", filepath.Join(dir, "missing.md")}, 1, "missing.md"},
+		{[]string{"endpoints", "-doc", notable}, 1, notable + ": no endpoint table"},
+		{[]string{"endpoints", "-builtin=false"}, 1, "no endpoint documents"},
+		{[]string{"endpoints", "extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"nosuch"}, 2, `unknown command "nosuch"`},
+	} {
+		out, errs, code := phonehome(t, c.args...)
+		if code != c.code || !strings.Contains(errs, c.want) || out != "" {
+			t.Errorf("%v: exit %d, stderr %q, stdout %q; want exit %d and %q", c.args, code, errs, out, c.code, c.want)
+		}
+	}
+}
