@@ -11,6 +11,13 @@ import (
 	"unicode/utf8"
 )
 
+// ExportOptions changes what Export writes.
+type ExportOptions struct {
+	// Protected lists protected entries as rules too. By default they are
+	// left out, each with a comment saying what blocking it would break.
+	Protected bool
+}
+
 // Formats lists the export formats Export takes.
 var Formats = []string{"hosts", "dnsmasq", "unbound", "rpz", "adguard"}
 
@@ -45,14 +52,22 @@ var Formats = []string{"hosts", "dnsmasq", "unbound", "rpz", "adguard"}
 // server: clause of local-zone and local-data to include. rpz is a complete
 // response policy zone whose owner names are relative, so it loads under any
 // zone name, such as rpz.phonehome. adguard uses AdGuard Home's filter syntax.
-func Export(w io.Writer, format string, entries []*Entry) error {
-	x, err := newExporter(format, entries)
+func Export(w io.Writer, format string, entries []*Entry, opts ExportOptions) error {
+	var listed, held []*Entry
+	for _, e := range entries {
+		if e.Protected && !opts.Protected {
+			held = append(held, e)
+		} else {
+			listed = append(listed, e)
+		}
+	}
+	x, err := newExporter(format, listed)
 	if err != nil {
 		return err
 	}
 	var body, all []string
 	seen := map[string]bool{}
-	for _, e := range entries {
+	for _, e := range listed {
 		p := oneLine(e.Pattern)
 		body = append(body, x.comment+" "+describe(e))
 		s, lit := PatternShape(e.Pattern)
@@ -85,9 +100,15 @@ func Export(w io.Writer, format string, entries []*Entry) error {
 			all = append(all, more...)
 		}
 	}
+	if len(held) > 0 {
+		body = append(body, x.comment+" Protected endpoints, not listed because blocking them breaks Windows (ExportOptions.Protected, or phonehome endpoints -protected, lists them):")
+		for _, e := range held {
+			body = append(body, x.comment+" "+oneLine(e.Pattern)+": "+oneLine(e.Reason))
+		}
+	}
 
 	bw := bufio.NewWriter(w)
-	for _, l := range header(x.comment, format, entries, len(all)) {
+	for _, l := range header(x.comment, format, listed, len(all)) {
 		fmt.Fprintln(bw, l)
 	}
 	for _, l := range x.preamble {

@@ -62,7 +62,7 @@ func exportCatalog(t *testing.T) *Catalog {
 func export(t *testing.T, format string, entries []*Entry) string {
 	t.Helper()
 	var b bytes.Buffer
-	if err := Export(&b, format, entries); err != nil {
+	if err := Export(&b, format, entries, ExportOptions{Protected: true}); err != nil {
 		t.Fatalf("Export(%s): %v", format, err)
 	}
 	return b.String()
@@ -216,7 +216,7 @@ func TestExportOddEntries(t *testing.T) {
 			t.Errorf("%s: ok.example.com not listed:\n%s", f, out)
 		}
 	}
-	if err := Export(&bytes.Buffer{}, "bind", nil); err == nil || !strings.Contains(err.Error(), "hosts, dnsmasq, unbound, rpz, adguard") {
+	if err := Export(&bytes.Buffer{}, "bind", nil, ExportOptions{}); err == nil || !strings.Contains(err.Error(), "hosts, dnsmasq, unbound, rpz, adguard") {
 		t.Errorf("unknown format: err = %v, want one naming the formats", err)
 	}
 }
@@ -796,6 +796,47 @@ zone "rpz.phonehome" { type primary; file %q; };
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("named does not block %s", name)
+		}
+	}
+}
+
+// TestExportLeavesProtectedOut: by default a block list never carries an
+// endpoint whose blocking breaks Windows; it names it in a comment instead.
+func TestExportLeavesProtectedOut(t *testing.T) {
+	cat := Builtin()
+	var unprotected []*Entry
+	for _, e := range cat.Entries {
+		if !e.Protected {
+			unprotected = append(unprotected, e)
+		}
+	}
+	rules := func(out string) []string {
+		var r []string
+		for _, line := range strings.Split(out, "\n") {
+			if l := strings.TrimSpace(line); l != "" && !strings.ContainsAny(l[:1], "#;!") {
+				r = append(r, l)
+			}
+		}
+		return r
+	}
+	for _, f := range Formats {
+		var all, some bytes.Buffer
+		if err := Export(&all, f, cat.Entries, ExportOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := Export(&some, f, unprotected, ExportOptions{Protected: true}); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := rules(all.String()), rules(some.String()); !slices.Equal(got, want) {
+			t.Errorf("%s: protected entries changed the rules:\n%s", f, all.String())
+		}
+		for _, e := range cat.Entries {
+			if e.Protected && !strings.Contains(all.String(), e.Pattern+": "+e.Reason) {
+				t.Errorf("%s: protected %s is not named with its reason", f, e.Pattern)
+			}
+		}
+		if strings.Contains(all.String(), "0.0.0.0 ctldl.windowsupdate.com") || strings.Contains(all.String(), "|ctldl.windowsupdate.com^") {
+			t.Errorf("%s: ctldl.windowsupdate.com is listed", f)
 		}
 	}
 }

@@ -30,12 +30,13 @@ func runEndpoints(args []string, stdout, stderr io.Writer) int {
 		edition  = fs.String("edition", "all", "only endpoints documented for this edition: "+endpoints.EditionWords)
 		category = fs.String("category", "", "only these categories, comma-separated (valid: "+endpoints.CategoryNames()+")")
 		builtin  = fs.Bool("builtin", true, "include the built-in document (Windows 10 1909, non-Enterprise editions)")
+		prot     = fs.Bool("protected", false, "block-list formats: list protected endpoints too (blocking them breaks Windows)")
 		format   = fs.String("format", "table", "output format: "+strings.Join(formats, "|"))
 		docs     multiFlag
 	)
 	fs.Var(&docs, "doc", "also read this Microsoft endpoint document (markdown); repeatable")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: phonehome endpoints [-edition E] [-category a,b] [-doc FILE]... [-builtin=false] [-format F]")
+		fmt.Fprintln(stderr, "usage: phonehome endpoints [-edition E] [-category a,b] [-doc FILE]... [-builtin=false] [-format F] [-protected]")
 		fmt.Fprintln(stderr, "\nLists the Windows connection endpoints Microsoft documents, or exports them as a block list.")
 		fs.PrintDefaults()
 	}
@@ -85,7 +86,7 @@ func runEndpoints(args []string, stdout, stderr io.Writer) int {
 	case "json":
 		err = writeJSON(stdout, entries)
 	default:
-		err = endpoints.Export(stdout, *format, entries)
+		err = endpoints.Export(stdout, *format, entries, endpoints.ExportOptions{Protected: *prot})
 	}
 	if err != nil {
 		return fail(1, "writing %s: %v", *format, err)

@@ -137,3 +137,18 @@ func TestEndpointsErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestEndpointsExport(t *testing.T) {
+	out, errs, code := phonehome(t, "endpoints", "-format", "hosts")
+	if code != 0 || errs != "" {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if !strings.Contains(out, "0.0.0.0 v10.events.data.microsoft.com\n") || strings.Contains(out, "0.0.0.0 ctldl.windowsupdate.com") ||
+		!strings.Contains(out, "# ctldl.windowsupdate.com: blocking it") {
+		t.Errorf("hosts export without -protected:\n%s", out)
+	}
+	out, _, code = phonehome(t, "endpoints", "-format", "hosts", "-protected", "-category", "certificates")
+	if code != 0 || !strings.Contains(out, "0.0.0.0 ctldl.windowsupdate.com\n") || strings.Contains(out, "v10.events") {
+		t.Errorf("hosts export with -protected -category certificates:\n%s", out)
+	}
+}
