@@ -1,0 +1,177 @@
+package policy
+
+import (
+	"cmp"
+	"hash/maphash"
+	"slices"
+	"strings"
+
+	"github.com/phonehome/phonehome/endpoints"
+)
+
+// matcherBuilder collects patterns straight into the Matcher's table, so a
+// million-line list costs the table and the arena and little else while it
+// compiles. The first pattern added for a name and shape wins: the catalog
+// goes in before user lists, so a list that repeats a documented endpoint
+// keeps Microsoft's description.
+type matcherBuilder struct {
+	m     Matcher
+	arena strings.Builder
+	used  int // slots in use
+	index map[*Rule]uint32
+}
+
+// maxLoad is how full the table may get, in percent.
+const maxLoad = 80
+
+func (b *matcherBuilder) ruleID(r *Rule) uint32 {
+	if b.index == nil {
+		b.index = map[*Rule]uint32{}
+	}
+	id, ok := b.index[r]
+	if !ok {
+		id = uint32(len(b.m.rules))
+		b.m.rules = append(b.m.rules, r)
+		b.index[r] = id
+	}
+	return id
+}
+
+// reserve makes room for n more keys and bytes more arena, so that a big list
+// is added without the table or the arena growing step by step.
+func (b *matcherBuilder) reserve(n, bytes int) {
+	b.arena.Grow(bytes)
+	if len(b.m.slots) == 0 {
+		b.m.seed = maphash.MakeSeed()
+	}
+	if need := (b.used + n) * 100 / maxLoad; need > len(b.m.slots) {
+		b.rehash(need + 1)
+	}
+}
+
+// rehash moves the table to size slots.
+func (b *matcherBuilder) rehash(size int) {
+	old := b.m.slots
+	oldTails := b.m.tails
+	b.m.slots = make([]slot, size)
+	b.m.tails = nil
+	for i := range old {
+		s := &old[i]
+		if s.n == 0 {
+			continue
+		}
+		j := b.m.insert(b.m.key(s), s.off)
+		ns := &b.m.slots[j]
+		ns.exact, ns.sub, ns.tails = s.exact, s.sub, s.tails
+		if s.tails {
+			if b.m.tails == nil {
+				b.m.tails = map[uint32][]tail{}
+			}
+			b.m.tails[uint32(j)] = oldTails[uint32(i)]
+		}
+	}
+}
+
+// add adds a pattern (lower case, as endpoints.NormalizePattern makes it).
+func (b *matcherBuilder) add(pattern string, r *Rule) {
+	shape, lit := endpoints.PatternShape(pattern)
+	if shape == endpoints.Glob {
+		i := strings.LastIndexByte(pattern, '*')
+		b.m.globs = append(b.m.globs, glob{
+			pattern: pattern,
+			fixed:   pattern[i+1:],
+			lit:     len(pattern) - strings.Count(pattern, "*"),
+			rule:    b.ruleID(r),
+		})
+		b.m.size++
+		return
+	}
+	b.addLiteral(shape, lit, r)
+}
+
+// addLiteral adds a pattern of a shape other than Glob by its literal part.
+func (b *matcherBuilder) addLiteral(shape endpoints.Shape, lit string, r *Rule) {
+	b.addLiteralBytes(shape, []byte(lit), r)
+}
+
+// addLiteralBytes is addLiteral for a list line, without making a string of
+// it. Literals longer than a DNS name are ignored: no query can match them.
+func (b *matcherBuilder) addLiteralBytes(shape endpoints.Shape, lit []byte, r *Rule) {
+	if len(lit) == 0 || len(lit) > 253 {
+		return
+	}
+	var t []byte
+	key := lit
+	if shape == endpoints.Suffix {
+		dot := slices.Index(lit, '.')
+		if dot < 0 {
+			return
+		}
+		t, key = lit[:dot], lit[dot+1:]
+	}
+	rule := b.ruleID(r)
+	b.reserve(1, 0)
+	// Look the key up first: a repeated name costs no arena.
+	i := b.m.find(key)
+	if i < 0 {
+		off := b.arena.Len()
+		b.arena.Write(lit)
+		b.m.arena = b.arena.String() // no copy: the builder's own bytes
+		ks := off + len(lit) - len(key)
+		i = b.m.insert(b.m.arena[ks:ks+len(key)], uint32(ks))
+		b.used++
+	}
+	s := &b.m.slots[i]
+	switch shape {
+	case endpoints.Exact:
+		if s.exact == 0 {
+			s.exact = rule + 1
+			b.m.size++
+		}
+	case endpoints.Subdomains:
+		if s.sub == 0 {
+			s.sub = rule + 1
+			b.m.size++
+		}
+	case endpoints.Suffix:
+		if b.m.tails == nil {
+			b.m.tails = map[uint32][]tail{}
+		}
+		ts := b.m.tails[uint32(i)]
+		if !slices.ContainsFunc(ts, func(x tail) bool { return x.t == string(t) }) {
+			ts = append(ts, tail{t: string(t), literal: string(lit), rule: rule})
+			slices.SortStableFunc(ts, func(a, b tail) int { return cmp.Compare(len(b.t), len(a.t)) })
+			b.m.tails[uint32(i)] = ts
+			s.tails = true
+			b.m.size++
+		}
+	}
+}
+
+// build returns the Matcher; the builder is spent.
+func (b *matcherBuilder) build() *Matcher {
+	b.m.arena = b.arena.String()
+	sortGlobs(b.m.globs)
+	m := b.m
+	return &m
+}
+
+// insert finds or adds key, whose bytes are at off in the arena, and returns
+// its slot index. The table must have room.
+func (m *Matcher) insert(key string, off uint32) int {
+	h := maphash.String(m.seed, key)
+	tag := uint8(h >> 56)
+	for i := m.home(h); ; i++ {
+		if i == len(m.slots) {
+			i = 0
+		}
+		s := &m.slots[i]
+		if s.n == 0 {
+			*s = slot{off: off, n: uint8(len(key)), tag: tag}
+			return i
+		}
+		if s.tag == tag && m.key(s) == key {
+			return i
+		}
+	}
+}
