@@ -3,8 +3,8 @@ package policy
 import (
 	"bufio"
 	"bytes"
-	"io"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 

@@ -35,9 +35,9 @@ func buildMatcher(cat *endpoints.Catalog, user map[string]*Rule) *Matcher {
 func TestMatcherMostSpecific(t *testing.T) {
 	list := &Rule{Category: "telemetry", Source: "list.txt"}
 	m := buildMatcher(testCatalog(t), map[string]*Rule{
-		"*.microsoft.com":   list,
+		"*.microsoft.com":    list,
 		"*.blob.example.net": list,
-		"ads.example.net":   list,
+		"ads.example.net":    list,
 	})
 	for _, c := range []struct{ name, want string }{
 		{"fe2cr.update.microsoft.com", "fe2cr.update.microsoft.com"}, // exact beats *.update…
