@@ -147,6 +147,9 @@ func (l *listReader) add(line []byte) {
 		l.added += 2
 	case hostsAddress(line):
 		for _, f := range bytes.Fields(line)[1:] {
+			if bytes.IndexByte(f, '.') < 0 {
+				continue // localhost, ip6-loopback and the like
+			}
 			if !hostBytes(f) {
 				l.warn(fmt.Sprintf("%q is not a host name; skipped", f))
 				continue

@@ -20,8 +20,11 @@ type Rule struct {
 	// Source names where a user pattern came from: a list file, or
 	// "config" for patterns written in the config file.
 	Source string
-	// Action is set for overrides only.
-	Action Action
+	// Action is what the rule's group does with it: the override's action,
+	// or the category's, already turned from sinkhole to log for a
+	// protected entry (demoted is then set).
+	Action  Action
+	demoted bool
 }
 
 // Protected reports whether blocking the rule's endpoint breaks Windows.

@@ -44,8 +44,10 @@ func (b *matcherBuilder) reserve(n, bytes int) {
 	if len(b.m.slots) == 0 {
 		b.m.seed = maphash.MakeSeed()
 	}
-	if need := (b.used + n) * 100 / maxLoad; need > len(b.m.slots) {
-		b.rehash(need + 1)
+	// Keep the table at most maxLoad full, and so never full: find stops at
+	// an empty slot.
+	if (b.used+n)*100 >= len(b.m.slots)*maxLoad {
+		b.rehash(max((b.used+n)*100/maxLoad+1, 2*len(b.m.slots)))
 	}
 }
 

@@ -159,3 +159,22 @@ func TestMatcherNoAllocs(t *testing.T) {
 	}
 	_ = fmt.Sprint
 }
+
+// TestMatcherGrows adds patterns one by one, as overrides and inline lists
+// are, so the table grows from nothing many times.
+func TestMatcherGrows(t *testing.T) {
+	var b matcherBuilder
+	r := &Rule{}
+	for i := range 1000 {
+		b.add(fmt.Sprintf("n%d.example.com", i), r)
+	}
+	m := b.build()
+	for i := range 1000 {
+		if m.Lookup(fmt.Sprintf("n%d.example.com", i)).Rule != r {
+			t.Fatalf("n%d lost", i)
+		}
+	}
+	if m.Lookup("n1000.example.com").Rule != nil || m.Len() != 1000 {
+		t.Error("miss or size wrong")
+	}
+}

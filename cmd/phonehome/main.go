@@ -2,6 +2,8 @@
 // documented Windows connection endpoints. One binary, several subcommands:
 //
 //	phonehome endpoints [flags]   list or export the endpoint catalog
+//	phonehome check NAME...       what would happen to a query, and why
+//	phonehome validate -config F  check a config file
 //
 // Run "phonehome help" for the list.
 package main
@@ -25,6 +27,8 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"endpoints", "list the Windows endpoint catalog, or export it as a block list", runEndpoints},
+		{"check", "say what phonehome would do with a query for a name, and why", runCheck},
+		{"validate", "check a config file and print a summary", runValidate},
 		{"version", "print the version", func(_ []string, stdout, _ io.Writer) int {
 			fmt.Fprintln(stdout, "phonehome", version)
 			return 0

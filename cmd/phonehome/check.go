@@ -1,0 +1,162 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/phonehome/phonehome/endpoints"
+	"github.com/phonehome/phonehome/policy"
+)
+
+// loadPolicy reads the config at path (the defaults when path is "") and
+// compiles it. Warnings go to stderr.
+func loadPolicy(path string, stderr io.Writer) (*policy.Config, *policy.Policy, error) {
+	cfg := policy.DefaultConfig()
+	if path != "" {
+		var err error
+		if cfg, err = policy.LoadConfig(path); err != nil {
+			return nil, nil, err
+		}
+	}
+	p, warns, err := policy.Compile(cfg)
+	for _, w := range warns {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
+	return cfg, p, err
+}
+
+func runCheck(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("phonehome check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	config := fs.String("config", "", "config file (default: the built-in defaults)")
+	client := fs.String("client", "", "decide as for this client address (default: a client in no group)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: phonehome check [-config FILE] [-client IP] [-json] NAME...")
+		fmt.Fprintln(stderr, "\nSays what phonehome would do with a query for each NAME, and why.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return 2
+	}
+	var addr netip.Addr
+	if *client != "" {
+		a, err := netip.ParseAddr(*client)
+		if err != nil {
+			fmt.Fprintf(stderr, "phonehome check: -client: %q is not an IP address\n", *client)
+			return 2
+		}
+		addr = a
+	}
+	_, p, err := loadPolicy(*config, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "phonehome check: %v\n", err)
+		return 1
+	}
+	var out []checkResult
+	for _, name := range fs.Args() {
+		out = append(out, result(name, p.Decide(addr, name)))
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(out)
+		return 0
+	}
+	for _, r := range out {
+		fmt.Fprintf(stdout, "%s: %s\n  %s\n", r.Name, r.Action, r.Reason)
+		tw := tabwriter.NewWriter(stdout, 0, 0, 1, ' ', 0)
+		fmt.Fprintf(tw, "  group:\t%s (edition %s)\n", r.Group, r.Edition)
+		if r.Pattern != "" {
+			fmt.Fprintf(tw, "  pattern:\t%s\n", r.Pattern)
+		}
+		fmt.Fprintf(tw, "  category:\t%s\n  protected:\t%s\n", r.Category, yesNo(r.Protected))
+		if r.Override != "" {
+			fmt.Fprintf(tw, "  override:\t%s\n", r.Override)
+		}
+		tw.Flush()
+	}
+	return 0
+}
+
+// checkResult is one answer of phonehome check; its JSON form is in the README.
+type checkResult struct {
+	Name      string `json:"name"`
+	Action    string `json:"action"`
+	Group     string `json:"group"`
+	Edition   string `json:"edition"`
+	Pattern   string `json:"pattern,omitempty"`
+	Category  string `json:"category"`
+	Protected bool   `json:"protected"`
+	Override  string `json:"override,omitempty"`
+	Reason    string `json:"reason"`
+}
+
+func result(name string, d policy.Decision) checkResult {
+	r := checkResult{Name: name, Action: d.Action.String(), Group: d.Group.Name, Edition: d.Group.Edition.String(),
+		Category: string(d.Category()), Reason: d.Reason()}
+	if d.Match.Rule != nil {
+		r.Pattern, r.Protected = d.Match.Pattern(), d.Match.Rule.Protected()
+	}
+	if d.Override.Rule != nil {
+		r.Override = d.Override.Pattern()
+	}
+	return r
+}
+
+func runValidate(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("phonehome validate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	config := fs.String("config", "", "the config file to check (required)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: phonehome validate -config FILE")
+		fmt.Fprintln(stderr, "\nChecks a config file, the documents and lists it names, and prints a summary.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *config == "" || fs.NArg() > 0 {
+		fs.Usage()
+		return 2
+	}
+	cfg, p, err := loadPolicy(*config, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", *config)
+	counts := p.Catalog.Count()
+	var per []string
+	for _, ed := range []string{"home", "pro", "education", "enterprise"} {
+		e, _ := endpoints.ParseEdition(ed)
+		if counts[e] > 0 {
+			per = append(per, fmt.Sprintf("%d %s", counts[e], ed))
+		}
+	}
+	fmt.Fprintf(stdout, "catalog: %d endpoints (%s) from %s\n", len(p.Catalog.Entries), strings.Join(per, ", "), strings.Join(p.Catalog.Sources, ", "))
+	fmt.Fprintf(stdout, "listen: %s; upstreams: %s\n", strings.Join(cfg.Listen, ", "), orDefault(cfg.Upstreams, "from /etc/resolv.conf"))
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "GROUP\tCLIENTS\tEDITION\tPATTERNS\tUNLISTED")
+	for _, g := range append([]*policy.Group{p.Default}, p.Groups...) {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\n", g.Name, len(g.Clients), g.Edition, g.Patterns, g.Unlisted)
+	}
+	tw.Flush()
+	return 0
+}
+
+func orDefault(s []string, def string) string {
+	if len(s) == 0 {
+		return def
+	}
+	return strings.Join(s, ", ")
+}

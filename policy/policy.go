@@ -1,0 +1,158 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/phonehome/phonehome/endpoints"
+)
+
+// Policy answers, for one client and one name, what to do and why. It is
+// built whole by Compile and never changed, so the resolver can swap a new
+// one in with one atomic store on reload; it is safe for concurrent use.
+type Policy struct {
+	Default *Group
+	Groups  []*Group // in config order
+	Catalog *endpoints.Catalog
+	clients clientTable
+}
+
+// Group is a compiled client group.
+type Group struct {
+	Name     string
+	Edition  endpoints.Edition
+	Clients  []netip.Prefix
+	Unlisted Action
+	// Patterns counts what the group's matcher holds.
+	Patterns int
+
+	actions   map[endpoints.Category]Action // with "*"
+	matcher   *Matcher                      // the catalog for Edition, and the group's lists
+	overrides *Matcher
+}
+
+// Action returns what the group does with endpoints of category c.
+func (g *Group) Action(c endpoints.Category) Action {
+	if a, ok := g.actions[c]; ok {
+		return a
+	}
+	return g.actions["*"]
+}
+
+// Decision is what to do with one query, and why.
+type Decision struct {
+	Action Action
+	Group  *Group
+	// Match is the most specific catalog or list pattern for the name; its
+	// Rule is nil for a name outside the catalog and the group's lists.
+	Match Match
+	// Override is the override pattern that decided, if one did.
+	Override Match
+	// Protected is set when the category said sinkhole and protection made
+	// it log instead.
+	Protected bool
+}
+
+// Category is the matched pattern's category, or "unlisted".
+func (d Decision) Category() endpoints.Category {
+	if d.Match.Rule == nil {
+		return "unlisted"
+	}
+	return d.Match.Rule.Category
+}
+
+// Decide decides for a query of name from client. It does not allocate.
+func (p *Policy) Decide(client netip.Addr, name string) Decision {
+	g := p.clients.lookup(client)
+	if g == nil {
+		g = p.Default
+	}
+	d := Decision{Group: g, Match: g.matcher.Lookup(name)}
+	if g.overrides != nil {
+		if o := g.overrides.Lookup(name); o.Rule != nil {
+			d.Override, d.Action = o, o.Rule.Action
+			return d
+		}
+	}
+	if d.Match.Rule == nil {
+		d.Action = g.Unlisted
+		return d
+	}
+	// The rule's action was resolved for this group when it was compiled.
+	d.Action, d.Protected = d.Match.Rule.Action, d.Match.Rule.demoted
+	return d
+}
+
+// Reason says in one sentence why the decision was taken, as `phonehome
+// check` prints it.
+func (d Decision) Reason() string {
+	verb := map[Action]string{Allow: "allowed", Log: "logged", Sinkhole: "sinkholed"}[d.Action]
+	m := d.Match
+	what := ""
+	if m.Rule != nil {
+		what = fmt.Sprintf("%s endpoint %s", m.Rule.Category, m.Pattern())
+		if e := m.Rule.Entry; e != nil {
+			what += ", documented for " + strings.Join(e.Editions.Names(), "/")
+		} else if m.Rule.Source != "" {
+			what += ", from " + m.Rule.Source
+		}
+	}
+	switch {
+	case d.Override.Rule != nil:
+		s := fmt.Sprintf("%s: group %s overrides %s to %s", verb, d.Group.Name, d.Override.Pattern(), d.Action)
+		if m.Rule != nil {
+			s += " (" + what + ")"
+		}
+		if m.Rule != nil && m.Rule.Protected() && d.Action == Sinkhole {
+			s += "; this breaks Windows: " + m.Rule.Entry.Reason
+		}
+		return s
+	case d.Protected:
+		return fmt.Sprintf("logged, not sinkholed: %s is protected — %s", m.Pattern(), m.Rule.Entry.Reason)
+	case m.Rule == nil:
+		return fmt.Sprintf("%s: not a documented Windows endpoint nor in group %s's lists, and the group's action for unlisted names is %s", verb, d.Group.Name, d.Action)
+	}
+	return fmt.Sprintf("%s: %s", verb, what)
+}
+
+// clientTable finds a client's group by the longest matching prefix.
+type clientTable struct {
+	lens4, lens6 []int // prefix lengths in use, longest first
+	groups       map[netip.Prefix]*Group
+}
+
+func (t *clientTable) add(p netip.Prefix, g *Group) {
+	if t.groups == nil {
+		t.groups = map[netip.Prefix]*Group{}
+	}
+	t.groups[p] = g
+	lens := &t.lens6
+	if p.Addr().Is4() {
+		lens = &t.lens4
+	}
+	if !slices.Contains(*lens, p.Bits()) {
+		*lens = append(*lens, p.Bits())
+		slices.Sort(*lens)
+		slices.Reverse(*lens)
+	}
+}
+
+func (t *clientTable) lookup(a netip.Addr) *Group {
+	a = a.WithZone("").Unmap()
+	lens := t.lens6
+	if a.Is4() {
+		lens = t.lens4
+	}
+	for _, l := range lens {
+		p, err := a.Prefix(l)
+		if err != nil {
+			continue
+		}
+		if g, ok := t.groups[p]; ok {
+			return g
+		}
+	}
+	return nil
+}

@@ -1,0 +1,135 @@
+package policy
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func compileText(t *testing.T, yml string) (*Policy, []string) {
+	t.Helper()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "extra.txt"), []byte("# community list\n0.0.0.0 tracker.example.com other.example.com\n||ads.example.net^\nplain.example.org\n*.wild.example.org\n"), 0o644)
+	path := filepath.Join(dir, "phonehome.yaml")
+	os.WriteFile(path, []byte(yml), 0o644)
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, warns, err := Compile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, warns
+}
+
+const testConfig = `
+policy:
+  default: {edition: all, actions: {telemetry: sinkhole, "*": log}, unlisted: allow}
+  groups:
+    - name: kids-pc
+      clients: [192.168.1.23, "192.168.1.64/28", "fd00::/64"]
+      edition: home
+      actions: {telemetry: sinkhole, spotlight: sinkhole, cortana: sinkhole, ads: sinkhole, "*": log}
+      overrides: {allow: [g.live.com], sinkhole: ["*.bing.com", ctldl.windowsupdate.com]}
+      lists:
+        - {category: telemetry, file: extra.txt}
+        - {category: ads, patterns: [banner.example.com, "*.adserver.example"]}
+    - name: lab
+      clients: [192.168.1.0/24, "fd00::5"]
+      edition: education
+      actions: {"*": allow}
+      unlisted: log
+`
+
+func TestDecide(t *testing.T) {
+	p, warns := compileText(t, testConfig)
+	if len(warns) != 1 || !strings.Contains(warns[0], "ctldl.windowsupdate.com") || !strings.Contains(warns[0], "certificate") {
+		t.Errorf("warnings: %q", warns)
+	}
+	kid, lab, other := netip.MustParseAddr("192.168.1.23"), netip.MustParseAddr("192.168.1.5"), netip.MustParseAddr("10.0.0.9")
+	for _, c := range []struct {
+		client            netip.Addr
+		name              string
+		group, action     string
+		pattern, category string
+		protected         bool
+	}{
+		// default group: telemetry sinkholed, other endpoints logged, the rest allowed
+		{other, "v10.events.data.microsoft.com", "default", "sinkhole", "v10.events.data.microsoft.com", "telemetry", false},
+		{other, "V10.Events.Data.Microsoft.Com.", "default", "sinkhole", "v10.events.data.microsoft.com", "telemetry", false},
+		{other, "arc.msn.com", "default", "log", "arc.msn.com", "spotlight", false},
+		{other, "www.example.com", "default", "allow", "", "unlisted", false},
+		// protection: *.blob.core.windows.net is telemetry but never sinkholed by category
+		{other, "foo.blob.core.windows.net", "default", "log", "*.blob.core.windows.net", "telemetry", true},
+		{other, "sls.update.microsoft.com", "default", "log", "*.update.microsoft.com", "update", false},
+		// kids-pc (longest prefix: /32 beats lab's /24): home edition only
+		{kid, "arc.msn.com", "kids-pc", "sinkhole", "arc.msn.com", "spotlight", false},
+		{kid, "fe2cr.update.microsoft.com", "kids-pc", "log", "*.update.microsoft.com", "update", false}, // fe2cr is Pro/Education only
+		{kid, "www.bing.com", "kids-pc", "sinkhole", "www.bing.com", "cortana", false},                   // override *.bing.com
+		{kid, "g.live.com", "kids-pc", "allow", "g.live.com", "onedrive", false},                         // override allow
+		{kid, "ctldl.windowsupdate.com", "kids-pc", "sinkhole", "ctldl.windowsupdate.com", "certificates", false},
+		{kid, "tracker.example.com", "kids-pc", "sinkhole", "tracker.example.com", "telemetry", false},
+		{kid, "x.ads.example.net", "kids-pc", "sinkhole", "*.ads.example.net", "telemetry", false}, // ||ads.example.net^ covers subdomains
+		{kid, "ads.example.net", "kids-pc", "sinkhole", "ads.example.net", "telemetry", false},
+		{kid, "banner.example.com", "kids-pc", "sinkhole", "banner.example.com", "ads", false},
+		{kid, "a.adserver.example", "kids-pc", "sinkhole", "*.adserver.example", "ads", false},
+		{netip.MustParseAddr("192.168.1.70"), "arc.msn.com", "kids-pc", "sinkhole", "arc.msn.com", "spotlight", false},
+		{netip.MustParseAddr("::ffff:192.168.1.70"), "arc.msn.com", "kids-pc", "sinkhole", "arc.msn.com", "spotlight", false},
+		{netip.MustParseAddr("fd00::1"), "arc.msn.com", "kids-pc", "sinkhole", "arc.msn.com", "spotlight", false},
+		// lab: education edition, everything allowed, unlisted logged; fd00::5 is more specific than fd00::/64
+		{lab, "fe2cr.update.microsoft.com", "lab", "allow", "fe2cr.update.microsoft.com", "update", false},
+		{lab, "arc.msn.com", "lab", "allow", "arc.msn.com", "spotlight", false},
+		{lab, "www.example.com", "lab", "log", "", "unlisted", false},
+		{lab, "tracker.example.com", "lab", "log", "", "unlisted", false},
+		{netip.MustParseAddr("fd00::5"), "www.example.com", "lab", "log", "", "unlisted", false},
+	} {
+		d := p.Decide(c.client, c.name)
+		pat := ""
+		if d.Match.Rule != nil {
+			pat = d.Match.Pattern()
+		}
+		if d.Group.Name != c.group || d.Action.String() != c.action || pat != c.pattern || string(d.Category()) != c.category || d.Protected != c.protected {
+			t.Errorf("%s %s: group %s, %s, pattern %q, %s, protected %v; want %s, %s, %q, %s, %v\n\t%s",
+				c.client, c.name, d.Group.Name, d.Action, pat, d.Category(), d.Protected, c.group, c.action, c.pattern, c.category, c.protected, d.Reason())
+		}
+	}
+}
+
+func TestDefaultPolicy(t *testing.T) {
+	p, warns, err := Compile(DefaultConfig())
+	if err != nil || len(warns) != 0 {
+		t.Fatal(err, warns)
+	}
+	any := netip.MustParseAddr("192.168.7.7")
+	for name, want := range map[string]string{
+		"v10.events.data.microsoft.com": "sinkholed: telemetry endpoint v10.events.data.microsoft.com, documented for home/pro/education",
+		"ctldl.windowsupdate.com":       "logged: certificates endpoint ctldl.windowsupdate.com, documented for home/pro/education",
+		"www.example.com":               "allowed: not a documented Windows endpoint nor in group default's lists, and the group's action for unlisted names is allow",
+		"foo.blob.core.windows.net":     "logged, not sinkholed: *.blob.core.windows.net is protected — blocking it cuts off every site and app that keeps files in Azure Blob Storage, far beyond Windows telemetry",
+	} {
+		if got := p.Decide(any, name).Reason(); got != want {
+			t.Errorf("%s:\n got %s\nwant %s", name, got, want)
+		}
+	}
+	// Every protected catalog endpoint stays reachable under the default policy.
+	for _, e := range p.Catalog.Entries {
+		if d := p.Decide(any, representative(e.Pattern)); e.Protected && d.Action == Sinkhole {
+			t.Errorf("%s: protected, sinkholed: %s", e.Pattern, d.Reason())
+		}
+	}
+}
+
+func TestDecideNoAllocs(t *testing.T) {
+	p, _ := compileText(t, testConfig)
+	kid := netip.MustParseAddr("192.168.1.23")
+	if n := testing.AllocsPerRun(100, func() {
+		p.Decide(kid, "www.bing.com")
+		p.Decide(kid, "WWW.Example.COM.")
+		p.Decide(netip.MustParseAddr("fd00::1"), "arc.msn.com")
+	}); n != 0 {
+		t.Errorf("%v allocations", n)
+	}
+}
