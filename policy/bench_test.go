@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -164,5 +165,60 @@ func BenchmarkLookupMillion(b *testing.B) {
 				i++
 			}
 		})
+	}
+}
+
+// decideMix is a realistic query mix: 60% names outside the catalog, 40%
+// catalog names of every pattern shape, mixed case, some with the trailing dot.
+func decideMix() []string {
+	names := []string{
+		// catalog: exact, *.x, *x, protected, mixed case, trailing dot
+		"v10.events.data.microsoft.com", "ARC.msn.com.", "sls.update.microsoft.com", "tlu.dl.delivery.mp.microsoft.com",
+		"ctldl.windowsupdate.com.", "Watson.Telemetry.Microsoft.com", "xdl.delivery.mp.microsoft.com", "foo.blob.core.windows.net",
+		// outside
+		"www.google.com", "WWW.Example.COM.", "i.ytimg.com", "graph.facebook.com", "api.github.com.", "a.b.c.cdn.example.net",
+		"time.cloudflare.com", "en.wikipedia.org", "login.microsoftonline.com", "outlook.office.com", "www.microsoft.com.edgekey.net",
+		"static.xx.fbcdn.net", "news.ycombinator.com",
+	}
+	return names
+}
+
+func BenchmarkDecideBuiltin(b *testing.B) {
+	p, _, err := Compile(DefaultConfig())
+	if err != nil {
+		b.Fatal(err)
+	}
+	names := decideMix()
+	client := netip.MustParseAddr("192.168.1.20")
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		p.Decide(client, names[i%len(names)])
+		i++
+	}
+}
+
+// BenchmarkClientGroup finds the group of a client among 1,000 groups.
+func BenchmarkClientGroup(b *testing.B) {
+	var t clientTable
+	for i := range 1000 {
+		g := &Group{Name: fmt.Sprint(i)}
+		switch i % 4 {
+		case 0:
+			t.add(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 7}), 32), g)
+		case 1:
+			t.add(netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", 100+i>>8, i&255)), g)
+		case 2:
+			t.add(netip.MustParsePrefix(fmt.Sprintf("fd00:%x::/64", i)), g)
+		default:
+			t.add(netip.MustParsePrefix(fmt.Sprintf("172.16.%d.%d/28", i>>4&255, i&15<<4)), g)
+		}
+	}
+	clients := []netip.Addr{netip.MustParseAddr("10.0.4.7"), netip.MustParseAddr("10.100.5.9"), netip.MustParseAddr("fd00:2::1"), netip.MustParseAddr("192.168.9.9")}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		t.lookup(clients[i%len(clients)])
+		i++
 	}
 }

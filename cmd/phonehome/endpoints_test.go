@@ -152,3 +152,65 @@ func TestEndpointsExport(t *testing.T) {
 		t.Errorf("hosts export with -protected -category certificates:\n%s", out)
 	}
 }
+
+// TestCheckAsReadme runs the README's check example and expects its output.
+func TestCheckAsReadme(t *testing.T) {
+	out, errs, code := phonehome(t, "check", "v10.events.data.microsoft.com", "www.example.com")
+	if code != 0 || errs != "" {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(readme), "```\n"+out+"```") {
+		t.Errorf("README does not show what check prints:\n%s", out)
+	}
+}
+
+func TestCheckAndValidate(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "p.yaml")
+	os.WriteFile(filepath.Join(dir, "l.txt"), []byte("0.0.0.0 tracker.example.com\nbad line here\n"), 0o644)
+	os.WriteFile(cfg, []byte("policy:\n  groups:\n    - name: kids\n      clients: [192.168.1.23, fd00::/64]\n      edition: family\n      actions: {certificates: sinkhole}\n      overrides: {sinkhole: [\"*.windowsupdate.com\"]}\n      lists: [{category: telemetry, file: l.txt}]\n"), 0o644)
+
+	out, errs, code := phonehome(t, "check", "-config", cfg, "-client", "fd00::9", "-json", "tracker.example.com", "ctldl.windowsupdate.com", "x.example.org")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if !strings.Contains(errs, "l.txt:2: ") || !strings.Contains(errs, "sinkholes protected endpoint ctldl.windowsupdate.com") {
+		t.Errorf("warnings: %s", errs)
+	}
+	var rs []checkResult
+	if err := json.Unmarshal([]byte(out), &rs); err != nil || len(rs) != 3 {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if rs[0].Action != "log" || rs[0].Group != "kids" || rs[0].Category != "telemetry" || rs[0].Edition != "home" {
+		t.Errorf("tracker: %+v", rs[0]) // telemetry is not named in kids' actions: "*" is log
+	}
+	if rs[1].Action != "sinkhole" || rs[1].Override != "*.windowsupdate.com" || !rs[1].Protected || !strings.Contains(rs[1].Reason, "this breaks Windows") {
+		t.Errorf("ctldl: %+v", rs[1])
+	}
+	if rs[2].Action != "allow" || rs[2].Category != "unlisted" || rs[2].Pattern != "" {
+		t.Errorf("unlisted: %+v", rs[2])
+	}
+
+	out, _, code = phonehome(t, "validate", "-config", cfg)
+	if code != 0 || !strings.Contains(out, cfg+": ok") || !strings.Contains(out, "kids     2        home") {
+		t.Errorf("validate good file: exit %d\n%s", code, out)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("policy:\n  groups:\n    - {name: a, clients: [10.0.0.300]}\n    - {name: a, clients: [10.0.0.1], edition: xp}\n"), 0o644)
+	out, errs, code = phonehome(t, "validate", "-config", bad)
+	want := bad + `:3:27: policy.groups[0].clients: bad client address "10.0.0.300": want an address or CIDR such as 192.168.1.0/24` + "\n" +
+		bad + `:4:8: duplicate group name "a" (first at line 3)` + "\n" +
+		bad + `:4:47: policy.groups[1].edition: unknown edition "xp" (valid: home (or family), pro, education, enterprise, all)` + "\n"
+	if code != 1 || out != "" || errs != want {
+		t.Errorf("validate bad file: exit %d\n got %s\nwant %s", code, errs, want)
+	}
+	for _, args := range [][]string{{"validate"}, {"check"}, {"check", "-client", "pc", "x.com"}} {
+		if _, _, code := phonehome(t, args...); code != 2 {
+			t.Errorf("%v: exit %d, want 2", args, code)
+		}
+	}
+}
