@@ -3,10 +3,12 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,6 +35,8 @@ type Config struct {
 
 	// File is where the config was read from, "" for the defaults.
 	File string `yaml:"-"`
+	// KeyPos is where each top-level key was written.
+	KeyPos map[string]Pos `yaml:"-"`
 }
 
 // AccessConfig says who may use the resolver.
@@ -367,6 +371,21 @@ func (c *Config) check(d *decoder) {
 	if c.Sinkhole.Mode == "ip" && !v4 && !v6 {
 		d.errAt(c.Sinkhole.Pos, "sinkhole mode ip needs ipv4:, ipv6: or both")
 	}
+	for i, a := range c.Listen {
+		if err := checkHostPort(a); err != nil {
+			d.errAt(d.items[fmt.Sprintf("listen[%d]", i)], fmt.Sprintf("listen: %v", err))
+		}
+	}
+	for i, u := range c.Upstreams {
+		if err := CheckUpstream(u); err != nil {
+			d.errAt(d.items[fmt.Sprintf("upstreams[%d]", i)], fmt.Sprintf("upstreams: %v", err))
+		}
+	}
+	if c.HTTP != nil && *c.HTTP != "" {
+		if err := checkHostPort(*c.HTTP); err != nil {
+			d.errAt(c.KeyPos["http"], fmt.Sprintf("http: %v", err))
+		}
+	}
 	if c.Cache.MaxTTL != 0 && c.Cache.MinTTL > c.Cache.MaxTTL {
 		d.errAt(c.Cache.Pos, "cache min_ttl is more than max_ttl")
 	}
@@ -405,6 +424,9 @@ func (g *GroupConfig) check(d *decoder) {
 type decoder struct {
 	file string
 	errs ConfigErrors
+	// items is where each item of a list of strings was written, by
+	// path: "upstreams[1]".
+	items map[string]Pos
 }
 
 func (d *decoder) errAt(p Pos, msg string) {
@@ -447,11 +469,12 @@ func (d *decoder) decode(n *yaml.Node, v any, where string) {
 	}
 	switch v := v.(type) {
 	case *Config:
+		v.KeyPos = map[string]Pos{}
 		d.fields(n, where, map[string]any{
 			"listen": &v.Listen, "upstreams": &v.Upstreams, "http": &v.HTTP, "http_token": &v.HTTPToken,
 			"access": &v.Access, "sinkhole": &v.Sinkhole, "cache": &v.Cache, "catalog": &v.Catalog,
 			"policy": &v.Policy, "querylog": &v.QueryLog,
-		}, nil)
+		}, v.KeyPos)
 	case *AccessConfig:
 		d.fields(n, where, map[string]any{"allow": &v.Allow, "rate_limit": &v.RateLimit}, nil)
 	case *SinkholeConfig:
@@ -529,10 +552,14 @@ func (d *decoder) decode(n *yaml.Node, v any, where string) {
 			}
 		})
 	case *[]string:
-		d.seq(n, where, func(item *yaml.Node, _ int) {
+		d.seq(n, where, func(item *yaml.Node, i int) {
 			var s string
 			if d.scalar(item, &s, where) {
 				*v = append(*v, s)
+				if d.items == nil {
+					d.items = map[string]Pos{}
+				}
+				d.items[fmt.Sprintf("%s[%d]", where, i)] = pos(item)
 			}
 		})
 	case **string:
@@ -650,4 +677,46 @@ func (c *Config) resolve(path string) string {
 		return path
 	}
 	return filepath.Join(filepath.Dir(c.File), path)
+}
+
+// checkHostPort accepts "host:port" with an IP address or empty host.
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (like 127.0.0.1:53 or [::1]:53)", s)
+	}
+	if host != "" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return fmt.Errorf("%q: %q is not an IP address", s, host)
+		}
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("%q: %q is not a port", s, port)
+	}
+	return nil
+}
+
+// CheckUpstream accepts an upstream as written: "host:port" (UDP, with TCP
+// when an answer is truncated), "tcp://host:port", or
+// "tls://host:port#servername" for DNS over TLS.
+func CheckUpstream(u string) error {
+	rest := u
+	scheme := "udp"
+	if s, r, ok := strings.Cut(u, "://"); ok {
+		scheme, rest = s, r
+	}
+	switch scheme {
+	case "udp", "tcp":
+		if strings.Contains(rest, "#") {
+			return fmt.Errorf("%q: #servername is for tls:// upstreams", u)
+		}
+	case "tls":
+		rest, _, _ = strings.Cut(rest, "#")
+	default:
+		return fmt.Errorf("%q: unknown scheme %q (valid: host:port, tcp://host:port, tls://host:port#servername)", u, scheme)
+	}
+	if err := checkHostPort(rest); err != nil {
+		return fmt.Errorf("upstream %v", err)
+	}
+	return nil
 }

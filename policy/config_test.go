@@ -65,6 +65,10 @@ func TestConfigErrors(t *testing.T) {
 		{"policy:\n  groups:\n    - {name: a, clients: [10.0.0.1], colour: red}\n", `p.yaml:3:38: unknown key "colour" in policy.groups[0] (valid: actions, clients, edition, lists, name, overrides, unlisted)`},
 		{"policy: [a, b]\n", "p.yaml:1:9: policy: want a mapping of keys to values"},
 		{"listen: [a\n", "p.yaml:1: not valid YAML: did not find expected ',' or ']'"},
+		{"listen: [\":53\", \"localhost:53\"]\n", `p.yaml:1:17: listen: "localhost:53": "localhost" is not an IP address`},
+		{"upstreams:\n  - 192.168.1.1\n", `p.yaml:2:5: upstreams: upstream "192.168.1.1" is not host:port (like 127.0.0.1:53 or [::1]:53)`},
+		{"upstreams: [\"https://1.1.1.1:443\"]\n", `p.yaml:1:13: upstreams: "https://1.1.1.1:443": unknown scheme "https" (valid: host:port, tcp://host:port, tls://host:port#servername)`},
+		{"http: 8053\n", `p.yaml:1:1: http: "8053" is not host:port (like 127.0.0.1:53 or [::1]:53)`},
 		{"cache: {size: 1, size: 2}\n", `p.yaml:1:18: cache: key "size" given twice`},
 	} {
 		_, err := ParseConfig("p.yaml", []byte(c.text))
