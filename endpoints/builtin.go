@@ -31,8 +31,10 @@ var builtinDoc = sync.OnceValue(func() *Document {
 // BuiltinDoc returns the parsed built-in document.
 func BuiltinDoc() *Document { return builtinDoc() }
 
-// Builtin returns the catalog of the built-in document alone.
-func Builtin() *Catalog { return Build(builtinDoc()) }
+// Builtin returns the catalog of the built-in document alone, built once.
+func Builtin() *Catalog { return builtinCatalog() }
+
+var builtinCatalog = sync.OnceValue(func() *Catalog { return Build(builtinDoc()) })
 
 // Load builds a catalog from the built-in document (when builtin is true)
 // and the documents at paths. A file that cannot be read or has no endpoint

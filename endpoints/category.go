@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"unicode"
 )
 
 // Category is what an endpoint is for. The built-in vocabulary is in
@@ -167,6 +168,21 @@ var keywordRules = []struct {
 	{"store", []string{"store"}},
 }
 
+// containsWordStart reports whether k occurs in text at the start of a word,
+// so that "store" does not match "restore" nor "maps" "bitmaps".
+func containsWordStart(text, k string) bool {
+	for i := 0; ; {
+		j := strings.Index(text[i:], k)
+		if j < 0 {
+			return false
+		}
+		if at := i + j; at == 0 || !unicode.IsLetter(rune(text[at-1])) {
+			return true
+		}
+		i += j + 1
+	}
+}
+
 // ruleCategory applies keywordRules to an entry, saying which text decided.
 func ruleCategory(e *Entry) (Category, string) {
 	var areas, descs []string
@@ -185,7 +201,7 @@ func ruleCategory(e *Entry) (Category, string) {
 		}
 		for _, r := range keywordRules {
 			for _, k := range r.keywords {
-				if strings.Contains(text, k) {
+				if containsWordStart(text, k) {
 					return r.category, fmt.Sprintf("by rule: %s mentions %q", try.what, k)
 				}
 			}

@@ -71,6 +71,10 @@ func TestKeywordRules(t *testing.T) {
 		t.Errorf("rules leave %d of %d patterns in other", other, n)
 	}
 
+	if containsWordStart("restore points", "store") || !containsWordStart("microsoft store", "store") || containsWordStart("bitmaps", "maps") {
+		t.Error("containsWordStart matches inside words")
+	}
+
 	// A newer document's row the table has never seen.
 	e := &Entry{Pattern: "new.example.com", Uses: []Use{{Edition: Home, Areas: []string{"Certificates"}, Descriptions: []string{"Used to download the Windows Update certificate list"}}}}
 	classify(e)

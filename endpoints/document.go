@@ -90,7 +90,20 @@ func Parse(name string, r io.Reader) (*Document, error) {
 	}
 	p.run()
 	if len(doc.Rows()) == 0 {
-		return nil, fmt.Errorf("%s: %w", name, ErrNoTable)
+		err := fmt.Errorf("%s: %w", name, ErrNoTable)
+		if len(doc.Warnings) > 0 {
+			// Say why the tables it has gave nothing.
+			var why []string
+			for i, w := range doc.Warnings {
+				if i == 3 {
+					why = append(why, fmt.Sprintf("and %d more", len(doc.Warnings)-3))
+					break
+				}
+				why = append(why, w.String())
+			}
+			err = fmt.Errorf("%w; %s", err, strings.Join(why, "; "))
+		}
+		return nil, err
 	}
 	return doc, nil
 }

@@ -342,7 +342,7 @@ func header(c, format string, entries []*Entry, rules int) []string {
 	}
 	lines := []string{
 		c + " phonehome block list (" + format + " format): Windows connection endpoints",
-		c + " Sources: " + src,
+		c + " Sources: " + src + " (descriptions: Microsoft, CC BY 4.0)",
 		fmt.Sprintf("%s %d patterns, %d rules. Where this format cannot express a pattern exactly, a comment there says how it errs.", c, len(entries), rules),
 	}
 	if slices.ContainsFunc(entries, func(e *Entry) bool { return e.Protected }) {

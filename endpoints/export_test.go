@@ -71,7 +71,7 @@ func export(t *testing.T, format string, entries []*Entry) string {
 func TestExportLines(t *testing.T) {
 	want := map[string]string{
 		"hosts": `# phonehome block list (hosts format): Windows connection endpoints
-# Sources: a.md, b.md
+# Sources: a.md, b.md (descriptions: Microsoft, CC BY 4.0)
 # 6 patterns, 3 rules. Where this format cannot express a pattern exactly, a comment there says how it errs.
 # Patterns marked protected break a Windows feature when blocked.
 # settings-win.data.microsoft.com (telemetry, protected): Used by settings.
@@ -89,7 +89,7 @@ func TestExportLines(t *testing.T) {
 # watson.*.microsoft.com: hosts files have no wildcards; not listed
 `,
 		"dnsmasq": `# phonehome block list (dnsmasq format): Windows connection endpoints
-# Sources: a.md, b.md
+# Sources: a.md, b.md (descriptions: Microsoft, CC BY 4.0)
 # 6 patterns, 10 rules. Where this format cannot express a pattern exactly, a comment there says how it errs.
 # Patterns marked protected break a Windows feature when blocked.
 # settings-win.data.microsoft.com (telemetry, protected): Used by settings.
@@ -114,7 +114,7 @@ local=/dl.delivery.mp.microsoft.com/
 # watson.*.microsoft.com: dnsmasq takes '*' only at the start of a name; not listed
 `,
 		"unbound": `# phonehome block list (unbound format): Windows connection endpoints
-# Sources: a.md, b.md
+# Sources: a.md, b.md (descriptions: Microsoft, CC BY 4.0)
 # 6 patterns, 5 rules. Where this format cannot express a pattern exactly, a comment there says how it errs.
 # Patterns marked protected break a Windows feature when blocked.
 server:
@@ -136,7 +136,7 @@ server:
 	# watson.*.microsoft.com: unbound local-zones have no wildcards; not listed
 `,
 		"rpz": `; phonehome block list (rpz format): Windows connection endpoints
-; Sources: a.md, b.md
+; Sources: a.md, b.md (descriptions: Microsoft, CC BY 4.0)
 ; 6 patterns, 6 rules. Where this format cannot express a pattern exactly, a comment there says how it errs.
 ; Patterns marked protected break a Windows feature when blocked.
 $TTL 300
@@ -160,7 +160,7 @@ dl.delivery.mp.microsoft.com CNAME .
 *.fe2cr.update.microsoft.com CNAME .
 `,
 		"adguard": `! phonehome block list (adguard format): Windows connection endpoints
-! Sources: a.md, b.md
+! Sources: a.md, b.md (descriptions: Microsoft, CC BY 4.0)
 ! 6 patterns, 6 rules. Where this format cannot express a pattern exactly, a comment there says how it errs.
 ! Patterns marked protected break a Windows feature when blocked.
 ! Title: phonehome Windows connection endpoints

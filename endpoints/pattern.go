@@ -175,6 +175,9 @@ func checkPattern(s string) error {
 	if strings.Trim(s, "*.") == "" {
 		return fmt.Errorf("pattern matches every name")
 	}
+	if s[0] == '*' && !strings.Contains(strings.TrimLeft(s, "*."), ".") {
+		return fmt.Errorf("wildcard over a whole top-level domain")
+	}
 	if len(s) > 253 {
 		return fmt.Errorf("longer than a host name can be")
 	}

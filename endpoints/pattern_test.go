@@ -32,7 +32,7 @@ func TestNormalizePattern(t *testing.T) {
 			t.Errorf("NormalizePattern(%q) = %q, %v; want %q", c.in, got, err, c.want)
 		}
 	}
-	for _, bad := range []string{"", "img-prod-cms-rt-microsoft-com", "two words.com", "*", "*.*", "a..b.com", "ünï.com", "[Learn how to turn off traffic](x.md)", "telecommand..", "a.example.com.."} {
+	for _, bad := range []string{"", "img-prod-cms-rt-microsoft-com", "two words.com", "*", "*.*", "a..b.com", "ünï.com", "[Learn how to turn off traffic](x.md)", "telecommand..", "a.example.com..", "*.com", "*com", "*.*.net"} {
 		if got, err := NormalizePattern(bad); err == nil {
 			t.Errorf("NormalizePattern(%q) = %q, want an error", bad, got)
 		}

@@ -42,7 +42,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return helpCode(err)
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()
@@ -123,7 +123,7 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return helpCode(err)
 	}
 	if *config == "" || fs.NArg() > 0 {
 		fs.Usage()

@@ -208,6 +208,11 @@ func TestCheckAndValidate(t *testing.T) {
 	if code != 1 || out != "" || errs != want {
 		t.Errorf("validate bad file: exit %d\n got %s\nwant %s", code, errs, want)
 	}
+	for _, args := range [][]string{{"endpoints", "-h"}, {"check", "-h"}} {
+		if _, _, code := phonehome(t, args...); code != 0 {
+			t.Errorf("%v: exit %d, want 0", args, code)
+		}
+	}
 	for _, args := range [][]string{{"validate"}, {"check"}, {"check", "-client", "pc", "x.com"}} {
 		if _, _, code := phonehome(t, args...); code != 2 {
 			t.Errorf("%v: exit %d, want 2", args, code)

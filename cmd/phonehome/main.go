@@ -9,6 +9,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -57,6 +59,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "phonehome: unknown command %q\n\n", args[0])
 	usage(stderr)
+	return 2
+}
+
+// helpCode is the exit code for a flag parse error: 0 when help was asked for.
+func helpCode(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
 	return 2
 }
 
