@@ -1,6 +1,7 @@
 // Command phonehome is a DNS filtering resolver that knows Microsoft's
 // documented Windows connection endpoints. One binary, several subcommands:
 //
+//	phonehome serve [flags]       run the resolver
 //	phonehome endpoints [flags]   list or export the endpoint catalog
 //	phonehome check NAME...       what would happen to a query, and why
 //	phonehome validate -config F  check a config file
@@ -29,6 +30,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"endpoints", "list the Windows endpoint catalog, or export it as a block list", runEndpoints},
+		{"serve", "run the DNS resolver", runServe},
 		{"check", "say what phonehome would do with a query for a name, and why", runCheck},
 		{"validate", "check a config file and print a summary", runValidate},
 		{"version", "print the version", func(_ []string, stdout, _ io.Writer) int {

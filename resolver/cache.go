@@ -1,0 +1,184 @@
+package resolver
+
+import (
+	"strings"
+	"sync/atomic"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/miekg/dns"
+)
+
+// Cache holds upstream answers for everyone: the policy decides before the
+// cache is asked, so one cache serves every group and a reload never serves
+// a stale decision.
+type Cache struct {
+	lru            *lru.Cache[string, *cached]
+	size           int
+	minTTL, maxTTL time.Duration
+	// skew moves the cache's clock, for tests of expiry.
+	skew atomic.Int64
+}
+
+type cached struct {
+	msg     *dns.Msg
+	stored  time.Time
+	expires time.Time
+}
+
+const (
+	servfailTTL = 5 * time.Second
+	staleFor    = 24 * time.Hour
+	staleTTL    = 30
+)
+
+// NewCache makes a cache of at most size answers; size 0 turns it off.
+func NewCache(size int, minTTL, maxTTL time.Duration) *Cache {
+	c := &Cache{size: size, minTTL: minTTL, maxTTL: maxTTL}
+	if size > 0 {
+		c.lru, _ = lru.New[string, *cached](size)
+	}
+	return c
+}
+
+func (c *Cache) now() time.Time { return time.Now().Add(time.Duration(c.skew.Load())) }
+
+// Key is the cache key of a query: the lower-cased name, type, class and
+// the DO and CD bits.
+func Key(q *dns.Msg) string {
+	qq := q.Question[0]
+	var b strings.Builder
+	b.Grow(len(qq.Name) + 12)
+	b.WriteString(strings.ToLower(qq.Name))
+	b.WriteByte(byte(qq.Qtype >> 8))
+	b.WriteByte(byte(qq.Qtype))
+	b.WriteByte(byte(qq.Qclass >> 8))
+	b.WriteByte(byte(qq.Qclass))
+	var flags byte
+	if o := q.IsEdns0(); o != nil && o.Do() {
+		flags |= 1
+	}
+	if q.CheckingDisabled {
+		flags |= 2
+	}
+	b.WriteByte(flags)
+	return b.String()
+}
+
+// Len is the number of answers held.
+func (c *Cache) Len() int {
+	if c.lru == nil {
+		return 0
+	}
+	return c.lru.Len()
+}
+
+// Get returns a fresh answer with its TTLs counted down, or nil. stale is
+// an expired answer still within a day, for when every upstream is down.
+func (c *Cache) Get(key string) (fresh, stale *dns.Msg) {
+	if c.lru == nil {
+		return nil, nil
+	}
+	e, ok := c.lru.Get(key)
+	if !ok {
+		return nil, nil
+	}
+	now := c.now()
+	if now.Before(e.expires) {
+		m := e.msg.Copy()
+		age := uint32(now.Sub(e.stored) / time.Second)
+		for _, rr := range records(m) {
+			if h := rr.Header(); h.Ttl > age {
+				h.Ttl -= age
+			} else {
+				h.Ttl = 0
+			}
+		}
+		return m, nil
+	}
+	if now.Sub(e.expires) < staleFor {
+		m := e.msg.Copy()
+		for _, rr := range records(m) {
+			rr.Header().Ttl = staleTTL
+		}
+		return nil, m
+	}
+	return nil, nil
+}
+
+// Put stores an upstream answer for as long as RFC 2308 and the config
+// allow: positive answers for their lowest TTL, NXDOMAIN and NODATA for the
+// SOA minimum, SERVFAIL for at most 5 s. Other answers are not stored.
+func (c *Cache) Put(key string, m *dns.Msg) {
+	if c.lru == nil || m.Truncated {
+		return
+	}
+	var ttl time.Duration
+	switch {
+	case m.Rcode == dns.RcodeServerFailure:
+		ttl = servfailTTL
+	case m.Rcode == dns.RcodeNameError || m.Rcode == dns.RcodeSuccess && len(m.Answer) == 0:
+		soa := negativeTTL(m)
+		if soa < 0 {
+			return // no SOA: not cacheable (RFC 2308 section 5)
+		}
+		ttl = c.clamp(soa)
+	case m.Rcode == dns.RcodeSuccess:
+		min := -1
+		for _, rr := range m.Answer {
+			if t := int(rr.Header().Ttl); min < 0 || t < min {
+				min = t
+			}
+		}
+		ttl = c.clamp(time.Duration(min) * time.Second)
+	default:
+		return
+	}
+	if ttl <= 0 {
+		return
+	}
+	m = m.Copy()
+	now := c.now()
+	for _, rr := range records(m) {
+		if h := rr.Header(); time.Duration(h.Ttl)*time.Second > ttl {
+			h.Ttl = uint32(ttl / time.Second)
+		} else if time.Duration(h.Ttl)*time.Second < c.minTTL {
+			h.Ttl = uint32(c.minTTL / time.Second)
+		}
+	}
+	c.lru.Add(key, &cached{msg: m, stored: now, expires: now.Add(ttl)})
+}
+
+func (c *Cache) clamp(d time.Duration) time.Duration {
+	if d < c.minTTL {
+		d = c.minTTL
+	}
+	if c.maxTTL > 0 && d > c.maxTTL {
+		d = c.maxTTL
+	}
+	return d
+}
+
+// negativeTTL is min(SOA TTL, SOA minimum) of the authority section, or -1.
+func negativeTTL(m *dns.Msg) time.Duration {
+	for _, rr := range m.Ns {
+		if soa, ok := rr.(*dns.SOA); ok {
+			return time.Duration(min(soa.Hdr.Ttl, soa.Minttl)) * time.Second
+		}
+	}
+	return -1
+}
+
+// records are the answer and authority records whose TTLs count down (not
+// the OPT pseudo-record).
+func records(m *dns.Msg) []dns.RR {
+	rrs := make([]dns.RR, 0, len(m.Answer)+len(m.Ns)+len(m.Extra))
+	rrs = append(rrs, m.Answer...)
+	rrs = append(rrs, m.Ns...)
+	for _, rr := range m.Extra {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			rrs = append(rrs, rr)
+		}
+	}
+	return rrs
+}

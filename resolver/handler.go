@@ -1,0 +1,236 @@
+package resolver
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/miekg/dns"
+	"golang.org/x/time/rate"
+
+	"github.com/phonehome/phonehome/policy"
+)
+
+// State is everything a reload replaces, built whole before it is swapped
+// in with one atomic store, so a query sees the old state or the new one,
+// never half of each.
+type State struct {
+	Policy    *policy.Policy
+	Allow     []netip.Prefix
+	Sinkhole  Sinkhole
+	Forwarder *Forwarder
+	Cache     *Cache
+	RateLimit int // queries per second per client address; 0 for none
+}
+
+// Counters count what the request path turns away.
+type Counters struct {
+	Malformed, Refused, RateLimited, Overload atomic.Uint64
+}
+
+// Handler is the request path. ServeDNS reads from top to bottom: access →
+// rate limit → protocol checks → policy decision → sinkhole, or cache →
+// upstream → answer.
+type Handler struct {
+	state    atomic.Pointer[State]
+	limiters *lru.Cache[netip.Addr, *rate.Limiter]
+	Counters Counters
+	Log      *slog.Logger
+}
+
+// NewHandler makes the request path for an initial state.
+func NewHandler(st *State, log *slog.Logger) *Handler {
+	h := &Handler{Log: log}
+	// Bounded memory however many addresses a flood comes from.
+	h.limiters, _ = lru.New[netip.Addr, *rate.Limiter](65536)
+	h.state.Store(st)
+	return h
+}
+
+// Swap installs a new state and returns the old one.
+func (h *Handler) Swap(st *State) *State { return h.state.Swap(st) }
+
+// State returns the state in use.
+func (h *Handler) State() *State { return h.state.Load() }
+
+// maxUDP is the largest UDP answer phonehome sends or asks for (DNS Flag
+// Day 2020).
+const maxUDP = 1232
+
+// ServeDNS answers one query.
+func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	st := h.state.Load()
+	client := addrOf(w.RemoteAddr())
+
+	// 1. Access first: clients outside access.allow get REFUSED and
+	// nothing is forwarded or remembered for them.
+	if !allowed(st.Allow, client) {
+		h.Counters.Refused.Add(1)
+		h.reply(w, req, rcode(req, dns.RcodeRefused), 0, "")
+		return
+	}
+	// 2. Rate limit per client address, after access, so that strangers
+	// cannot fill the limiter table. Over the limit, queries are dropped.
+	if st.RateLimit > 0 && !h.allow(client, st.RateLimit) {
+		h.Counters.RateLimited.Add(1)
+		return
+	}
+	// 3. Protocol: QUERY only, no CHAOS, ANY gets the minimal RFC 8482
+	// answer. (The server already answered FORMERR for a count of
+	// questions other than one.)
+	if m := protocol(req); m != nil {
+		h.reply(w, req, m, 0, "")
+		return
+	}
+	// 4. The policy decides before the cache: one cache serves every
+	// group, and a reload never serves a stale decision.
+	q := req.Question[0]
+	d := st.Policy.Decide(client, q.Name)
+
+	// 5. Sinkholed names are answered here and never reach an upstream.
+	if d.Action == policy.Sinkhole {
+		h.reply(w, req, st.Sinkhole.answer(req), dns.ExtendedErrorCodeBlocked, "phonehome: "+string(d.Category())+" "+d.Match.Pattern())
+		return
+	}
+	// 6. Cache, then 7. upstream.
+	m, ede := h.resolve(st, req)
+	h.reply(w, req, m, ede, "")
+}
+
+// resolve answers an allowed query from the cache or the upstreams; when
+// every upstream fails it serves an expired answer (RFC 8767) or SERVFAIL
+// with the reason.
+func (h *Handler) resolve(st *State, req *dns.Msg) (*dns.Msg, uint16) {
+	key := Key(req)
+	fresh, _ := st.Cache.Get(key)
+	if fresh != nil {
+		return fresh, 0
+	}
+	r, err := st.Forwarder.Forward(context.Background(), key, upstreamQuery(req))
+	if err == nil {
+		st.Cache.Put(key, r)
+		return r, 0
+	}
+	if errors.Is(err, ErrOverload) {
+		h.Counters.Overload.Add(1)
+		return rcode(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeOther
+	}
+	if _, stale := st.Cache.Get(key); stale != nil {
+		return stale, dns.ExtendedErrorCodeStaleAnswer
+	}
+	var nu *errNoUpstream
+	if errors.As(err, &nu) && nu.timeout {
+		return rcode(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNoReachableAuthority
+	}
+	return rcode(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNetworkError
+}
+
+// upstreamQuery is the query phonehome sends on: the client's question, RD,
+// CD and the DO bit, an EDNS0 size of 1232, and none of the client's EDNS0
+// options (no Client Subnet leaves the network).
+func upstreamQuery(req *dns.Msg) *dns.Msg {
+	q := new(dns.Msg)
+	q.Question = []dns.Question{req.Question[0]}
+	q.RecursionDesired = true
+	q.CheckingDisabled = req.CheckingDisabled
+	q.AuthenticatedData = req.AuthenticatedData
+	do := false
+	if o := req.IsEdns0(); o != nil {
+		do = o.Do()
+	}
+	q.SetEdns0(maxUDP, do)
+	return q
+}
+
+// protocol answers what phonehome does not forward, or returns nil.
+func protocol(req *dns.Msg) *dns.Msg {
+	if req.Opcode != dns.OpcodeQuery {
+		return rcode(req, dns.RcodeNotImplemented)
+	}
+	q := req.Question[0]
+	if q.Qclass == dns.ClassCHAOS {
+		return rcode(req, dns.RcodeRefused) // version.bind and friends
+	}
+	if q.Qtype == dns.TypeANY {
+		m := rcode(req, dns.RcodeSuccess)
+		m.Answer = []dns.RR{&dns.HINFO{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeHINFO, Class: q.Qclass, Ttl: 3600}, Cpu: "RFC8482"}}
+		return m
+	}
+	return nil
+}
+
+func rcode(req *dns.Msg, code int) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetRcode(req, code)
+	m.RecursionAvailable = true
+	return m
+}
+
+// reply finishes an answer for this client and sends it: the client's ID
+// and exact question, EDNS0 only if the client used it (with an Extended
+// DNS Error when there is one), and truncation to the client's UDP size.
+func (h *Handler) reply(w dns.ResponseWriter, req, m *dns.Msg, ede uint16, text string) {
+	m.Id = req.Id
+	m.Response = true
+	m.RecursionDesired = req.RecursionDesired
+	m.RecursionAvailable = true
+	m.Question = req.Question
+	// Drop any OPT from upstream; add ours if the client spoke EDNS0.
+	extra := m.Extra[:0:0]
+	for _, rr := range m.Extra {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			extra = append(extra, rr)
+		}
+	}
+	m.Extra = extra
+	size := dns.MinMsgSize
+	if o := req.IsEdns0(); o != nil {
+		size = max(dns.MinMsgSize, min(int(o.UDPSize()), maxUDP))
+		m.SetEdns0(maxUDP, o.Do())
+		if ede != 0 {
+			opt := m.IsEdns0()
+			opt.Option = append(opt.Option, &dns.EDNS0_EDE{InfoCode: ede, ExtraText: text})
+		}
+	}
+	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+		m.Truncate(size)
+	}
+	if err := w.WriteMsg(m); err != nil && h.Log != nil {
+		h.Log.Debug("writing answer", "err", err)
+	}
+}
+
+func (h *Handler) allow(client netip.Addr, perSecond int) bool {
+	l, ok := h.limiters.Get(client)
+	if !ok {
+		l = rate.NewLimiter(rate.Limit(perSecond), perSecond)
+		h.limiters.Add(client, l)
+	}
+	return l.AllowN(time.Now(), 1)
+}
+
+func allowed(allow []netip.Prefix, a netip.Addr) bool {
+	for _, p := range allow {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	var ip net.IP
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		ip = a.IP
+	case *net.TCPAddr:
+		ip = a.IP
+	}
+	addr, _ := netip.AddrFromSlice(ip)
+	return addr.Unmap()
+}

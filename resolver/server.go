@@ -1,0 +1,174 @@
+package resolver
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/phonehome/phonehome/policy"
+)
+
+// NewState builds everything a config makes for the request path: the
+// policy, the upstreams (from resolvConf when the config names none), the
+// cache (kept from prev when its size is unchanged), access and sinkhole.
+// Nothing is swapped in here; an error leaves the running state alone.
+func NewState(cfg *policy.Config, prev *State, resolvConf string, log *slog.Logger) (*State, []string, error) {
+	p, warns, err := policy.Compile(cfg)
+	if err != nil {
+		return nil, warns, err
+	}
+	names := cfg.Upstreams
+	if len(names) == 0 {
+		cc, err := dns.ClientConfigFromFile(resolvConf)
+		if err != nil {
+			return nil, warns, fmt.Errorf("no upstreams in the config, and reading %s: %w", resolvConf, err)
+		}
+		for _, s := range cc.Servers {
+			names = append(names, net.JoinHostPort(s, cc.Port))
+		}
+		if len(names) == 0 {
+			return nil, warns, fmt.Errorf("no upstreams in the config nor in %s", resolvConf)
+		}
+	}
+	if err := checkLoop(cfg.Listen, names); err != nil {
+		return nil, warns, err
+	}
+	var ups []*Upstream
+	for _, n := range names {
+		u, err := ParseUpstream(n)
+		if err != nil {
+			return nil, warns, err
+		}
+		ups = append(ups, u)
+	}
+	st := &State{
+		Policy:    p,
+		Sinkhole:  Sinkhole{Mode: cfg.Sinkhole.Mode, TTL: cfg.Sinkhole.TTL, IPv4: cfg.Sinkhole.IPv4, IPv6: cfg.Sinkhole.IPv6},
+		Forwarder: NewForwarder(ups, 2048, log),
+		RateLimit: *cfg.Access.RateLimit,
+	}
+	for _, a := range cfg.Access.Allow {
+		st.Allow = append(st.Allow, a.Prefix)
+	}
+	if prev != nil && prev.Cache != nil && prev.Cache.size == *cfg.Cache.Size && prev.Cache.minTTL == cfg.Cache.MinTTL && prev.Cache.maxTTL == cfg.Cache.MaxTTL {
+		st.Cache = prev.Cache
+	} else {
+		st.Cache = NewCache(*cfg.Cache.Size, cfg.Cache.MinTTL, cfg.Cache.MaxTTL)
+	}
+	return st, warns, nil
+}
+
+// checkLoop refuses an upstream that is one of phonehome's own listen
+// addresses: every query would go round until it timed out.
+func checkLoop(listen, upstreams []string) error {
+	for _, l := range listen {
+		lh, lp, err := net.SplitHostPort(l)
+		if err != nil {
+			continue
+		}
+		la, _ := netip.ParseAddr(lh)
+		for _, u := range upstreams {
+			pu, err := ParseUpstream(u)
+			if err != nil || pu.net == "tcp-tls" {
+				continue
+			}
+			uh, up, _ := net.SplitHostPort(pu.addr)
+			ua, err := netip.ParseAddr(uh)
+			if err != nil || up != lp {
+				continue
+			}
+			if ua == la || (lh == "" || la.IsUnspecified()) && (ua.IsLoopback() || ua.IsUnspecified()) {
+				return fmt.Errorf("upstream %s is phonehome's own listen address %s: queries would loop", u, l)
+			}
+		}
+	}
+	return nil
+}
+
+// Server listens on UDP and TCP on each address and hands queries to the
+// Handler.
+type Server struct {
+	Handler *Handler
+	servers []*dns.Server
+	wg      sync.WaitGroup
+}
+
+// Listen binds every address over UDP and TCP, or binds none and says which
+// address failed (a port that is taken, say).
+func (s *Server) Listen(addrs []string) error {
+	var servers []*dns.Server
+	closeAll := func() {
+		for _, srv := range servers {
+			if srv.PacketConn != nil {
+				srv.PacketConn.Close()
+			}
+			if srv.Listener != nil {
+				srv.Listener.Close()
+			}
+		}
+	}
+	invalid := func([]byte, error) { s.Handler.Counters.Malformed.Add(1) }
+	for _, a := range addrs {
+		pc, err := net.ListenPacket("udp", a)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("listening on %s/udp: %w", a, err)
+		}
+		servers = append(servers, &dns.Server{PacketConn: pc, Handler: s.Handler, MsgInvalidFunc: invalid, UDPSize: maxUDP})
+		// TCP on the same port, also when the UDP port was chosen by the
+		// kernel (":0" in tests).
+		port := pc.LocalAddr().(*net.UDPAddr).Port
+		host, _, _ := net.SplitHostPort(a)
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("listening on %s/tcp: %w", a, err)
+		}
+		servers = append(servers, &dns.Server{Listener: ln, Handler: s.Handler, MsgInvalidFunc: invalid,
+			ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }})
+	}
+	s.servers = servers
+	for _, srv := range servers {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			srv.ActivateAndServe()
+		}()
+	}
+	return nil
+}
+
+// Addrs returns the bound UDP addresses, in the order given to Listen.
+func (s *Server) Addrs() []string {
+	var out []string
+	for _, srv := range s.servers {
+		if srv.PacketConn != nil {
+			out = append(out, srv.PacketConn.LocalAddr().String())
+		}
+	}
+	return out
+}
+
+// Shutdown stops listening and lets queries in flight finish until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var first error
+	for _, srv := range s.servers {
+		if err := srv.ShutdownContext(ctx); err != nil && first == nil {
+			first = err
+		}
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	return first
+}

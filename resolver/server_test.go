@@ -1,0 +1,396 @@
+package resolver
+
+import (
+	"context"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/phonehome/phonehome/internal/dnstest"
+	"github.com/phonehome/phonehome/policy"
+)
+
+// testServer is a real phonehome resolver on 127.0.0.1:0 with its state.
+type testServer struct {
+	addr string
+	h    *Handler
+	st   *State
+}
+
+// start runs a server from a config text whose upstreams are the stubs.
+func start(t *testing.T, config string, ups ...*dnstest.Upstream) *testServer {
+	t.Helper()
+	cfg, err := policy.ParseConfig("test.yaml", []byte(config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listen = []string{"127.0.0.1:0"}
+	cfg.Upstreams = nil
+	for _, u := range ups {
+		cfg.Upstreams = append(cfg.Upstreams, u.Addr())
+	}
+	st, _, err := NewState(cfg, nil, "/nonexistent", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Forwarder.TryTimeout, st.Forwarder.Timeout = 300*time.Millisecond, time.Second
+	h := NewHandler(st, nil)
+	srv := &Server{Handler: h}
+	if err := srv.Listen(cfg.Listen); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		st.Forwarder.Close()
+	})
+	return &testServer{addr: srv.Addrs()[0], h: h, st: st}
+}
+
+// ask sends one query over net ("udp" or "tcp") from the client address
+// from ("" for 127.0.0.1).
+func (s *testServer) ask(t *testing.T, network, from string, m *dns.Msg) *dns.Msg {
+	t.Helper()
+	c := &dns.Client{Net: network, Timeout: 3 * time.Second}
+	if from != "" {
+		ip := net.ParseIP(from)
+		if network == "tcp" {
+			c.Dialer = &net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 3 * time.Second}
+		} else {
+			c.Dialer = &net.Dialer{LocalAddr: &net.UDPAddr{IP: ip}, Timeout: 3 * time.Second}
+		}
+	}
+	r, _, err := c.Exchange(m, s.addr)
+	if err != nil {
+		t.Fatalf("%s %s: %v", network, m.Question[0].Name, err)
+	}
+	return r
+}
+
+func query(name string, qtype uint16, edns bool) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	if edns {
+		m.SetEdns0(1232, false)
+	}
+	return m
+}
+
+func ede(m *dns.Msg) (uint16, string) {
+	if o := m.IsEdns0(); o != nil {
+		for _, opt := range o.Option {
+			if e, ok := opt.(*dns.EDNS0_EDE); ok {
+				return e.InfoCode, e.ExtraText
+			}
+		}
+	}
+	return 0, ""
+}
+
+func answerText(m *dns.Msg) string {
+	var s []string
+	for _, rr := range m.Answer {
+		f := strings.Fields(rr.String())
+		s = append(s, strings.Join(f[4:], " "))
+	}
+	return strings.Join(s, "; ")
+}
+
+const groupsConfig = `
+policy:
+  groups:
+    - name: kids
+      clients: [127.0.0.2]
+      edition: home
+      actions: {spotlight: sinkhole, telemetry: sinkhole}
+`
+
+func TestForwardSinkholeAndGroups(t *testing.T) {
+	up := dnstest.Start(t)
+	s := start(t, groupsConfig, up)
+	for _, network := range []string{"udp", "tcp"} {
+		// Forwarded, with the client's ID and the exact case of its question.
+		q := query("WwW.Example.COM.", dns.TypeA, false)
+		r := s.ask(t, network, "", q)
+		if r.Id != q.Id || r.Question[0].Name != "WwW.Example.COM." || r.Rcode != dns.RcodeSuccess || answerText(r) != dnstest.AnswerA || !r.RecursionAvailable {
+			t.Errorf("%s forwarded: %v", network, r)
+		}
+		// Sinkholed for everyone: telemetry. A gets 0.0.0.0 with EDE 15.
+		r = s.ask(t, network, "", query("v10.events.data.microsoft.com.", dns.TypeA, true))
+		code, text := ede(r)
+		if answerText(r) != "0.0.0.0" || code != dns.ExtendedErrorCodeBlocked || text != "phonehome: telemetry v10.events.data.microsoft.com" {
+			t.Errorf("%s sinkholed A: %v", network, r)
+		}
+		r = s.ask(t, network, "", query("v10.events.data.microsoft.com.", dns.TypeAAAA, false))
+		if answerText(r) != "::" || r.IsEdns0() != nil {
+			t.Errorf("%s sinkholed AAAA without EDNS: %v", network, r)
+		}
+		r = s.ask(t, network, "", query("v10.events.data.microsoft.com.", dns.TypeHTTPS, true))
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 0 || len(r.Ns) != 1 {
+			t.Errorf("%s sinkholed HTTPS is NODATA with a SOA: %v", network, r)
+		}
+		// Spotlight: logged (forwarded) for the default group, sinkholed for kids on 127.0.0.2.
+		if r := s.ask(t, network, "", query("arc.msn.com.", dns.TypeA, false)); answerText(r) != dnstest.AnswerA {
+			t.Errorf("%s default group arc.msn.com: %v", network, r)
+		}
+		if r := s.ask(t, network, "127.0.0.2", query("arc.msn.com.", dns.TypeA, false)); answerText(r) != "0.0.0.0" {
+			t.Errorf("%s kids arc.msn.com: %v", network, r)
+		}
+	}
+	if n := up.Seen("v10.events.data.microsoft.com"); n != 0 {
+		t.Errorf("sinkholed name reached the upstream %d times", n)
+	}
+}
+
+func TestSinkholeModes(t *testing.T) {
+	up := dnstest.Start(t)
+	for _, c := range []struct {
+		mode      string
+		qtype     uint16
+		rcode     int
+		answer    string
+		authority int
+	}{
+		{"{mode: nxdomain, ttl: 90s}", dns.TypeA, dns.RcodeNameError, "", 1},
+		{"{mode: nodata}", dns.TypeA, dns.RcodeSuccess, "", 1},
+		{"{mode: refused}", dns.TypeA, dns.RcodeRefused, "", 0},
+		{"{mode: ip, ipv4: 192.0.2.99, ipv6: \"2001:db8::99\"}", dns.TypeA, dns.RcodeSuccess, "192.0.2.99", 0},
+		{"{mode: ip, ipv4: 192.0.2.99, ipv6: \"2001:db8::99\"}", dns.TypeAAAA, dns.RcodeSuccess, "2001:db8::99", 0},
+		{"{mode: ip, ipv4: 192.0.2.99}", dns.TypeAAAA, dns.RcodeSuccess, "", 1},
+	} {
+		s := start(t, "sinkhole: "+c.mode+"\n", up)
+		r := s.ask(t, "udp", "", query("watson.telemetry.microsoft.com.", c.qtype, true))
+		if r.Rcode != c.rcode || answerText(r) != c.answer || len(r.Ns) != c.authority {
+			t.Errorf("%s %s: %v", c.mode, dns.TypeToString[c.qtype], r)
+		}
+		if c.mode == "{mode: nxdomain, ttl: 90s}" && r.Ns[0].(*dns.SOA).Minttl != 90 {
+			t.Errorf("SOA minimum: %v", r.Ns[0])
+		}
+	}
+}
+
+func TestAccess(t *testing.T) {
+	up := dnstest.Start(t)
+	s := start(t, "access: {allow: [127.0.0.1/32]}\n", up)
+	for _, network := range []string{"udp", "tcp"} {
+		r := s.ask(t, network, "127.0.0.3", query("www.example.com.", dns.TypeA, false))
+		if r.Rcode != dns.RcodeRefused || len(r.Answer) != 0 {
+			t.Errorf("%s stranger: %v", network, r)
+		}
+	}
+	if up.Queries() != 0 {
+		t.Errorf("a refused client's query was forwarded")
+	}
+	if r := s.ask(t, "udp", "", query("www.example.com.", dns.TypeA, false)); r.Rcode != dns.RcodeSuccess {
+		t.Errorf("allowed client: %v", r)
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	up := dnstest.Start(t)
+	s := start(t, "access: {rate_limit: 5}\n", up)
+	// Twenty queries at once from one address: the burst of five is
+	// answered, the rest dropped (a few more may be answered as the bucket
+	// refills while the replies are read).
+	c, err := net.Dial("udp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 20 {
+		q := query("www.example.com.", dns.TypeA, false)
+		q.Id = uint16(i)
+		b, _ := q.Pack()
+		c.Write(b)
+	}
+	answered := 0
+	buf := make([]byte, 512)
+	for {
+		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := c.Read(buf); err != nil {
+			break
+		}
+		answered++
+	}
+	if answered < 5 || answered > 10 || s.h.Counters.RateLimited.Load() != uint64(20-answered) {
+		t.Errorf("%d of 20 answered, %d dropped", answered, s.h.Counters.RateLimited.Load())
+	}
+}
+
+func TestCacheAndSingleflight(t *testing.T) {
+	up := dnstest.Start(t)
+	s := start(t, "", up)
+	s.ask(t, "udp", "", query("cached.example.", dns.TypeA, false))
+	r := s.ask(t, "tcp", "", query("CACHED.example.", dns.TypeA, false))
+	if up.Seen("cached.example") != 1 || r.Question[0].Name != "CACHED.example." || answerText(r) != dnstest.AnswerA {
+		t.Errorf("cache: upstream saw %d, answer %v", up.Seen("cached.example"), r)
+	}
+	// Negative answers are cached from the SOA minimum.
+	s.ask(t, "udp", "", query("a.nx.test.", dns.TypeA, false))
+	if r := s.ask(t, "udp", "", query("a.nx.test.", dns.TypeA, false)); r.Rcode != dns.RcodeNameError || up.Seen("a.nx.test") != 1 {
+		t.Errorf("negative cache: %v, upstream saw %d", r, up.Seen("a.nx.test"))
+	}
+	// Identical queries in flight go upstream once.
+	up.SetMode(dnstest.Delay)
+	up.SetDelay(200 * time.Millisecond)
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.ask(t, "udp", "", query("same.example.", dns.TypeA, false))
+		}()
+	}
+	wg.Wait()
+	if n := up.Seen("same.example"); n != 1 {
+		t.Errorf("10 identical queries went upstream %d times", n)
+	}
+}
+
+func TestFailoverAndServeStale(t *testing.T) {
+	bad, good := dnstest.Start(t), dnstest.Start(t)
+	bad.SetMode(dnstest.Drop)
+	s := start(t, "", bad, good)
+	if r := s.ask(t, "udp", "", query("one.example.", dns.TypeA, false)); answerText(r) != dnstest.AnswerA {
+		t.Fatalf("failover: %v", r)
+	}
+	// The dropped upstream is now backing off: the next query goes straight to the good one.
+	before := bad.Queries()
+	s.ask(t, "udp", "", query("two.example.", dns.TypeA, false))
+	if bad.Queries() != before {
+		t.Error("an upstream in backoff was asked")
+	}
+	// Recovery: once its backoff is over, it is asked again.
+	bad.SetMode(dnstest.Answer)
+	s.st.Forwarder.Upstreams[0].downUntil.Store(time.Now().UnixNano())
+	s.ask(t, "udp", "", query("three.example.", dns.TypeA, false))
+	if bad.Seen("three.example") != 1 {
+		t.Error("a recovered upstream was not asked again")
+	}
+
+	// Every upstream down: SERVFAIL with EDE 22, or the stale answer with EDE 3.
+	bad.SetMode(dnstest.Drop)
+	good.SetMode(dnstest.Drop)
+	r := s.ask(t, "udp", "", query("never.example.", dns.TypeA, true))
+	if code, _ := ede(r); r.Rcode != dns.RcodeServerFailure || code != dns.ExtendedErrorCodeNoReachableAuthority {
+		t.Errorf("all down: %v", r)
+	}
+	s.st.Cache.skew.Store(int64(time.Hour)) // one.example has expired
+	r = s.ask(t, "udp", "", query("one.example.", dns.TypeA, true))
+	if code, _ := ede(r); answerText(r) != dnstest.AnswerA || code != dns.ExtendedErrorCodeStaleAnswer || r.Answer[0].Header().Ttl != 30 {
+		t.Errorf("stale: %v", r)
+	}
+	// An upstream that answers SERVFAIL is asked no longer than it takes to try the next.
+	bad.SetMode(dnstest.ServFail)
+	good.SetMode(dnstest.Answer)
+	for _, u := range s.st.Forwarder.Upstreams {
+		u.downUntil.Store(0)
+	}
+	if r := s.ask(t, "udp", "", query("four.example.", dns.TypeA, false)); answerText(r) != dnstest.AnswerA {
+		t.Errorf("SERVFAIL then good: %v", r)
+	}
+}
+
+func TestTruncation(t *testing.T) {
+	up := dnstest.Start(t)
+	s := start(t, "", up)
+	r := s.ask(t, "udp", "", query(dnstest.BigName, dns.TypeTXT, false))
+	if !r.Truncated || len(r.Answer) == 0 && r.Rcode != dns.RcodeSuccess {
+		t.Errorf("UDP big answer: TC %v, %d records", r.Truncated, len(r.Answer))
+	}
+	r = s.ask(t, "tcp", "", query(dnstest.BigName, dns.TypeTXT, false))
+	if r.Truncated || len(r.Answer) != dnstest.BigRecords {
+		t.Errorf("TCP big answer: TC %v, %d records", r.Truncated, len(r.Answer))
+	}
+	if up.QueriesTCP() == 0 {
+		t.Error("the truncated upstream answer was not retried over TCP")
+	}
+}
+
+func TestProtocol(t *testing.T) {
+	up := dnstest.Start(t)
+	s := start(t, "", up)
+	two := query("a.example.", dns.TypeA, false)
+	two.Question = append(two.Question, dns.Question{Name: "b.example.", Qtype: dns.TypeA, Qclass: dns.ClassINET})
+	if r := s.ask(t, "udp", "", two); r.Rcode != dns.RcodeFormatError {
+		t.Errorf("two questions: %v", r)
+	}
+	notify := query("a.example.", dns.TypeSOA, false)
+	notify.Opcode = dns.OpcodeNotify
+	if r := s.ask(t, "udp", "", notify); r.Rcode != dns.RcodeNotImplemented {
+		t.Errorf("NOTIFY: %v", r)
+	}
+	chaos := query("version.bind.", dns.TypeTXT, false)
+	chaos.Question[0].Qclass = dns.ClassCHAOS
+	if r := s.ask(t, "udp", "", chaos); r.Rcode != dns.RcodeRefused {
+		t.Errorf("CHAOS: %v", r)
+	}
+	if r := s.ask(t, "tcp", "", query("example.com.", dns.TypeANY, false)); len(r.Answer) != 1 || r.Answer[0].(*dns.HINFO).Cpu != "RFC8482" {
+		t.Errorf("ANY: %v", r)
+	}
+	if up.Queries() != 0 {
+		t.Error("protocol answers went upstream")
+	}
+
+	// EDNS0 hygiene: the DO bit goes on, the client's subnet does not.
+	q := query("ecs.example.", dns.TypeA, true)
+	q.IsEdns0().SetDo()
+	q.IsEdns0().Option = append(q.IsEdns0().Option, &dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: net.ParseIP("198.51.100.0").To4()})
+	s.ask(t, "udp", "", q)
+	sent := up.Last().IsEdns0()
+	if sent == nil || !sent.Do() || len(sent.Option) != 0 || sent.UDPSize() != 1232 {
+		t.Errorf("forwarded OPT: %v", sent)
+	}
+
+	// A packet too short for a header gets no reply; one whose body does
+	// not parse gets a bare FORMERR (miekg/dns's choice: no larger than
+	// the query, so no amplification). Both are counted.
+	c, err := net.Dial("udp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte{0x12, 0x34, 0x01})
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := c.Read(make([]byte, 512)); err == nil {
+		t.Errorf("a 3-byte packet got a %d-byte reply", n)
+	}
+	c.Write([]byte{0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0xff, 'x'})
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	b := make([]byte, 512)
+	n, err := c.Read(b)
+	if err != nil || n != 12 || b[3]&0xf != dns.RcodeFormatError {
+		t.Errorf("garbage body: %d bytes %x, %v", n, b[:n], err)
+	}
+	if s.h.Counters.Malformed.Load() != 2 {
+		t.Errorf("malformed counted %d, want 2", s.h.Counters.Malformed.Load())
+	}
+}
+
+func TestRefuseToStart(t *testing.T) {
+	cfg := policy.DefaultConfig()
+	cfg.Listen = []string{"127.0.0.1:5353"}
+	cfg.Upstreams = []string{"127.0.0.1:5353"}
+	if _, _, err := NewState(cfg, nil, "", nil); err == nil || !strings.Contains(err.Error(), "loop") {
+		t.Errorf("loop: %v", err)
+	}
+	cfg.Listen = []string{":5353"}
+	if _, _, err := NewState(cfg, nil, "", nil); err == nil || !strings.Contains(err.Error(), "loop") {
+		t.Errorf("loop through the wildcard address: %v", err)
+	}
+	// A port that is taken.
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	srv := &Server{Handler: NewHandler(&State{}, nil)}
+	if err := srv.Listen([]string{pc.LocalAddr().String()}); err == nil || !strings.Contains(err.Error(), pc.LocalAddr().String()+"/udp") {
+		t.Errorf("taken port: %v", err)
+	}
+}

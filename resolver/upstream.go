@@ -1,0 +1,274 @@
+package resolver
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Upstream is one resolver phonehome forwards to. Plain upstreams are asked
+// over UDP from a pool of sockets and again over TCP when the answer is
+// truncated; tcp:// and tls:// upstreams are asked over TCP or DNS over TLS.
+type Upstream struct {
+	Name string // as written in the config
+	addr string
+	net  string // "udp", "tcp" or "tcp-tls"
+	tls  *tls.Config
+	pool *udpPool
+
+	// downUntil is when a failed upstream may be tried again (UnixNano);
+	// zero while it is healthy.
+	downUntil atomic.Int64
+}
+
+// ParseUpstream reads an upstream as written: "host:port",
+// "tcp://host:port" or "tls://host:port#servername".
+func ParseUpstream(s string) (*Upstream, error) {
+	u := &Upstream{Name: s, net: "udp", addr: s}
+	if scheme, rest, ok := strings.Cut(s, "://"); ok {
+		u.addr = rest
+		switch scheme {
+		case "udp":
+		case "tcp":
+			u.net = "tcp"
+		case "tls":
+			u.net = "tcp-tls"
+			host, name, _ := strings.Cut(rest, "#")
+			u.addr = host
+			if name == "" {
+				name, _, _ = net.SplitHostPort(host)
+			}
+			u.tls = &tls.Config{ServerName: name, MinVersion: tls.VersionTLS12}
+		default:
+			return nil, fmt.Errorf("upstream %q: unknown scheme %q", s, scheme)
+		}
+	}
+	if _, _, err := net.SplitHostPort(u.addr); err != nil {
+		return nil, fmt.Errorf("upstream %q: %w", s, err)
+	}
+	if u.net == "udp" {
+		u.pool = newUDPPool(u.addr)
+	}
+	return u, nil
+}
+
+// healthy reports whether the upstream may be asked now.
+func (u *Upstream) healthy(now time.Time) bool {
+	d := u.downUntil.Load()
+	return d == 0 || now.UnixNano() >= d
+}
+
+// exchange asks the upstream once.
+func (u *Upstream) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+	if u.net == "udp" {
+		r, err := u.pool.exchange(ctx, q)
+		if err != nil || !r.Truncated {
+			return r, err
+		}
+		// Truncated: ask again over TCP.
+	}
+	network := u.net
+	if network == "udp" {
+		network = "tcp"
+	}
+	c := &dns.Client{Net: network, TLSConfig: u.tls}
+	if d, ok := ctx.Deadline(); ok {
+		c.Timeout = time.Until(d)
+	}
+	r, _, err := c.ExchangeContext(ctx, q, u.addr)
+	if err == nil && !sameQuestion(q, r) {
+		return nil, errors.New("answer does not match the question")
+	}
+	return r, err
+}
+
+func (u *Upstream) close() {
+	if u.pool != nil {
+		u.pool.close()
+	}
+}
+
+// sameQuestion reports whether r answers q: same ID and the same question,
+// name compared exactly as sent.
+func sameQuestion(q, r *dns.Msg) bool {
+	if r == nil || r.Id != q.Id || len(r.Question) != len(q.Question) {
+		return false
+	}
+	for i := range q.Question {
+		if r.Question[i] != q.Question[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// udpPool keeps a few connected UDP sockets to one upstream, each from a
+// random source port the kernel chose. A socket is retired after
+// maxUses queries, so the ports keep changing and an off-path attacker
+// cannot learn them; answers are matched to queries by ID and question, and
+// a connected socket only receives from the upstream's address.
+type udpPool struct {
+	addr   string
+	mu     sync.Mutex
+	socks  []*udpSock
+	next   int
+	closed bool
+}
+
+const (
+	udpSockets = 4
+	maxUses    = 500
+)
+
+type udpSock struct {
+	conn    *net.UDPConn
+	mu      sync.Mutex
+	waiting map[uint16]*waiter
+	uses    int
+	retired bool
+}
+
+type waiter struct {
+	q  *dns.Msg
+	ch chan *dns.Msg
+}
+
+func newUDPPool(addr string) *udpPool { return &udpPool{addr: addr} }
+
+// sock returns a socket for one more query, dialling or renewing as needed.
+func (p *udpPool) sock() (*udpSock, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, net.ErrClosed
+	}
+	if len(p.socks) < udpSockets {
+		s, err := p.dial()
+		if err != nil {
+			return nil, err
+		}
+		p.socks = append(p.socks, s)
+		return s, nil
+	}
+	p.next = (p.next + 1) % len(p.socks)
+	s := p.socks[p.next]
+	s.mu.Lock()
+	s.uses++
+	worn := s.uses >= maxUses
+	s.mu.Unlock()
+	if worn {
+		fresh, err := p.dial()
+		if err != nil {
+			return nil, err
+		}
+		p.socks[p.next] = fresh
+		s.retire()
+		return fresh, nil
+	}
+	return s, nil
+}
+
+func (p *udpPool) dial() (*udpSock, error) {
+	raddr, err := net.ResolveUDPAddr("udp", p.addr)
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.DialUDP("udp", nil, raddr)
+	if err != nil {
+		return nil, err
+	}
+	s := &udpSock{conn: c, waiting: map[uint16]*waiter{}}
+	go s.read()
+	return s, nil
+}
+
+// retire closes the socket once its last query is answered or gives up.
+func (s *udpSock) retire() {
+	s.mu.Lock()
+	s.retired = true
+	idle := len(s.waiting) == 0
+	s.mu.Unlock()
+	if idle {
+		s.conn.Close()
+	}
+}
+
+// read delivers answers to the queries waiting for them.
+func (s *udpSock) read() {
+	buf := make([]byte, dns.MaxMsgSize)
+	for {
+		n, err := s.conn.Read(buf)
+		if err != nil {
+			return // closed
+		}
+		r := new(dns.Msg)
+		if r.Unpack(buf[:n]) != nil {
+			continue
+		}
+		s.mu.Lock()
+		w := s.waiting[r.Id]
+		if w != nil && sameQuestion(w.q, r) {
+			delete(s.waiting, r.Id)
+			w.ch <- r // buffered
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (p *udpPool) exchange(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+	s, err := p.sock()
+	if err != nil {
+		return nil, err
+	}
+	w := &waiter{q: q, ch: make(chan *dns.Msg, 1)}
+	s.mu.Lock()
+	for {
+		q.Id = uint16(rand.Uint32()) // math/rand/v2's global source is cryptographically random
+		if _, taken := s.waiting[q.Id]; !taken {
+			break
+		}
+	}
+	s.waiting[q.Id] = w
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.waiting, q.Id)
+		closeNow := s.retired && len(s.waiting) == 0
+		s.mu.Unlock()
+		if closeNow {
+			s.conn.Close()
+		}
+	}()
+	b, err := q.Pack()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.conn.Write(b); err != nil {
+		return nil, err
+	}
+	select {
+	case r := <-w.ch:
+		return r, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (p *udpPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for _, s := range p.socks {
+		s.conn.Close()
+	}
+	p.socks = nil
+}
