@@ -22,7 +22,7 @@ type testServer struct {
 }
 
 // start runs a server from a config text whose upstreams are the stubs.
-func start(t *testing.T, config string, ups ...*dnstest.Upstream) *testServer {
+func start(t testing.TB, config string, ups ...*dnstest.Upstream) *testServer {
 	t.Helper()
 	cfg, err := policy.ParseConfig("test.yaml", []byte(config))
 	if err != nil {

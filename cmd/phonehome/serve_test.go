@@ -1,0 +1,174 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/phonehome/phonehome/internal/dnstest"
+)
+
+// syncBuffer is a log the daemon writes while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func lookupA(t *testing.T, addr, name string) string {
+	t.Helper()
+	q := new(dns.Msg)
+	q.SetQuestion(name, dns.TypeA)
+	r, _, err := (&dns.Client{Timeout: 3 * time.Second}).Exchange(q, addr)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	if len(r.Answer) == 0 {
+		return dns.RcodeToString[r.Rcode]
+	}
+	return r.Answer[0].(*dns.A).A.String()
+}
+
+// TestServeReloadAndShutdown runs phonehome serve in-process: SIGHUP with a
+// good and a bad file while a bounded load runs, then SIGTERM with a query
+// in flight.
+func TestServeReloadAndShutdown(t *testing.T) {
+	up := dnstest.Start(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "phonehome.yaml")
+	write := func(s string) {
+		if err := os.WriteFile(cfg, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("http: \"\"\naccess: {rate_limit: 0}\n")
+	var logs syncBuffer
+	ready := make(chan []string, 1)
+	exit := make(chan int, 1)
+	go func() { exit <- serve([]string{"-config", cfg, "-listen", "127.0.0.1:0", "-upstream", up.Addr()}, &logs, ready) }()
+	var addr string
+	select {
+	case addrs := <-ready:
+		addr = addrs[0]
+	case code := <-exit:
+		t.Fatalf("serve exited %d:\n%s", code, logs.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not start")
+	}
+	if got := lookupA(t, addr, "arc.msn.com."); got != dnstest.AnswerA {
+		t.Fatalf("arc.msn.com before reload: %s", got)
+	}
+
+	// A bounded load runs through both reloads: every query is answered.
+	var sent, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c := &dns.Client{Timeout: 2 * time.Second}
+		for i := 0; i < 5000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			q := new(dns.Msg)
+			q.SetQuestion("www.example.com.", dns.TypeA)
+			sent.Add(1)
+			if r, _, err := c.Exchange(q, addr); err != nil || r.Rcode != dns.RcodeSuccess {
+				failed.Add(1)
+			}
+		}
+	}()
+
+	write("http: \"\"\naccess: {rate_limit: 0}\npolicy:\n  default: {actions: {spotlight: sinkhole}}\n")
+	syscall.Kill(syscall.Getpid(), syscall.SIGHUP)
+	deadline := time.Now().Add(5 * time.Second)
+	for lookupA(t, addr, "arc.msn.com.") != "0.0.0.0" {
+		if time.Now().After(deadline) {
+			t.Fatalf("reload did not take:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	write("http: \"\"\naccess: {rate_limit: 0}\npolicy:\n  default: {actions: {spotlite: sinkhole}}\n")
+	syscall.Kill(syscall.Getpid(), syscall.SIGHUP)
+	deadline = time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "reload failed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("bad reload not logged:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), cfg+`:4:23: unknown category \"spotlite\"`) {
+		t.Errorf("the error does not name file, line and column:\n%s", logs.String())
+	}
+	if got := lookupA(t, addr, "arc.msn.com."); got != "0.0.0.0" {
+		t.Errorf("after a bad reload the running policy should stay: %s", got)
+	}
+	close(stop)
+	wg.Wait()
+	if sent.Load() == 0 || failed.Load() != 0 {
+		t.Errorf("%d of %d queries failed during reloads", failed.Load(), sent.Load())
+	}
+
+	// Shutdown lets a query in flight finish.
+	up.SetMode(dnstest.Delay)
+	up.SetDelay(300 * time.Millisecond)
+	answer := make(chan string, 1)
+	go func() { answer <- lookupA(t, addr, "slow.example.") }()
+	for up.Seen("slow.example") == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
+	if got := <-answer; got != dnstest.AnswerA {
+		t.Errorf("query in flight at shutdown: %s", got)
+	}
+	select {
+	case code := <-exit:
+		if code != 0 {
+			t.Errorf("exit %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+}
+
+func TestServeRefusesToStart(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("cache: {size: lots}\n"), 0o644)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-listen", "127.0.0.1:5397", "-upstream", "127.0.0.1:5397"}, "queries would loop"},
+		{[]string{"-config", bad, "-upstream", "127.0.0.1:5399"}, bad + ":1:15: cache.size"},
+		{[]string{"-upstream", "https://x:1"}, "unknown scheme"},
+	} {
+		var logs syncBuffer
+		if code := serve(c.args, &logs, nil); code != 1 || !strings.Contains(logs.String(), c.want) {
+			t.Errorf("%v: exit %d\n%s", c.args, code, logs.String())
+		}
+	}
+}
