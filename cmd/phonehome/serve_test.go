@@ -64,7 +64,9 @@ func TestServeReloadAndShutdown(t *testing.T) {
 	var logs syncBuffer
 	ready := make(chan []string, 1)
 	exit := make(chan int, 1)
-	go func() { exit <- serve([]string{"-config", cfg, "-listen", "127.0.0.1:0", "-upstream", up.Addr()}, &logs, ready) }()
+	go func() {
+		exit <- serve([]string{"-config", cfg, "-listen", "127.0.0.1:0", "-upstream", up.Addr()}, &logs, ready)
+	}()
 	var addr string
 	select {
 	case addrs := <-ready:
