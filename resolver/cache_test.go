@@ -1,0 +1,95 @@
+package resolver
+
+import (
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+func answer(name string, ttls ...uint32) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	m.Response = true
+	for _, ttl := range ttls {
+		rr, _ := dns.NewRR(name + " 0 IN A 192.0.2.1")
+		rr.Header().Ttl = ttl
+		m.Answer = append(m.Answer, rr)
+	}
+	return m
+}
+
+func TestCacheTTLs(t *testing.T) {
+	c := NewCache(10, 0, time.Hour)
+	key := Key(answer("a.example.", 0))
+	c.Put(key, answer("a.example.", 300, 100))
+	c.skew.Store(int64(40 * time.Second))
+	fresh, _ := c.Get(key)
+	if fresh == nil || fresh.Answer[0].Header().Ttl != 60 || fresh.Answer[1].Header().Ttl != 60 { // both held to the entry's lifetime, the lowest TTL
+		t.Fatalf("TTLs after 40 s: %v", fresh)
+	}
+	// The entry lives as long as its lowest TTL, then turns stale.
+	c.skew.Store(int64(101 * time.Second))
+	if fresh, stale := c.Get(key); fresh != nil || stale == nil || stale.Answer[0].Header().Ttl != staleTTL {
+		t.Errorf("after 101 s: fresh %v stale %v", fresh, stale)
+	}
+	c.skew.Store(int64(25 * time.Hour))
+	if fresh, stale := c.Get(key); fresh != nil || stale != nil {
+		t.Error("a day after expiry nothing is served")
+	}
+
+	// Clamping.
+	c = NewCache(10, time.Minute, 10*time.Minute)
+	c.Put("low", answer("low.example.", 5))
+	c.Put("high", answer("high.example.", 86400))
+	if m, _ := c.Get("low"); m == nil || m.Answer[0].Header().Ttl != 60 {
+		t.Errorf("min_ttl: %v", m)
+	}
+	if m, _ := c.Get("high"); m == nil || m.Answer[0].Header().Ttl != 600 {
+		t.Errorf("max_ttl: %v", m)
+	}
+
+	// Negative answers: cached for min(SOA TTL, minimum); none without a SOA.
+	nx := answer("nx.example.")
+	nx.Rcode = dns.RcodeNameError
+	c = NewCache(10, 0, time.Hour)
+	c.Put("nosoa", nx)
+	if m, _ := c.Get("nosoa"); m != nil {
+		t.Error("NXDOMAIN without SOA was cached")
+	}
+	soa, _ := dns.NewRR("example. 3600 IN SOA ns. host. 1 2 3 4 45")
+	nx.Ns = []dns.RR{soa}
+	c.Put("nx", nx)
+	c.skew.Store(int64(44 * time.Second))
+	if m, _ := c.Get("nx"); m == nil || m.Rcode != dns.RcodeNameError {
+		t.Error("NXDOMAIN not cached for the SOA minimum")
+	}
+	c.skew.Store(int64(46 * time.Second))
+	if m, _ := c.Get("nx"); m != nil {
+		t.Error("NXDOMAIN outlived the SOA minimum")
+	}
+	// SERVFAIL: at most 5 s.
+	sf := answer("sf.example.")
+	sf.Rcode = dns.RcodeServerFailure
+	c.skew.Store(0)
+	c.Put("sf", sf)
+	c.skew.Store(int64(6 * time.Second))
+	if m, _ := c.Get("sf"); m != nil {
+		t.Error("SERVFAIL cached beyond 5 s")
+	}
+	// Size 0 turns the cache off; the key tells DO and CD apart.
+	off := NewCache(0, 0, 0)
+	off.Put("k", answer("a.example.", 300))
+	if m, _ := off.Get("k"); m != nil || off.Len() != 0 {
+		t.Error("cache size 0 still caches")
+	}
+	q := answer("A.Example.")
+	k1 := Key(q)
+	q.CheckingDisabled = true
+	k2 := Key(q)
+	q.SetEdns0(1232, true)
+	k3 := Key(q)
+	if k1 == k2 || k2 == k3 || k1 != Key(answer("a.example.")) {
+		t.Error("cache keys")
+	}
+}

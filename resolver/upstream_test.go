@@ -1,0 +1,107 @@
+package resolver
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/phonehome/phonehome/internal/dnstest"
+)
+
+// startTLS runs a DNS-over-TLS server on 127.0.0.1 for the name dns.test
+// and returns its address and a pool that trusts its certificate.
+func startTLS(t *testing.T) (string, *x509.CertPool) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "dns.test"}, DNSNames: []string{"dns.test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{Listener: ln, Net: "tcp-tls", Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		r := new(dns.Msg)
+		r.SetReply(q)
+		rr, _ := dns.NewRR(q.Question[0].Name + " 60 IN A 192.0.2.53")
+		r.Answer = []dns.RR{rr}
+		w.WriteMsg(r)
+	})}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	return ln.Addr().String(), pool
+}
+
+func TestUpstreamTransports(t *testing.T) {
+	addr, pool := startTLS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	q := new(dns.Msg)
+	q.SetQuestion("dot.example.", dns.TypeA)
+
+	u, err := ParseUpstream("tls://" + addr + "#dns.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.tls.RootCAs = pool
+	if r, err := u.exchange(ctx, q.Copy()); err != nil || len(r.Answer) != 1 {
+		t.Errorf("DNS over TLS: %v %v", r, err)
+	}
+	// The certificate is verified against the servername.
+	u, _ = ParseUpstream("tls://" + addr + "#other.test")
+	u.tls.RootCAs = pool
+	if _, err := u.exchange(ctx, q.Copy()); err == nil {
+		t.Error("a certificate for another name was accepted")
+	}
+
+	stub := dnstest.Start(t)
+	u, _ = ParseUpstream("tcp://" + stub.Addr())
+	if r, err := u.exchange(ctx, q.Copy()); err != nil || len(r.Answer) != 1 || stub.QueriesTCP() != 1 {
+		t.Errorf("tcp://: %v %v", r, err)
+	}
+	for _, bad := range []string{"https://1.1.1.1:443", "1.1.1.1"} {
+		if _, err := ParseUpstream(bad); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}
+
+// TestUDPSocketsRenew: the pool replaces each socket after maxUses queries,
+// so source ports keep changing, and answers still arrive.
+func TestUDPSocketsRenew(t *testing.T) {
+	stub := dnstest.Start(t)
+	u, _ := ParseUpstream(stub.Addr())
+	defer u.close()
+	ctx := context.Background()
+	ports := map[string]bool{}
+	for i := range 2 * maxUses * udpSockets {
+		q := new(dns.Msg)
+		q.SetQuestion("renew.example.", dns.TypeA)
+		r, err := u.exchange(ctx, q)
+		if err != nil || len(r.Answer) != 1 {
+			t.Fatalf("query %d: %v %v", i, r, err)
+		}
+		u.pool.mu.Lock()
+		for _, s := range u.pool.socks {
+			ports[s.conn.LocalAddr().String()] = true
+		}
+		u.pool.mu.Unlock()
+	}
+	if len(ports) <= udpSockets {
+		t.Errorf("%d source ports over %d queries: sockets are not renewed", len(ports), 2*maxUses*udpSockets)
+	}
+}
