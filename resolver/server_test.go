@@ -2,6 +2,8 @@ package resolver
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"net"
 	"strings"
 	"sync"
@@ -393,4 +395,17 @@ func TestRefuseToStart(t *testing.T) {
 	if err := srv.Listen([]string{pc.LocalAddr().String()}); err == nil || !strings.Contains(err.Error(), pc.LocalAddr().String()+"/udp") {
 		t.Errorf("taken port: %v", err)
 	}
+}
+
+// TestMain fails the run when a test leaves a goroutine of the resolver or
+// of miekg/dns running: nothing a client sends may leak one.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if code == 0 {
+		if err := dnstest.LeftRunning(5*time.Second, "/resolver.", "github.com/miekg/dns."); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }

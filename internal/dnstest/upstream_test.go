@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -19,7 +18,7 @@ import (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if code == 0 {
-		if err := checkNoGoroutines(5 * time.Second); err != nil {
+		if err := LeftRunning(5*time.Second, "github.com/miekg/dns.", "/internal/dnstest."); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			code = 1
 		}
@@ -27,28 +26,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func checkNoGoroutines(wait time.Duration) error {
-	deadline := time.Now().Add(wait)
-	for {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		// The first goroutine is this one.
-		stacks := strings.Split(string(buf), "\n\n")[1:]
-		var left []string
-		for _, s := range stacks {
-			if strings.Contains(s, "github.com/miekg/dns.") || strings.Contains(s, "/internal/dnstest.") {
-				left = append(left, s)
-			}
-		}
-		if len(left) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("goroutines left running after the tests:\n\n%s", strings.Join(left, "\n\n"))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 var transports = []string{"udp", "tcp"}
 
