@@ -3,8 +3,8 @@ package resolver
 import (
 	"context"
 	"fmt"
-	"os"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"

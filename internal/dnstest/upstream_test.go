@@ -26,7 +26,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-
 var transports = []string{"udp", "tcp"}
 
 // queryTimeout bounds every exchange that is expected to be answered.
