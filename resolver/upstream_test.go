@@ -105,3 +105,34 @@ func TestUDPSocketsRenew(t *testing.T) {
 		t.Errorf("%d source ports over %d queries: sockets are not renewed", len(ports), 2*maxUses*udpSockets)
 	}
 }
+
+// TestForwarderOverload: past the bound on queries waiting for upstreams,
+// a new miss fails at once instead of piling up goroutines.
+func TestForwarderOverload(t *testing.T) {
+	stub := dnstest.Start(t)
+	stub.SetMode(dnstest.Delay)
+	stub.SetDelay(300 * time.Millisecond)
+	u, _ := ParseUpstream(stub.Addr())
+	f := NewForwarder([]*Upstream{u}, 1, nil)
+	defer f.Close()
+	q := func(name string) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		return m
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.Forward(context.Background(), "slow", q("slow.example."))
+		done <- err
+	}()
+	for stub.Seen("slow.example") == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	if _, err := f.Forward(context.Background(), "other", q("other.example.")); err != ErrOverload || time.Since(start) > 100*time.Millisecond {
+		t.Errorf("second query while one waits: %v after %v", err, time.Since(start))
+	}
+	if err := <-done; err != nil {
+		t.Errorf("first query: %v", err)
+	}
+}
