@@ -110,8 +110,12 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	last := &errNoUpstream{last: errors.New("no upstreams")}
 	for _, u := range order {
 		tctx, tcancel := context.WithTimeout(ctx, f.TryTimeout)
+		began := time.Now()
 		r, err := u.exchange(tctx, q.Copy())
 		tcancel()
+		if err == nil {
+			u.metrics.upstreamAnswered(u, r, time.Since(began))
+		}
 		if err == nil && (r.Rcode == dns.RcodeServerFailure || r.Rcode == dns.RcodeRefused) {
 			// The upstream is up but cannot answer this name: try the
 			// next one, without backing off from this one.
@@ -125,6 +129,7 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 		}
 		var ne net.Error
 		last = &errNoUpstream{timeout: errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout(), last: err}
+		u.metrics.upstreamFailed(u, last.timeout)
 		f.markDown(u, err)
 		if ctx.Err() != nil {
 			break
@@ -134,13 +139,21 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 }
 
 func (f *Forwarder) markDown(u *Upstream, err error) {
-	if u.downUntil.Swap(time.Now().Add(f.Backoff).UnixNano()) == 0 && f.Log != nil {
+	if u.downUntil.Swap(time.Now().Add(f.Backoff).UnixNano()) != 0 {
+		return
+	}
+	u.metrics.upstreamHealth(u, false)
+	if f.Log != nil {
 		f.Log.Warn("upstream down", "upstream", u.Name, "err", err, "retry_in", f.Backoff)
 	}
 }
 
 func (f *Forwarder) markUp(u *Upstream) {
-	if u.downUntil.Swap(0) != 0 && f.Log != nil {
+	if u.downUntil.Swap(0) == 0 {
+		return
+	}
+	u.metrics.upstreamHealth(u, true)
+	if f.Log != nil {
 		f.Log.Info("upstream up", "upstream", u.Name)
 	}
 }
@@ -150,4 +163,16 @@ func (f *Forwarder) Close() {
 	for _, u := range f.Upstreams {
 		u.close()
 	}
+}
+
+// Healthy counts the upstreams not backing off.
+func (f *Forwarder) Healthy() int {
+	n := 0
+	now := time.Now()
+	for _, u := range f.Upstreams {
+		if u.healthy(now) {
+			n++
+		}
+	}
+	return n
 }

@@ -41,6 +41,8 @@ type Handler struct {
 	limiters *lru.Cache[netip.Addr, *rate.Limiter]
 	Counters Counters
 	Log      *slog.Logger
+	// Metrics, if set, counts every decision and answer.
+	Metrics *Metrics
 }
 
 // NewHandler makes the request path for an initial state.
@@ -64,6 +66,7 @@ const maxUDP = 1232
 
 // ServeDNS answers one query.
 func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	start := time.Now()
 	st := h.state.Load()
 	client := addrOf(w.RemoteAddr())
 
@@ -72,6 +75,7 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	if !allowed(st.Allow, client) {
 		h.Counters.Refused.Add(1)
 		h.reply(w, req, rcode(req, dns.RcodeRefused), 0, "")
+		h.Metrics.answered(dns.RcodeRefused, sourceLocal, start)
 		return
 	}
 	// 2. Rate limit per client address, after access, so that strangers
@@ -85,49 +89,57 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	// questions other than one.)
 	if m := protocol(req); m != nil {
 		h.reply(w, req, m, 0, "")
+		h.Metrics.answered(m.Rcode, sourceLocal, start)
 		return
 	}
 	// 4. The policy decides before the cache: one cache serves every
 	// group, and a reload never serves a stale decision.
 	q := req.Question[0]
 	d := st.Policy.Decide(client, q.Name)
+	h.Metrics.decided(d)
 
 	// 5. Sinkholed names are answered here and never reach an upstream.
 	if d.Action == policy.Sinkhole {
-		h.reply(w, req, st.Sinkhole.answer(req), dns.ExtendedErrorCodeBlocked, "phonehome: "+string(d.Category())+" "+d.Match.Pattern())
+		m := st.Sinkhole.answer(req)
+		h.reply(w, req, m, dns.ExtendedErrorCodeBlocked, "phonehome: "+string(d.Category())+" "+d.Match.Pattern())
+		h.Metrics.answered(m.Rcode, sourceSinkhole, start)
 		return
 	}
 	// 6. Cache, then 7. upstream.
-	m, ede := h.resolve(st, req)
+	m, ede, source := h.resolve(st, req)
 	h.reply(w, req, m, ede, "")
+	h.Metrics.answered(m.Rcode, source, start)
 }
 
 // resolve answers an allowed query from the cache or the upstreams; when
 // every upstream fails it serves an expired answer (RFC 8767) or SERVFAIL
 // with the reason.
-func (h *Handler) resolve(st *State, req *dns.Msg) (*dns.Msg, uint16) {
+func (h *Handler) resolve(st *State, req *dns.Msg) (*dns.Msg, uint16, int) {
 	key := Key(req)
 	fresh, _ := st.Cache.Get(key)
 	if fresh != nil {
-		return fresh, 0
+		h.Metrics.cacheLookup(cacheHit)
+		return fresh, 0, sourceCache
 	}
+	h.Metrics.cacheLookup(cacheMiss)
 	r, err := st.Forwarder.Forward(context.Background(), key, upstreamQuery(req))
 	if err == nil {
 		st.Cache.Put(key, r)
-		return r, 0
+		return r, 0, sourceUpstream
 	}
 	if errors.Is(err, ErrOverload) {
 		h.Counters.Overload.Add(1)
-		return rcode(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeOther
+		return rcode(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeOther, sourceLocal
 	}
 	if _, stale := st.Cache.Get(key); stale != nil {
-		return stale, dns.ExtendedErrorCodeStaleAnswer
+		h.Metrics.cacheLookup(cacheStale)
+		return stale, dns.ExtendedErrorCodeStaleAnswer, sourceStale
 	}
 	var nu *errNoUpstream
 	if errors.As(err, &nu) && nu.timeout {
-		return rcode(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNoReachableAuthority
+		return rcode(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNoReachableAuthority, sourceLocal
 	}
-	return rcode(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNetworkError
+	return rcode(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNetworkError, sourceLocal
 }
 
 // upstreamQuery is the query phonehome sends on: the client's question, RD,

@@ -25,6 +25,8 @@ type Upstream struct {
 	tls  *tls.Config
 	pool *udpPool
 
+	metrics *Metrics // set by Metrics.SetState
+
 	// downUntil is when a failed upstream may be tried again (UnixNano);
 	// zero while it is healthy.
 	downUntil atomic.Int64

@@ -14,6 +14,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
 	"github.com/phonehome/phonehome/endpoints"
 	"github.com/phonehome/phonehome/policy"
 	"github.com/phonehome/phonehome/resolver"
@@ -58,9 +61,15 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	return serve(args, stderr, nil)
 }
 
+// bound are the addresses serve listens on.
+type bound struct {
+	dns  []string
+	http string // "" when off
+}
+
 // serve runs the daemon until SIGINT or SIGTERM. ready, if not nil, gets
 // the bound addresses once it listens (tests use it).
-func serve(args []string, stderr io.Writer, ready chan<- []string) int {
+func serve(args []string, stderr io.Writer, ready chan<- bound) int {
 	fs := flag.NewFlagSet("phonehome serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o serveOptions
@@ -92,13 +101,30 @@ func serve(args []string, stderr io.Writer, ready chan<- []string) int {
 		return fail(err)
 	}
 	h := resolver.NewHandler(st, log)
+	// One registry for the process, passed down; nothing registers globally.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	h.Metrics = resolver.NewMetrics(reg, version, &h.Counters, func() int { return h.State().Cache.Len() })
+	h.Metrics.SetState(st)
+	h.Metrics.Reloads.WithLabelValues("success").Inc()
+	h.Metrics.LastReload.SetToCurrentTime()
 	srv := &resolver.Server{Handler: h}
 	if err := srv.Listen(cfg.Listen); err != nil {
 		return fail(err)
 	}
-	logStart(log, srv.Addrs(), st, cfg)
+	b := bound{dns: srv.Addrs()}
+	if *cfg.HTTP != "" {
+		hs, addr, err := startHTTP(*cfg.HTTP, reg, h)
+		if err != nil {
+			srv.Shutdown(context.Background())
+			return fail(err)
+		}
+		defer hs.Close()
+		b.http = addr
+	}
+	logStart(log, b, st, cfg)
 	if ready != nil {
-		ready <- srv.Addrs()
+		ready <- b
 	}
 
 	sigs := make(chan os.Signal, 1)
@@ -135,8 +161,12 @@ func reload(log *slog.Logger, h *resolver.Handler, o *serveOptions, running *pol
 		for _, line := range strings.Split(err.Error(), "\n") {
 			log.Error("reload failed; the running config stays", "err", line)
 		}
+		h.Metrics.Reloads.WithLabelValues("failure").Inc()
 		return
 	}
+	h.Metrics.SetState(st)
+	h.Metrics.Reloads.WithLabelValues("success").Inc()
+	h.Metrics.LastReload.SetToCurrentTime()
 	if !slices.Equal(cfg.Listen, running.Listen) {
 		log.Warn("listen addresses changed; they take effect after a restart", "running", running.Listen, "config", cfg.Listen)
 	}
@@ -146,7 +176,7 @@ func reload(log *slog.Logger, h *resolver.Handler, o *serveOptions, running *pol
 	log.Info("reloaded", "groups", len(st.Policy.Groups)+1, "endpoints", len(st.Policy.Catalog.Entries))
 }
 
-func logStart(log *slog.Logger, addrs []string, st *resolver.State, cfg *policy.Config) {
+func logStart(log *slog.Logger, b bound, st *resolver.State, cfg *policy.Config) {
 	counts := st.Policy.Catalog.Count()
 	var cat []string
 	for _, ed := range endpoints.AllEditions.Each() {
@@ -161,6 +191,6 @@ func logStart(log *slog.Logger, addrs []string, st *resolver.State, cfg *policy.
 	for _, g := range append([]*policy.Group{st.Policy.Default}, st.Policy.Groups...) {
 		groups = append(groups, g.Name)
 	}
-	log.Info("phonehome serving", "listen", strings.Join(addrs, ","), "upstreams", strings.Join(ups, ","),
+	log.Info("phonehome serving", "listen", strings.Join(b.dns, ","), "http", cmp.Or(b.http, "off"), "upstreams", strings.Join(ups, ","),
 		"catalog", strings.Join(cat, ","), "groups", strings.Join(groups, ","), "config", cmp.Or(cfg.File, "built-in defaults"))
 }

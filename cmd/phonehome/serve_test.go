@@ -62,15 +62,15 @@ func TestServeReloadAndShutdown(t *testing.T) {
 	}
 	write("http: \"\"\naccess: {rate_limit: 0}\n")
 	var logs syncBuffer
-	ready := make(chan []string, 1)
+	ready := make(chan bound, 1)
 	exit := make(chan int, 1)
 	go func() {
 		exit <- serve([]string{"-config", cfg, "-listen", "127.0.0.1:0", "-upstream", up.Addr()}, &logs, ready)
 	}()
 	var addr string
 	select {
-	case addrs := <-ready:
-		addr = addrs[0]
+	case b := <-ready:
+		addr = b.dns[0]
 	case code := <-exit:
 		t.Fatalf("serve exited %d:\n%s", code, logs.String())
 	case <-time.After(10 * time.Second):

@@ -51,16 +51,23 @@ func main() {
 	sockets := flag.Int("sockets", 1, "UDP sockets bound to the port with SO_REUSEPORT, each read by its own goroutine")
 	batch := flag.Int("batch", 64, "UDP packets read or written per system call at most")
 	flag.Parse()
-	if err := run(*listen, *sockets, *batch); err != nil {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGINT, syscall.SIGTERM)
+	if err := run(*listen, *sockets, *batch, sigs, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "stubdns:", err)
 		os.Exit(1)
 	}
 }
 
+// udpBuffer is the receive and send buffer size asked for each UDP socket.
+const udpBuffer = 4 << 20
+
 // answered counts the queries answered over UDP and TCP.
 var answered atomic.Uint64
 
-func run(listen string, sockets, batch int) error {
+// run serves until sigs delivers a signal other than SIGUSR1, after sending
+// the address it serves on to ready, if not nil.
+func run(listen string, sockets, batch int, sigs <-chan os.Signal, ready chan<- string) error {
 	ap, err := netip.ParseAddrPort(listen)
 	if err != nil {
 		return fmt.Errorf("-listen: %w", err)
@@ -81,7 +88,12 @@ func run(listen string, sockets, batch int) error {
 		if err != nil {
 			return fmt.Errorf("listening on udp %s: %w", addr, err)
 		}
-		conns = append(conns, pc.(*net.UDPConn))
+		c := pc.(*net.UDPConn)
+		// Room for bursts of queries while the stub waits for its core;
+		// the kernel caps this at net.core.rmem_max.
+		c.SetReadBuffer(udpBuffer)
+		c.SetWriteBuffer(udpBuffer)
+		conns = append(conns, c)
 		addr = pc.LocalAddr().String()
 	}
 	tl, err := net.Listen("tcp", addr)
@@ -98,9 +110,10 @@ func run(listen string, sockets, batch int) error {
 		go serveUDP(c, ap.Addr().Is4(), batch)
 	}
 	fmt.Fprintln(os.Stderr, "listening on", addr)
+	if ready != nil {
+		ready <- addr
+	}
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGINT, syscall.SIGTERM)
 	for sig := range sigs {
 		fmt.Fprintln(os.Stderr, "answered", answered.Load())
 		if sig != syscall.SIGUSR1 {
@@ -276,8 +289,8 @@ func reply(out, q []byte) int {
 	return n
 }
 
-// header writes an answer with q's ID and opcode, no sections and rcode,
-// and returns its length.
+// header writes an answer carrying only q's ID, opcode and RD bit and the
+// rcode, with no sections, and returns its length.
 func header(out, q []byte, rcode byte) int {
 	copy(out, q[:4])
 	out[2] = 0x80 | q[2]&0x79 // QR, the opcode, RD as asked

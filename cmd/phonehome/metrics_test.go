@@ -1,0 +1,102 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	"github.com/phonehome/phonehome/internal/dnstest"
+)
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	r, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return r.StatusCode, string(b)
+}
+
+// TestMetrics runs the daemon with its HTTP server and reads /metrics over
+// real HTTP after a sinkholed, a logged and a refused query.
+func TestMetrics(t *testing.T) {
+	up := dnstest.Start(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "p.yaml")
+	os.WriteFile(cfg, []byte("access: {rate_limit: 0, allow: [127.0.0.1/32]}\npolicy:\n  default: {actions: {telemetry: sinkhole, certificates: sinkhole}}\n"), 0o644)
+	var logs syncBuffer
+	ready := make(chan bound, 1)
+	exit := make(chan int, 1)
+	go func() {
+		exit <- serve([]string{"-config", cfg, "-listen", "127.0.0.1:0", "-upstream", up.Addr(), "-http", "127.0.0.1:0"}, &logs, ready)
+	}()
+	var b bound
+	select {
+	case b = <-ready:
+	case <-exit:
+		t.Fatalf("serve exited:\n%s", logs.String())
+	}
+	defer func() {
+		syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
+		<-exit
+	}()
+	lookupA(t, b.dns[0], "v10.events.data.microsoft.com.") // sinkholed
+	lookupA(t, b.dns[0], "arc.msn.com.")                   // logged
+	lookupA(t, b.dns[0], "arc.msn.com.")                   // logged, from the cache
+	lookupA(t, b.dns[0], "ctldl.windowsupdate.com.")       // protected: logged, not sinkholed
+	lookupA(t, b.dns[0], "www.example.com.")               // allowed
+
+	code, body := get(t, "http://"+b.http+"/metrics")
+	if code != 200 {
+		t.Fatalf("/metrics: %d", code)
+	}
+	for _, want := range []string{
+		`phonehome_queries_total{action="sinkhole",category="telemetry",edition="all",group="default"} 1`,
+		`phonehome_queries_total{action="log",category="spotlight",edition="all",group="default"} 2`,
+		`phonehome_queries_total{action="allow",category="unlisted",edition="all",group="default"} 1`,
+		`phonehome_endpoint_queries_total{action="sinkhole",category="telemetry",endpoint="v10.events.data.microsoft.com"} 1`,
+		`phonehome_protected_overrides_total{endpoint="ctldl.windowsupdate.com"} 1`,
+		`phonehome_responses_total{rcode="NOERROR",source="sinkhole"} 1`,
+		`phonehome_responses_total{rcode="NOERROR",source="cache"} 1`,
+		`phonehome_cache_requests_total{result="hit"} 1`,
+		`phonehome_upstream_healthy{upstream="` + up.Addr() + `"} 1`,
+		`phonehome_config_reloads_total{result="success"} 1`,
+		`phonehome_catalog_endpoints{category="telemetry",edition="home"}`,
+		`phonehome_refused_total{reason="malformed"} 0`,
+		`phonehome_build_info{goversion="go`,
+		`phonehome_request_duration_seconds_bucket{source="upstream",le=`,
+		"go_goroutines ", "process_resident_memory_bytes ",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(body, "www.example.com") || strings.Contains(body, "127.0.0.1\"") {
+		t.Error("a query name or client address is a label")
+	}
+	problems, err := promlint.New(strings.NewReader(body)).Lint()
+	if err != nil || len(problems) > 0 {
+		t.Errorf("promlint: %v %v", err, problems)
+	}
+	if code, _ := get(t, "http://"+b.http+"/healthz"); code != 200 {
+		t.Errorf("/healthz: %d", code)
+	}
+	if code, _ := get(t, "http://"+b.http+"/readyz"); code != 200 {
+		t.Errorf("/readyz with a healthy upstream: %d", code)
+	}
+	up.SetMode(dnstest.Drop)
+	lookupA(t, b.dns[0], "down.example.") // SERVFAIL after the try timeout; the upstream backs off
+	if code, _ := get(t, "http://"+b.http+"/readyz"); code != 503 {
+		t.Errorf("/readyz with no upstream: %d", code)
+	}
+}

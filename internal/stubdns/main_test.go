@@ -1,0 +1,145 @@
+package main
+
+import (
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// startStub runs the stub on a free loopback port and returns its address.
+func startStub(t *testing.T, sockets int) string {
+	t.Helper()
+	sigs := make(chan os.Signal, 1)
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- run("127.0.0.1:0", sockets, 8, sigs, ready) }()
+	t.Cleanup(func() {
+		sigs <- syscall.SIGTERM
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("stub did not stop")
+		}
+	})
+	select {
+	case addr := <-ready:
+		return addr
+	case err := <-done:
+		t.Fatal(err)
+	}
+	return ""
+}
+
+func TestAnswers(t *testing.T) {
+	addr := startStub(t, 2)
+	cases := []struct {
+		name  string
+		qtype uint16
+		edns  bool
+		want  string // the answer record, "" for NODATA
+	}{
+		{"host1.example.com.", dns.TypeA, false, "host1.example.com.\t300\tIN\tA\t192.0.2.1"},
+		{"Host1.Example.COM.", dns.TypeA, true, "Host1.Example.COM.\t300\tIN\tA\t192.0.2.1"},
+		{"r12345.cold.example.", dns.TypeAAAA, true, "r12345.cold.example.\t300\tIN\tAAAA\t::"},
+		{"example.com.", dns.TypeMX, false, ""},
+		{"example.com.", dns.TypeHTTPS, true, ""},
+		{".", dns.TypeNS, false, ""},
+	}
+	for _, proto := range []string{"udp", "tcp"} {
+		c := &dns.Client{Net: proto, Timeout: 2 * time.Second}
+		for _, tc := range cases {
+			m := new(dns.Msg).SetQuestion(tc.name, tc.qtype)
+			if tc.edns {
+				m.SetEdns0(1232, true)
+			}
+			r, _, err := c.Exchange(m, addr)
+			if err != nil {
+				t.Fatalf("%s %s: %v", proto, tc.name, err)
+			}
+			if r.Id != m.Id || r.Rcode != dns.RcodeSuccess || !r.Response || !r.RecursionAvailable || r.Question[0] != m.Question[0] {
+				t.Errorf("%s %s: bad header or question:\n%v", proto, tc.name, r)
+			}
+			var got string
+			if len(r.Answer) == 1 {
+				got = r.Answer[0].String()
+			}
+			if got != tc.want || len(r.Answer) > 1 || len(r.Ns) > 0 {
+				t.Errorf("%s %s %s: answer %q, want %q", proto, tc.name, dns.TypeToString[tc.qtype], got, tc.want)
+			}
+			opt := r.IsEdns0()
+			if tc.edns != (opt != nil) || opt != nil && (!opt.Do() || opt.UDPSize() != 1232) {
+				t.Errorf("%s %s: OPT %v, want EDNS %v with DO", proto, tc.name, opt, tc.edns)
+			}
+		}
+	}
+}
+
+func TestRejects(t *testing.T) {
+	q := new(dns.Msg).SetQuestion("example.com.", dns.TypeA)
+	q.Id = 0x1234
+	wire := func(f func(m *dns.Msg)) []byte {
+		m := q.Copy()
+		f(m)
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	good, _ := q.Pack()
+	cases := []struct {
+		name  string
+		query []byte
+		rcode int // -1: dropped
+	}{
+		{"short", good[:11], -1},
+		{"response", wire(func(m *dns.Msg) { m.Response = true }), -1},
+		{"notify", wire(func(m *dns.Msg) { m.Opcode = dns.OpcodeNotify }), dns.RcodeNotImplemented},
+		{"two questions", wire(func(m *dns.Msg) { m.Question = append(m.Question, m.Question[0]) }), dns.RcodeFormatError},
+		{"no question", wire(func(m *dns.Msg) { m.Question = nil }), dns.RcodeFormatError},
+		{"cut name", good[:15], dns.RcodeFormatError},
+		{"cut type", good[:len(good)-2], dns.RcodeFormatError},
+	}
+	out := make([]byte, 600)
+	for _, tc := range cases {
+		n := reply(out, tc.query)
+		if tc.rcode < 0 {
+			if n != 0 {
+				t.Errorf("%s: answered, want dropped", tc.name)
+			}
+			continue
+		}
+		r := new(dns.Msg)
+		if err := r.Unpack(out[:n]); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if r.Id != 0x1234 || !r.Response || r.Rcode != tc.rcode {
+			t.Errorf("%s: got %v, want rcode %s", tc.name, r, dns.RcodeToString[tc.rcode])
+		}
+	}
+}
+
+func TestRefusesNonLoopback(t *testing.T) {
+	err := run("192.0.2.1:53", 1, 1, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "only loopback") {
+		t.Errorf("got %v, want a refusal", err)
+	}
+}
+
+// BenchmarkReply is the cost of answering one query, without the sockets.
+func BenchmarkReply(b *testing.B) {
+	q := new(dns.Msg).SetQuestion("r123456.cold.example.", dns.TypeA)
+	q.SetEdns0(1232, false)
+	wire, _ := q.Pack()
+	out := make([]byte, len(wire)+maxExtra)
+	for b.Loop() {
+		reply(out, wire)
+	}
+}

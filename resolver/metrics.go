@@ -1,0 +1,247 @@
+package resolver
+
+import (
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/phonehome/phonehome/endpoints"
+	"github.com/phonehome/phonehome/policy"
+)
+
+// Label names, and the sources an answer comes from.
+const (
+	labelGroup, labelEdition, labelCategory, labelAction = "group", "edition", "category", "action"
+	labelEndpoint, labelRcode, labelSource, labelReason  = "endpoint", "rcode", "source", "reason"
+	labelUpstream, labelResult                           = "upstream", "result"
+)
+
+// Where an answer came from.
+const (
+	sourceCache = iota
+	sourceUpstream
+	sourceSinkhole
+	sourceStale
+	sourceLocal
+	numSources
+)
+
+var sourceNames = [numSources]string{"cache", "upstream", "sinkhole", "stale", "local"}
+
+// Metrics are phonehome's Prometheus metrics. They are registered on the
+// registry main creates and passes down (no global registry), and the query
+// path only adds to atomic counters or to counter children it has looked up
+// once, so counting costs next to nothing. Never the query name or the
+// client address as a label: every label has a bounded set of values.
+type Metrics struct {
+	queries   *prometheus.CounterVec
+	endpoint  *prometheus.CounterVec
+	protected *prometheus.CounterVec
+	duration  [numSources]prometheus.Observer
+
+	upstreamReqs    *prometheus.CounterVec
+	upstreamErrs    *prometheus.CounterVec
+	upstreamDur     *prometheus.HistogramVec
+	upstreamHealthy *prometheus.GaugeVec
+
+	Reloads    *prometheus.CounterVec
+	LastReload prometheus.Gauge
+	catalog    *prometheus.GaugeVec
+
+	// responses[rcode][source]; rcodes past 15 count as 15.
+	responses [16][numSources]atomic.Uint64
+	cache     [3]atomic.Uint64 // by cacheHit, cacheMiss, cacheStale
+
+	children sync.Map // queryKey → prometheus.Counter, endpointKey → [2]prometheus.Counter
+}
+
+type queryKey struct {
+	group  *policy.Group
+	cat    endpoints.Category
+	action policy.Action
+}
+
+// NewMetrics registers the metrics on reg. counters are the handler's
+// refusal counters and cacheLen reports the cache size.
+func NewMetrics(reg prometheus.Registerer, version string, counters *Counters, cacheLen func() int) *Metrics {
+	m := &Metrics{
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_queries_total",
+			Help: "Queries decided, by client group, its edition, the endpoint category (unlisted outside the catalog) and the action."},
+			[]string{labelGroup, labelEdition, labelCategory, labelAction}),
+		endpoint: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_endpoint_queries_total",
+			Help: "Queries for each documented endpoint pattern; user list entries count only under their category."},
+			[]string{labelEndpoint, labelCategory, labelAction}),
+		protected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_protected_overrides_total",
+			Help: "Queries whose category said sinkhole but whose endpoint is protected, so they were logged instead."},
+			[]string{labelEndpoint}),
+		upstreamReqs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_upstream_requests_total",
+			Help: "Answers received from each upstream, by rcode."}, []string{labelUpstream, labelRcode}),
+		upstreamErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_upstream_errors_total",
+			Help: "Upstream exchanges that failed, by reason (timeout, network)."}, []string{labelUpstream, labelReason}),
+		upstreamDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "phonehome_upstream_duration_seconds",
+			Help: "Time for an upstream to answer.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{labelUpstream}),
+		upstreamHealthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "phonehome_upstream_healthy",
+			Help: "1 while an upstream is answering, 0 while it is backed off."}, []string{labelUpstream}),
+		Reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_config_reloads_total",
+			Help: "Config reloads, by result (success, failure)."}, []string{labelResult}),
+		LastReload: prometheus.NewGauge(prometheus.GaugeOpts{Name: "phonehome_config_last_reload_success_timestamp_seconds",
+			Help: "When the config was last loaded successfully, in Unix seconds."}),
+		catalog: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "phonehome_catalog_endpoints",
+			Help: "Catalog patterns documented for each edition, by category."}, []string{labelEdition, labelCategory}),
+	}
+	dur := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "phonehome_request_duration_seconds",
+		Help: "Time to answer a query, by where the answer came from.", Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16)},
+		[]string{labelSource})
+	for s := range numSources {
+		m.duration[s] = dur.WithLabelValues(sourceNames[s])
+	}
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "phonehome_build_info",
+		Help: "Always 1; the labels say which phonehome this is."}, []string{"version", "goversion"})
+	build.WithLabelValues(version, runtime.Version()).Set(1)
+	m.Reloads.WithLabelValues("success")
+	m.Reloads.WithLabelValues("failure")
+	reg.MustRegister(m.queries, m.endpoint, m.protected, dur, m.upstreamReqs, m.upstreamErrs, m.upstreamDur,
+		m.upstreamHealthy, m.Reloads, m.LastReload, m.catalog, build,
+		&funcCollector{m: m, counters: counters, cacheLen: cacheLen})
+	return m
+}
+
+// SetState publishes what a newly loaded state holds.
+func (m *Metrics) SetState(st *State) {
+	m.catalog.Reset()
+	for _, e := range st.Policy.Catalog.Entries {
+		for _, ed := range e.Editions.Each() {
+			m.catalog.WithLabelValues(ed.String(), string(e.Category)).Inc()
+		}
+	}
+	m.upstreamHealthy.Reset()
+	for _, u := range st.Forwarder.Upstreams {
+		m.upstreamHealthy.WithLabelValues(u.Name).Set(1)
+		u.metrics = m
+	}
+}
+
+// decided counts one policy decision.
+func (m *Metrics) decided(d policy.Decision) {
+	if m == nil {
+		return
+	}
+	k := queryKey{d.Group, d.Category(), d.Action}
+	c, ok := m.children.Load(k)
+	if !ok {
+		c, _ = m.children.LoadOrStore(k, m.queries.WithLabelValues(d.Group.Name, d.Group.Edition.String(), string(k.cat), d.Action.String()))
+	}
+	c.(prometheus.Counter).Inc()
+	if r := d.Match.Rule; r != nil && r.Entry != nil {
+		// Documented patterns only: a bounded set.
+		ek := endpointKey{r.Entry, d.Action}
+		c, ok := m.children.Load(ek)
+		if !ok {
+			c, _ = m.children.LoadOrStore(ek, m.endpoint.WithLabelValues(r.Entry.Pattern, string(r.Entry.Category), d.Action.String()))
+		}
+		c.(prometheus.Counter).Inc()
+		if d.Protected {
+			m.protected.WithLabelValues(r.Entry.Pattern).Inc()
+		}
+	}
+}
+
+type endpointKey struct {
+	e *endpoints.Entry
+	a policy.Action
+}
+
+// Cache lookup results.
+const (
+	cacheHit = iota
+	cacheMiss
+	cacheStale
+)
+
+func (m *Metrics) cacheLookup(result int) {
+	if m != nil {
+		m.cache[result].Add(1)
+	}
+}
+
+// answered counts an answer and how long it took.
+func (m *Metrics) answered(rcode int, source int, start time.Time) {
+	if m == nil {
+		return
+	}
+	m.responses[min(rcode, 15)][source].Add(1)
+	m.duration[source].Observe(time.Since(start).Seconds())
+}
+
+func (m *Metrics) upstreamAnswered(u *Upstream, r *dns.Msg, took time.Duration) {
+	if m == nil {
+		return
+	}
+	m.upstreamReqs.WithLabelValues(u.Name, dns.RcodeToString[r.Rcode]).Inc()
+	m.upstreamDur.WithLabelValues(u.Name).Observe(took.Seconds())
+}
+
+func (m *Metrics) upstreamFailed(u *Upstream, timeout bool) {
+	if m == nil {
+		return
+	}
+	reason := "network"
+	if timeout {
+		reason = "timeout"
+	}
+	m.upstreamErrs.WithLabelValues(u.Name, reason).Inc()
+}
+
+func (m *Metrics) upstreamHealth(u *Upstream, up bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.upstreamHealthy.WithLabelValues(u.Name).Set(v)
+}
+
+// funcCollector reports the counters the query path keeps as plain atomics.
+type funcCollector struct {
+	m        *Metrics
+	counters *Counters
+	cacheLen func() int
+}
+
+var (
+	descResponses = prometheus.NewDesc("phonehome_responses_total", "Answers sent, by rcode and by where they came from (cache, upstream, sinkhole, stale, local).", []string{labelRcode, labelSource}, nil)
+	descRefused   = prometheus.NewDesc("phonehome_refused_total", "Queries turned away, by reason (access, rate_limit, malformed, overload).", []string{labelReason}, nil)
+	descCacheReqs = prometheus.NewDesc("phonehome_cache_requests_total", "Cache lookups, by result (hit, miss, stale).", []string{labelResult}, nil)
+	descCacheLen  = prometheus.NewDesc("phonehome_cache_entries", "Answers held in the cache.", nil, nil)
+)
+
+func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descResponses
+	ch <- descRefused
+	ch <- descCacheReqs
+	ch <- descCacheLen
+}
+
+func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
+	for rc := range c.m.responses {
+		for s := range c.m.responses[rc] {
+			if n := c.m.responses[rc][s].Load(); n > 0 {
+				ch <- prometheus.MustNewConstMetric(descResponses, prometheus.CounterValue, float64(n), dns.RcodeToString[rc], sourceNames[s])
+			}
+		}
+	}
+	for reason, v := range map[string]*atomic.Uint64{"access": &c.counters.Refused, "rate_limit": &c.counters.RateLimited,
+		"malformed": &c.counters.Malformed, "overload": &c.counters.Overload} {
+		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(v.Load()), reason)
+	}
+	for i, result := range []string{"hit", "miss", "stale"} {
+		ch <- prometheus.MustNewConstMetric(descCacheReqs, prometheus.CounterValue, float64(c.m.cache[i].Load()), result)
+	}
+	ch <- prometheus.MustNewConstMetric(descCacheLen, prometheus.GaugeValue, float64(c.cacheLen()))
+}
