@@ -43,6 +43,8 @@ type Handler struct {
 	Log      *slog.Logger
 	// Metrics, if set, counts every decision and answer.
 	Metrics *Metrics
+	// QueryLog, if set, records catalog matches (or every query).
+	QueryLog *QueryLog
 }
 
 // NewHandler makes the request path for an initial state.
@@ -102,13 +104,33 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	if d.Action == policy.Sinkhole {
 		m := st.Sinkhole.answer(req)
 		h.reply(w, req, m, dns.ExtendedErrorCodeBlocked, "phonehome: "+string(d.Category())+" "+d.Match.Pattern())
-		h.Metrics.answered(m.Rcode, sourceSinkhole, start)
+		h.done(client, q, d, m.Rcode, sourceSinkhole, start)
 		return
 	}
 	// 6. Cache, then 7. upstream.
 	m, ede, source := h.resolve(st, req)
 	h.reply(w, req, m, ede, "")
-	h.Metrics.answered(m.Rcode, source, start)
+	h.done(client, q, d, m.Rcode, source, start)
+}
+
+// done counts an answered query and writes the query log: catalog and list
+// matches that are logged or sinkholed, or every query with all_queries.
+func (h *Handler) done(client netip.Addr, q dns.Question, d policy.Decision, rc, source int, start time.Time) {
+	h.Metrics.answered(rc, source, start)
+	l := h.QueryLog
+	if l == nil || !l.All && (d.Match.Rule == nil || d.Action == policy.Allow) {
+		return
+	}
+	if l.Anonymize {
+		client = anonymize(client)
+	}
+	r := Record{Time: start, Client: client.String(), Group: d.Group.Name, Name: q.Name, Type: dns.TypeToString[q.Qtype],
+		Action: d.Action.String(), Category: string(d.Category()), Edition: d.Group.Edition.String(),
+		Rcode: dns.RcodeToString[rc], Source: sourceNames[source], Duration: time.Since(start).Seconds()}
+	if d.Match.Rule != nil {
+		r.Pattern = d.Match.Pattern()
+	}
+	l.Add(r)
 }
 
 // resolve answers an allowed query from the cache or the upstreams; when

@@ -66,8 +66,9 @@ type queryKey struct {
 }
 
 // NewMetrics registers the metrics on reg. counters are the handler's
-// refusal counters and cacheLen reports the cache size.
-func NewMetrics(reg prometheus.Registerer, version string, counters *Counters, cacheLen func() int) *Metrics {
+// refusal counters, cacheLen reports the cache size and queryLog the query
+// log in use (or nil).
+func NewMetrics(reg prometheus.Registerer, version string, counters *Counters, cacheLen func() int, queryLog func() *QueryLog) *Metrics {
 	m := &Metrics{
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_queries_total",
 			Help: "Queries decided, by client group, its edition, the endpoint category (unlisted outside the catalog) and the action."},
@@ -106,7 +107,7 @@ func NewMetrics(reg prometheus.Registerer, version string, counters *Counters, c
 	m.Reloads.WithLabelValues("failure")
 	reg.MustRegister(m.queries, m.endpoint, m.protected, dur, m.upstreamReqs, m.upstreamErrs, m.upstreamDur,
 		m.upstreamHealthy, m.Reloads, m.LastReload, m.catalog, build,
-		&funcCollector{m: m, counters: counters, cacheLen: cacheLen})
+		&funcCollector{m: m, counters: counters, cacheLen: cacheLen, queryLog: queryLog})
 	return m
 }
 
@@ -212,6 +213,7 @@ type funcCollector struct {
 	m        *Metrics
 	counters *Counters
 	cacheLen func() int
+	queryLog func() *QueryLog
 }
 
 var (
@@ -219,6 +221,7 @@ var (
 	descRefused   = prometheus.NewDesc("phonehome_refused_total", "Queries turned away, by reason (access, rate_limit, malformed, overload).", []string{labelReason}, nil)
 	descCacheReqs = prometheus.NewDesc("phonehome_cache_requests_total", "Cache lookups, by result (hit, miss, stale).", []string{labelResult}, nil)
 	descCacheLen  = prometheus.NewDesc("phonehome_cache_entries", "Answers held in the cache.", nil, nil)
+	descDropped   = prometheus.NewDesc("phonehome_querylog_dropped_total", "Query log records dropped because the writer fell behind.", nil, nil)
 )
 
 func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -226,6 +229,7 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRefused
 	ch <- descCacheReqs
 	ch <- descCacheLen
+	ch <- descDropped
 }
 
 func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
@@ -244,4 +248,9 @@ func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descCacheReqs, prometheus.CounterValue, float64(c.m.cache[i].Load()), result)
 	}
 	ch <- prometheus.MustNewConstMetric(descCacheLen, prometheus.GaugeValue, float64(c.cacheLen()))
+	var dropped uint64
+	if l := c.queryLog(); l != nil {
+		dropped = l.Dropped.Load()
+	}
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(dropped))
 }

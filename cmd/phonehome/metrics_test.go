@@ -33,7 +33,8 @@ func TestMetrics(t *testing.T) {
 	up := dnstest.Start(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "p.yaml")
-	os.WriteFile(cfg, []byte("access: {rate_limit: 0, allow: [127.0.0.1/32]}\npolicy:\n  default: {actions: {telemetry: sinkhole, certificates: sinkhole}}\n"), 0o644)
+	qlog := filepath.Join(dir, "queries.jsonl")
+	os.WriteFile(cfg, []byte("access: {rate_limit: 0, allow: [127.0.0.1/32]}\nquerylog: {output: "+qlog+", anonymize_clients: true}\npolicy:\n  default: {actions: {telemetry: sinkhole, certificates: sinkhole}}\n"), 0o644)
 	var logs syncBuffer
 	ready := make(chan bound, 1)
 	exit := make(chan int, 1)
@@ -74,6 +75,7 @@ func TestMetrics(t *testing.T) {
 		`phonehome_catalog_endpoints{category="telemetry",edition="home"}`,
 		`phonehome_refused_total{reason="malformed"} 0`,
 		`phonehome_build_info{goversion="go`,
+		`phonehome_querylog_dropped_total 0`,
 		`phonehome_request_duration_seconds_bucket{source="upstream",le=`,
 		"go_goroutines ", "process_resident_memory_bytes ",
 	} {
@@ -88,6 +90,35 @@ func TestMetrics(t *testing.T) {
 	if err != nil || len(problems) > 0 {
 		t.Errorf("promlint: %v %v", err, problems)
 	}
+	// The query log has the catalog matches, with the client anonymised,
+	// and not the allowed www.example.com; SIGUSR1 starts a new file.
+	deadline := time.Now().Add(5 * time.Second)
+	var qlines []string
+	for len(qlines) < 4 && time.Now().Before(deadline) {
+		data, _ := os.ReadFile(qlog)
+		qlines = strings.Split(strings.TrimSpace(string(data)), "\n")
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(qlines) != 4 || !strings.Contains(qlines[0], `"client":"127.0.0.0","group":"default","name":"v10.events.data.microsoft.com.","type":"A","action":"sinkhole","category":"telemetry","pattern":"v10.events.data.microsoft.com","edition":"all","rcode":"NOERROR","source":"sinkhole"`) ||
+		strings.Contains(strings.Join(qlines, "\n"), "www.example.com") {
+		t.Errorf("query log:\n%s", strings.Join(qlines, "\n"))
+	}
+	os.Rename(qlog, qlog+".1")
+	syscall.Kill(syscall.Getpid(), syscall.SIGUSR1)
+	for _, err := os.Stat(qlog); err != nil && time.Now().Before(deadline.Add(5*time.Second)); _, err = os.Stat(qlog) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	lookupA(t, b.dns[0], "watson.telemetry.microsoft.com.")
+	for time.Now().Before(deadline.Add(5 * time.Second)) {
+		if data, _ := os.ReadFile(qlog); strings.Contains(string(data), "watson") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if data, _ := os.ReadFile(qlog); !strings.Contains(string(data), "watson.telemetry") {
+		t.Errorf("after SIGUSR1 the query log goes to a new file: %q", data)
+	}
+
 	if code, _ := get(t, "http://"+b.http+"/healthz"); code != 200 {
 		t.Errorf("/healthz: %d", code)
 	}

@@ -104,7 +104,13 @@ func serve(args []string, stderr io.Writer, ready chan<- bound) int {
 	// One registry for the process, passed down; nothing registers globally.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	h.Metrics = resolver.NewMetrics(reg, version, &h.Counters, func() int { return h.State().Cache.Len() })
+	ql, err := resolver.OpenQueryLog(cfg.QueryLog.Output, cfg.QueryLog.AllQueries, cfg.QueryLog.AnonymizeClients)
+	if err != nil {
+		return fail(err)
+	}
+	defer ql.Close()
+	h.QueryLog = ql
+	h.Metrics = resolver.NewMetrics(reg, version, &h.Counters, func() int { return h.State().Cache.Len() }, func() *resolver.QueryLog { return h.QueryLog })
 	h.Metrics.SetState(st)
 	h.Metrics.Reloads.WithLabelValues("success").Inc()
 	h.Metrics.LastReload.SetToCurrentTime()
@@ -128,9 +134,16 @@ func serve(args []string, stderr io.Writer, ready chan<- bound) int {
 	}
 
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	for sig := range sigs {
+		if sig == syscall.SIGUSR1 {
+			// logrotate has moved the query log away: start a new file.
+			if err := ql.Reopen(); err != nil {
+				log.Error("reopening the query log", "err", err)
+			}
+			continue
+		}
 		if sig == syscall.SIGHUP {
 			reload(log, h, &o, cfg)
 			continue

@@ -60,7 +60,7 @@ func TestServeReloadAndShutdown(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("http: \"\"\naccess: {rate_limit: 0}\n")
+	write("http: \"\"\naccess: {rate_limit: 0}\nquerylog: {output: \"off\"}\n")
 	var logs syncBuffer
 	ready := make(chan bound, 1)
 	exit := make(chan int, 1)
@@ -103,7 +103,7 @@ func TestServeReloadAndShutdown(t *testing.T) {
 		}
 	}()
 
-	write("http: \"\"\naccess: {rate_limit: 0}\npolicy:\n  default: {actions: {spotlight: sinkhole}}\n")
+	write("http: \"\"\naccess: {rate_limit: 0}\nquerylog: {output: \"off\"}\npolicy:\n  default: {actions: {spotlight: sinkhole}}\n")
 	syscall.Kill(syscall.Getpid(), syscall.SIGHUP)
 	deadline := time.Now().Add(5 * time.Second)
 	for lookupA(t, addr, "arc.msn.com.") != "0.0.0.0" {
@@ -113,7 +113,7 @@ func TestServeReloadAndShutdown(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	write("http: \"\"\naccess: {rate_limit: 0}\npolicy:\n  default: {actions: {spotlite: sinkhole}}\n")
+	write("http: \"\"\naccess: {rate_limit: 0}\nquerylog: {output: \"off\"}\npolicy:\n  default: {actions: {spotlite: sinkhole}}\n")
 	syscall.Kill(syscall.Getpid(), syscall.SIGHUP)
 	deadline = time.Now().Add(5 * time.Second)
 	for !strings.Contains(logs.String(), "reload failed") {
@@ -122,7 +122,7 @@ func TestServeReloadAndShutdown(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if !strings.Contains(logs.String(), cfg+`:4:23: unknown category \"spotlite\"`) {
+	if !strings.Contains(logs.String(), cfg+`:5:23: unknown category \"spotlite\"`) {
 		t.Errorf("the error does not name file, line and column:\n%s", logs.String())
 	}
 	if got := lookupA(t, addr, "arc.msn.com."); got != "0.0.0.0" {
