@@ -88,13 +88,19 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 		OUT=$(cd "$OUT" && pwd)
 	fi
 
-	# Step 2: build phonehome and the stub upstream (and the profiling
-	# wrapper), here, where the module cache is reachable.
+	# Step 2: build phonehome and the stub upstream, here, where the module
+	# cache is reachable. With PROFILE=1 phonehome is built with one more
+	# file in its main package, added by `go build -overlay` (the source tree
+	# is not touched), that imports bench/profile: SIGUSR2 then starts and
+	# stops a CPU profile.
 	echo "building phonehome and stubdns..." >&2
-	(cd "$repo" && go build -o "$work/bin/phonehome" ./cmd/phonehome &&
-		go build -o "$work/bin/stubdns" ./internal/stubdns)
+	(cd "$repo" && go build -o "$work/bin/stubdns" ./internal/stubdns)
 	if [[ $PROFILE == 1 ]]; then
-		(cd "$repo" && go build -o "$work/bin/profserve" ./bench/profserve)
+		printf 'package main\n\nimport _ "github.com/phonehome/phonehome/bench/profile"\n' >"$work/benchprofile.go"
+		printf '{"Replace": {"%s/cmd/phonehome/zz_benchprofile.go": "%s/benchprofile.go"}}\n' "$repo" "$work" >"$work/overlay.json"
+		(cd "$repo" && go build -overlay "$work/overlay.json" -o "$work/bin/phonehome" ./cmd/phonehome)
+	else
+		(cd "$repo" && go build -o "$work/bin/phonehome" ./cmd/phonehome)
 	fi
 
 	# The phonehome config: one loopback listener, the stub as its only
@@ -201,7 +207,7 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 	fi
 	if ((rc != 0)); then
 		echo "bench/load.sh: the benchmark failed (exit $rc); server logs:" >&2
-		tail -n 5 "$work"/logs/* >&2 || true
+		tail -n 5 "$work"/logs/*.log >&2 || true
 		exit "$rc"
 	fi
 
@@ -212,9 +218,9 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 			[[ -s $p ]] || continue
 			echo
 			echo "== phonehome CPU profile of the $wl throughput run, round 1: by cumulative time =="
-			(cd "$repo" && go tool pprof -top -cum -nodecount=40 "$work/bin/profserve" "$p" 2>/dev/null) | sed -n '5,50p'
+			(cd "$repo" && go tool pprof -top -cum -nodecount=40 "$work/bin/phonehome" "$p" 2>/dev/null) | sed -n '5,50p'
 			echo "== the same, by own (flat) time =="
-			(cd "$repo" && go tool pprof -top -nodecount=20 "$work/bin/profserve" "$p" 2>/dev/null) | sed -n '7,30p'
+			(cd "$repo" && go tool pprof -top -nodecount=20 "$work/bin/phonehome" "$p" 2>/dev/null) | sed -n '7,30p'
 		done
 		echo
 		echo "profiles kept in $OUT/profiles (go tool pprof -http=: FILE)"
@@ -230,7 +236,7 @@ cd "$work"
 ip link set lo up
 bin=$work/bin
 tck=$(getconf CLK_TCK)
-[[ $PROFILE == 1 ]] && mkdir -p "${OUT:-$work}/profiles"
+[[ $PROFILE == 1 ]] && mkdir -p "$OUT/profiles"
 
 # ticks PID: utime+stime of the whole process (all threads), in clock ticks.
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -277,14 +283,14 @@ start_server() {
 	local log=$work/logs/$1-$2-r$3.log
 	case $1 in
 	phonehome)
+		# Its query log (stdout by default) goes to a file of its own.
 		port=$PH_PORT
+		local penv=()
 		if [[ $PROFILE == 1 ]]; then
-			"${on_srv[@]}" "$bin/profserve" -config "$work/phonehome.yaml" \
-				-cpuprofile "${OUT:-$work}/profiles/phonehome-$2-r$3.pprof" \
-				-memprofile "${OUT:-$work}/profiles/phonehome-$2-r$3.heap" >"$log" 2>&1 &
-		else
-			"${on_srv[@]}" "$bin/phonehome" serve -config "$work/phonehome.yaml" >"$log" 2>&1 &
+			penv=("PHONEHOME_CPUPROFILE=$OUT/profiles/phonehome-$2-r$3.pprof"
+				"PHONEHOME_MEMPROFILE=$OUT/profiles/phonehome-$2-r$3.heap")
 		fi
+		"${on_srv[@]}" env "${penv[@]}" "$bin/phonehome" serve -config "$work/phonehome.yaml" >"$work/querylog" 2>"$log" &
 		;;
 	unbound)
 		port=$UB_PORT
@@ -331,10 +337,10 @@ run_case() {
 	warm_up=$((s1 - s0))
 
 	# Throughput: as fast as the server answers.
-	# With PROFILE=1, profserve profiles this run alone (SIGUSR1 to SIGUSR2).
+	# With PROFILE=1, phonehome profiles this run alone (SIGUSR2 to SIGUSR2).
 	local file=$work/$wl.txt c0 c1 b0 b1 o0 o1 d0 d1 profiled=0
 	[[ $PROFILE == 1 && $name == phonehome ]] && profiled=1
-	((profiled)) && kill -USR1 "$srv"
+	((profiled)) && kill -USR2 "$srv"
 	c0=$(ticks "$srv") b0=$(cpu_busy "$LOAD_CPU") o0=$(cpu_busy "$SERVER_CPU") d0=$(udp_drops) s0=$(stub_count)
 	perf "$work/runs/$tag.max" "$port" -d "$file" -l "$DURATION" -q "$OUTSTANDING"
 	c1=$(ticks "$srv") b1=$(cpu_busy "$LOAD_CPU") o1=$(cpu_busy "$SERVER_CPU") d1=$(udp_drops) s1=$(stub_count)
@@ -367,9 +373,14 @@ run_case() {
 			printf "%.3f %.3f\n", lat[i50], lat[i99]
 		}')
 
-	local rss
+	local rss qlog=0
 	rss=$(rss_kb "$srv")
 	stop_server
+	# phonehome's query log: lines written, then thrown away (it can be large).
+	if [[ $name == phonehome ]]; then
+		qlog=$(wc -l <"$work/querylog")
+		rm -f "$work/querylog"
+	fi
 
 	# The server's CPU per answered query, how busy it kept its core, how
 	# much of its core went to anything else, and how busy the load core was,
@@ -377,7 +388,7 @@ run_case() {
 	awk -v OFS='\t' -v wl="$wl" -v name="$name" -v r="$r" -v qps="$qps" -v answered="$answered" -v lost="$lost" \
 		-v c="$((c1 - c0))" -v tck="$tck" -v dur="$DURATION" -v b0="$b0" -v b1="$b1" -v o0="$o0" -v o1="$o1" -v drops="$((d1 - d0))" -v lc="$((l1 - l0))" \
 		-v latn="$(stat_of "$work/runs/$tag.lat" "Queries completed")" \
-		-v up="$((s1 - s0))" -v warm="$warm_up" -v p50="$p50" -v p99="$p99" -v latlost="$latlost" -v rss="$rss" '
+		-v up="$((s1 - s0))" -v warm="$warm_up" -v p50="$p50" -v p99="$p99" -v latlost="$latlost" -v rss="$rss" -v qlog="$qlog" '
 		BEGIN {
 			split(b0, x, " "); split(b1, y, " "); split(o0, u, " "); split(o1, v, " ")
 			cpuus = answered > 0 ? c * 1e6 / tck / answered : 0
@@ -386,13 +397,13 @@ run_case() {
 			load = (y[2] - x[2]) > 0 ? 100 * (y[1] - x[1]) / (y[2] - x[2]) : 0
 			other = (v[2] - u[2]) > 0 ? 100 * (v[1] - u[1] - c) / (v[2] - u[2]) : 0
 			if (other < 0) other = 0
-			print wl, name, r, qps, cpuus, latus, p50, p99, rss / 1024, busy, load, (answered > 0 ? up / answered : 0), warm, other, drops, lost, latlost
+			print wl, name, r, qps, cpuus, latus, p50, p99, rss / 1024, busy, load, (answered > 0 ? up / answered : 0), warm, other, qlog, drops, lost, latlost
 		}' >>"$work/results.tsv"
 	printf '  round %s  %-5s %-9s %9.0f q/s  p50 %s ms  p99 %s ms\n' "$r" "$wl" "$name" "$qps" "$p50" "$p99" >&2
 }
 
 # Steps 4 to 6: the rounds, interleaved.
-printf 'workload\tserver\tround\tqps\tcpu_us\tcpu_us_fixed\tp50_ms\tp99_ms\trss_mb\tsrv_busy\tload_busy\tup_per_q\twarm_up\tsrv_core_other\tudp_drops\tlost\tlat_lost\n' >"$work/results.tsv"
+printf 'workload\tserver\tround\tqps\tcpu_us\tcpu_us_fixed\tp50_ms\tp99_ms\trss_mb\tsrv_busy\tload_busy\tup_per_q\twarm_up\tsrv_core_other\tquerylog_lines\tudp_drops\tlost\tlat_lost\n' >"$work/results.tsv"
 for ((r = 1; r <= ROUNDS; r++)); do
 	for wl in hot cold; do
 		for name in phonehome unbound; do
@@ -433,7 +444,7 @@ END {
 			m[name, "p50"] = median(k, 7); m[name, "p99"] = median(k, 8)
 			m[name, "rss"] = median(k, 9); m[name, "busy"] = median(k, 10)
 			m[name, "load"] = median(k, 11); m[name, "up"] = median(k, 12); m[name, "warm"] = median(k, 13)
-			m[name, "other"] = median(k, 14)
+			m[name, "other"] = median(k, 14); m[name, "qlog"] = median(k, 15)
 			printf "%-8s %-17s %10.0f %9.2f %9.2f %8.3f %8.3f %7.1f %7.0f%%\n", wl, name, m[name, "qps"], m[name, "cpu"], m[name, "cpuf"], m[name, "p50"], m[name, "p99"], m[name, "rss"], m[name, "busy"]
 		}
 		r = "phonehome/unbound"
@@ -442,7 +453,7 @@ END {
 			m["phonehome", "cpuf"] / m["unbound", "cpuf"],
 			m["phonehome", "p50"] / m["unbound", "p50"], m["phonehome", "p99"] / m["unbound", "p99"],
 			m["phonehome", "rss"] / m["unbound", "rss"]
-		for (s = 1; s <= 2; s++) { name = s == 1 ? "phonehome" : "unbound"; M[wl, name, "qps"] = m[name, "qps"]; M[wl, name, "p99"] = m[name, "p99"]; M[wl, name, "rss"] = m[name, "rss"]; M[wl, name, "load"] = m[name, "load"]; M[wl, name, "up"] = m[name, "up"]; M[wl, name, "warm"] = m[name, "warm"]; M[wl, name, "other"] = m[name, "other"]; M[wl, name, "busy"] = m[name, "busy"] }
+		for (s = 1; s <= 2; s++) { name = s == 1 ? "phonehome" : "unbound"; M[wl, name, "qps"] = m[name, "qps"]; M[wl, name, "p99"] = m[name, "p99"]; M[wl, name, "rss"] = m[name, "rss"]; M[wl, name, "load"] = m[name, "load"]; M[wl, name, "up"] = m[name, "up"]; M[wl, name, "warm"] = m[name, "warm"]; M[wl, name, "other"] = m[name, "other"]; M[wl, name, "busy"] = m[name, "busy"]; M[wl, name, "qlog"] = m[name, "qlog"] }
 	}
 	printf "\ntargets (issue 4):\n"
 	t = M["hot", "phonehome", "qps"] / M["hot", "unbound", "qps"]
@@ -463,6 +474,8 @@ END {
 		M["hot", "phonehome", "other"], M["hot", "unbound", "other"], M["cold", "phonehome", "other"], M["cold", "unbound", "other"]
 	printf "  upstream queries in the hot warm-up (want 160: sinkholed names never go upstream): phonehome %d, unbound %d\n",
 		M["hot", "phonehome", "warm"], M["hot", "unbound", "warm"]
+	printf "  phonehome query log lines per case (warm-up, throughput and latency runs): hot %d, cold %d\n",
+		M["hot", "phonehome", "qlog"], M["cold", "phonehome", "qlog"]
 	printf "  upstream queries per answered query: hot %.4f/%.4f (want ~0), cold %.3f/%.3f (want ~1)\n",
 		M["hot", "phonehome", "up"], M["hot", "unbound", "up"], M["cold", "phonehome", "up"], M["cold", "unbound", "up"]
 	for (w = 1; w <= 2; w++) for (s = 1; s <= 2; s++) {

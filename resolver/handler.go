@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +46,35 @@ type Handler struct {
 	Metrics *Metrics
 	// QueryLog, if set, records catalog matches (or every query).
 	QueryLog *QueryLog
+	// Activity, if set, keeps recent matches for the web page.
+	Activity *Activity
+
+	pause atomic.Pointer[Pause]
+}
+
+// Pause turns sinkholing into logging until a time, for some categories or
+// (with none named) for all.
+type Pause struct {
+	Until      time.Time `json:"until"`
+	Categories []string  `json:"categories,omitempty"`
+}
+
+// SetPause pauses sinkholing; nil resumes it.
+func (h *Handler) SetPause(p *Pause) { h.pause.Store(p) }
+
+// Paused returns the pause in force, or nil.
+func (h *Handler) Paused() *Pause {
+	p := h.pause.Load()
+	if p == nil || time.Now().After(p.Until) {
+		return nil
+	}
+	return p
+}
+
+// paused reports whether a sinkhole of category is paused now.
+func (h *Handler) paused(category string) bool {
+	p := h.Paused()
+	return p != nil && (len(p.Categories) == 0 || slices.Contains(p.Categories, category))
 }
 
 // NewHandler makes the request path for an initial state.
@@ -98,6 +128,9 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	// group, and a reload never serves a stale decision.
 	q := req.Question[0]
 	d := st.Policy.Decide(client, q.Name)
+	if d.Action == policy.Sinkhole && h.pause.Load() != nil && h.paused(string(d.Category())) {
+		d.Action = policy.Log // paused from the web page or the API
+	}
 	h.Metrics.decided(d)
 
 	// 5. Sinkholed names are answered here and never reach an upstream.
@@ -118,10 +151,11 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 func (h *Handler) done(client netip.Addr, q dns.Question, d policy.Decision, rc, source int, start time.Time) {
 	h.Metrics.answered(rc, source, start)
 	l := h.QueryLog
-	if l == nil || !l.All && (d.Match.Rule == nil || d.Action == policy.Allow) {
+	match := d.Match.Rule != nil && d.Action != policy.Allow
+	if h.Activity == nil && (l == nil || !l.All && !match) {
 		return
 	}
-	if l.Anonymize {
+	if l != nil && l.Anonymize {
 		client = anonymize(client)
 	}
 	r := Record{Time: start, Client: client.String(), Group: d.Group.Name, Name: q.Name, Type: dns.TypeToString[q.Qtype],
@@ -130,7 +164,16 @@ func (h *Handler) done(client netip.Addr, q dns.Question, d policy.Decision, rc,
 	if d.Match.Rule != nil {
 		r.Pattern = d.Match.Pattern()
 	}
-	l.Add(r)
+	if l != nil && (l.All || match) {
+		l.Add(r)
+	}
+	if d.Match.Rule != nil && h.Activity != nil {
+		desc := ""
+		if e := d.Match.Rule.Entry; e != nil {
+			desc = e.Description()
+		}
+		h.Activity.add(client, r, desc)
+	}
 }
 
 // resolve answers an allowed query from the cache or the upstreams; when

@@ -31,6 +31,7 @@ func commands() []command {
 	return []command{
 		{"endpoints", "list the Windows endpoint catalog, or export it as a block list", runEndpoints},
 		{"serve", "run the DNS resolver", runServe},
+		{"pause", "turn sinkholing into logging for a while in a running phonehome", runPause},
 		{"check", "say what phonehome would do with a query for a name, and why", runCheck},
 		{"validate", "check a config file and print a summary", runValidate},
 		{"version", "print the version", func(_ []string, stdout, _ io.Writer) int {

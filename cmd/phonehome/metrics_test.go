@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,6 +15,22 @@ import (
 
 	"github.com/phonehome/phonehome/internal/dnstest"
 )
+
+// post sends a POST from the address from ("" for any).
+func post(t *testing.T, from, url, body string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	if from != "" {
+		c.Transport = &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}).DialContext}
+	}
+	r, err := c.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return r.StatusCode, string(b)
+}
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
@@ -117,6 +134,47 @@ func TestMetrics(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(qlog); !strings.Contains(string(data), "watson.telemetry") {
 		t.Errorf("after SIGUSR1 the query log goes to a new file: %q", data)
+	}
+
+	// The JSON API behind the web page.
+	_, sum := get(t, "http://"+b.http+"/api/summary")
+	if !strings.Contains(sum, `{"category":"telemetry","action":"sinkhole","count":2}`) || !strings.Contains(sum, `"pattern":"v10.events.data.microsoft.com"`) || !strings.Contains(sum, `"paused":null`) {
+		t.Errorf("/api/summary: %s", sum)
+	}
+	_, clients := get(t, "http://"+b.http+"/api/clients")
+	if !strings.Contains(clients, `"client":"127.0.0.0","group":"default","edition":"all"`) {
+		t.Errorf("/api/clients: %s", clients)
+	}
+	_, evs := get(t, "http://"+b.http+"/api/events?since=4")
+	if strings.Count(evs, `"id":`) != 1 || !strings.Contains(evs, `"id":5,`) {
+		t.Errorf("/api/events?since=4: %s", evs)
+	}
+
+	// Pause: telemetry is logged (forwarded) until resumed.
+	if code := run([]string{"pause", "15m", "-category", "telemetry", "-http", b.http}, io.Discard, io.Discard); code != 0 {
+		t.Fatalf("phonehome pause: exit %d", code)
+	}
+	if got := lookupA(t, b.dns[0], "v10.events.data.microsoft.com."); got != dnstest.AnswerA {
+		t.Errorf("paused telemetry: %s", got)
+	}
+	if code, _ := post(t, "", "http://"+b.http+"/api/resume", ""); code != 200 {
+		t.Errorf("resume: %d", code)
+	}
+	if got := lookupA(t, b.dns[0], "v10.events.data.microsoft.com."); got != "0.0.0.0" {
+		t.Errorf("resumed telemetry: %s", got)
+	}
+	// Only POST, only from access.allow.
+	if code, _ := get(t, "http://"+b.http+"/api/pause"); code != http.StatusMethodNotAllowed {
+		t.Errorf("GET /api/pause: %d", code)
+	}
+	if code, _ := post(t, "127.0.0.2", "http://"+b.http+"/api/pause", `{"duration":"1m"}`); code != http.StatusForbidden {
+		t.Errorf("pause from outside access.allow: %d", code)
+	}
+	if code, _ := post(t, "", "http://"+b.http+"/api/reload", ""); code != 200 {
+		t.Errorf("reload through the API: %d", code)
+	}
+	if code, page := get(t, "http://"+b.http+"/"); code != 200 || !strings.Contains(page, "<title>phonehome</title>") {
+		t.Errorf("web page: %d", code)
 	}
 
 	if code, _ := get(t, "http://"+b.http+"/healthz"); code != 200 {

@@ -110,6 +110,7 @@ func serve(args []string, stderr io.Writer, ready chan<- bound) int {
 	}
 	defer ql.Close()
 	h.QueryLog = ql
+	h.Activity = resolver.NewActivity(1000, 1024)
 	h.Metrics = resolver.NewMetrics(reg, version, &h.Counters, func() int { return h.State().Cache.Len() }, func() *resolver.QueryLog { return h.QueryLog })
 	h.Metrics.SetState(st)
 	h.Metrics.Reloads.WithLabelValues("success").Inc()
@@ -118,9 +119,16 @@ func serve(args []string, stderr io.Writer, ready chan<- bound) int {
 	if err := srv.Listen(cfg.Listen); err != nil {
 		return fail(err)
 	}
+	// Reloads asked for over HTTP run on this goroutine, like SIGHUP.
+	reloads := make(chan chan error)
 	b := bound{dns: srv.Addrs()}
 	if *cfg.HTTP != "" {
-		hs, addr, err := startHTTP(*cfg.HTTP, reg, h)
+		a := &api{h: h, reg: reg, token: cfg.HTTPToken, reload: func() error {
+			done := make(chan error, 1)
+			reloads <- done
+			return <-done
+		}}
+		hs, addr, err := startHTTP(*cfg.HTTP, a)
 		if err != nil {
 			srv.Shutdown(context.Background())
 			return fail(err)
@@ -136,7 +144,14 @@ func serve(args []string, stderr io.Writer, ready chan<- bound) int {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	for sig := range sigs {
+	for {
+		var sig os.Signal
+		select {
+		case done := <-reloads:
+			done <- reload(log, h, &o, cfg)
+			continue
+		case sig = <-sigs:
+		}
 		if sig == syscall.SIGUSR1 {
 			// logrotate has moved the query log away: start a new file.
 			if err := ql.Reopen(); err != nil {
@@ -155,12 +170,11 @@ func serve(args []string, stderr io.Writer, ready chan<- bound) int {
 		h.State().Forwarder.Close()
 		return 0
 	}
-	return 0
 }
 
 // reload re-reads the config, documents and lists, builds a whole new state
 // and swaps it in; a bad file keeps the running state and logs each error.
-func reload(log *slog.Logger, h *resolver.Handler, o *serveOptions, running *policy.Config) {
+func reload(log *slog.Logger, h *resolver.Handler, o *serveOptions, running *policy.Config) error {
 	cfg, err := o.load()
 	var st *resolver.State
 	var warns []string
@@ -175,7 +189,7 @@ func reload(log *slog.Logger, h *resolver.Handler, o *serveOptions, running *pol
 			log.Error("reload failed; the running config stays", "err", line)
 		}
 		h.Metrics.Reloads.WithLabelValues("failure").Inc()
-		return
+		return err
 	}
 	h.Metrics.SetState(st)
 	h.Metrics.Reloads.WithLabelValues("success").Inc()
@@ -187,6 +201,7 @@ func reload(log *slog.Logger, h *resolver.Handler, o *serveOptions, running *pol
 	// Queries already forwarded by the old state finish on its sockets.
 	time.AfterFunc(10*time.Second, old.Forwarder.Close)
 	log.Info("reloaded", "groups", len(st.Policy.Groups)+1, "endpoints", len(st.Policy.Catalog.Entries))
+	return nil
 }
 
 func logStart(log *slog.Logger, b bound, st *resolver.State, cfg *policy.Config) {

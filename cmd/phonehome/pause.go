@@ -1,0 +1,69 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/phonehome/phonehome/policy"
+)
+
+// runPause asks a running phonehome to log instead of sinkhole for a while:
+// phonehome pause 15m [-category telemetry].
+func runPause(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("phonehome pause", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("http", policy.DefaultHTTP, "the running phonehome's http address")
+	token := fs.String("token", "", "its http_token, if it has one")
+	cats := fs.String("category", "", "pause only these categories, comma-separated (default: all)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: phonehome pause DURATION [-category a,b] [-http ADDR] [-token T]")
+		fmt.Fprintln(stderr, "\nTurns sinkholing into logging for DURATION (such as 15m) in a running phonehome.")
+		fs.PrintDefaults()
+	}
+	// The duration may come before the flags.
+	var dur string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		dur, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return helpCode(err)
+	}
+	if dur == "" && fs.NArg() == 1 {
+		dur = fs.Arg(0)
+	}
+	if _, err := time.ParseDuration(dur); err != nil {
+		fs.Usage()
+		return 2
+	}
+	req := pauseRequest{Duration: dur}
+	for _, c := range strings.Split(*cats, ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			req.Categories = append(req.Categories, c)
+		}
+	}
+	body, _ := json.Marshal(req)
+	hr, _ := http.NewRequest("POST", "http://"+*addr+"/api/pause", bytes.NewReader(body))
+	hr.Header.Set("Content-Type", "application/json")
+	if *token != "" {
+		hr.Header.Set("Authorization", "Bearer "+*token)
+	}
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(hr)
+	if err != nil {
+		fmt.Fprintf(stderr, "phonehome pause: %v\n", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "phonehome pause: %s: %s", resp.Status, out)
+		return 1
+	}
+	fmt.Fprintf(stdout, "paused for %s\n", dur)
+	return 0
+}
