@@ -2,7 +2,7 @@
 # Sets up a fresh Debian machine for phonehome's tests and runs them all.
 # The Debian packages are the real tools the export tests hand our output to:
 # dnsmasq (dnsmasq --test), unbound (unbound-checkconf) and BIND's
-# named-checkzone (RPZ zones).
+# named-checkzone (RPZ zones); Chromium drives the web page's browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +11,7 @@ if command -v apt-get >/dev/null 2>&1; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update
-  $sudo apt-get install -y --no-install-recommends dnsmasq-base unbound bind9-utils
+  $sudo apt-get install -y --no-install-recommends dnsmasq-base unbound bind9-utils chromium
 else
   echo "no apt-get here: install dnsmasq, unbound and named-checkzone yourself, or their tests are skipped" >&2
 fi

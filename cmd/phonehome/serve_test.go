@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,9 +37,19 @@ func (s *syncBuffer) String() string {
 
 func lookupA(t *testing.T, addr, name string) string {
 	t.Helper()
+	return lookupFrom(t, "", addr, name)
+}
+
+// lookupFrom asks for name's A record from the client address from.
+func lookupFrom(t *testing.T, from, addr, name string) string {
+	t.Helper()
 	q := new(dns.Msg)
 	q.SetQuestion(name, dns.TypeA)
-	r, _, err := (&dns.Client{Timeout: 3 * time.Second}).Exchange(q, addr)
+	c := &dns.Client{Timeout: 3 * time.Second}
+	if from != "" {
+		c.Dialer = &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP(from)}, Timeout: 3 * time.Second}
+	}
+	r, _, err := c.Exchange(q, addr)
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
