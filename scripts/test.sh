@@ -11,7 +11,7 @@ if command -v apt-get >/dev/null 2>&1; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update
-  $sudo apt-get install -y --no-install-recommends dnsmasq-base unbound bind9-utils chromium
+  $sudo apt-get install -y --no-install-recommends dnsmasq-base unbound bind9-utils chromium prometheus systemd docker-compose
 else
   echo "no apt-get here: install dnsmasq, unbound and named-checkzone yourself, or their tests are skipped" >&2
 fi
