@@ -116,9 +116,8 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		h.Counters.RateLimited.Add(1)
 		return
 	}
-	// 3. Protocol: QUERY only, no CHAOS, ANY gets the minimal RFC 8482
-	// answer. (The server already answered FORMERR for a count of
-	// questions other than one.)
+	// 3. Protocol: one question, QUERY only, no CHAOS, ANY gets the
+	// minimal RFC 8482 answer.
 	if m := protocol(req); m != nil {
 		h.reply(w, req, m, 0, "")
 		h.Metrics.answered(m.Rcode, sourceLocal, start)
@@ -140,10 +139,34 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		h.done(client, q, d, m.Rcode, sourceSinkhole, start)
 		return
 	}
-	// 6. Cache, then 7. upstream.
-	m, ede, source := h.resolve(st, req)
-	h.reply(w, req, m, ede, "")
-	h.done(client, q, d, m.Rcode, source, start)
+	// 6. The cache answers most queries at once.
+	key := Key(req)
+	if m, _ := st.Cache.Get(key); m != nil {
+		h.Metrics.cacheLookup(cacheHit)
+		h.reply(w, req, m, 0, "")
+		h.done(client, q, d, m.Rcode, sourceCache, start)
+		return
+	}
+	h.Metrics.cacheLookup(cacheMiss)
+	// 7. A miss waits for an upstream. The UDP server answers a batch of
+	// queries between two system calls and must not wait, so its writer
+	// runs the rest in a goroutine of its own (see udp.go).
+	upstream := func(w dns.ResponseWriter) {
+		m, ede, source := h.resolve(st, key, req)
+		h.reply(w, req, m, ede, "")
+		h.done(client, q, d, m.Rcode, source, start)
+	}
+	if a, ok := w.(handOff); ok {
+		a.HandOff(upstream)
+		return
+	}
+	upstream(w)
+}
+
+// A handOff is a dns.ResponseWriter that must not be kept waiting: HandOff
+// runs f in another goroutine, with a writer of its own, and returns at once.
+type handOff interface {
+	HandOff(f func(dns.ResponseWriter))
 }
 
 // done counts an answered query and writes the query log: catalog and list
@@ -176,17 +199,10 @@ func (h *Handler) done(client netip.Addr, q dns.Question, d policy.Decision, rc,
 	}
 }
 
-// resolve answers an allowed query from the cache or the upstreams; when
-// every upstream fails it serves an expired answer (RFC 8767) or SERVFAIL
-// with the reason.
-func (h *Handler) resolve(st *State, req *dns.Msg) (*dns.Msg, uint16, int) {
-	key := Key(req)
-	fresh, _ := st.Cache.Get(key)
-	if fresh != nil {
-		h.Metrics.cacheLookup(cacheHit)
-		return fresh, 0, sourceCache
-	}
-	h.Metrics.cacheLookup(cacheMiss)
+// resolve answers a query the cache missed from the upstreams; when every
+// upstream fails it serves an expired answer (RFC 8767) or SERVFAIL with the
+// reason.
+func (h *Handler) resolve(st *State, key string, req *dns.Msg) (*dns.Msg, uint16, int) {
 	r, err := st.Forwarder.Forward(context.Background(), key, upstreamQuery(req))
 	if err == nil {
 		st.Cache.Put(key, r)
@@ -226,6 +242,9 @@ func upstreamQuery(req *dns.Msg) *dns.Msg {
 
 // protocol answers what phonehome does not forward, or returns nil.
 func protocol(req *dns.Msg) *dns.Msg {
+	if len(req.Question) != 1 {
+		return rcode(req, dns.RcodeFormatError)
+	}
 	if req.Opcode != dns.OpcodeQuery {
 		return rcode(req, dns.RcodeNotImplemented)
 	}

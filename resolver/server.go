@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -93,26 +94,26 @@ func checkLoop(listen, upstreams []string) error {
 }
 
 // Server listens on UDP and TCP on each address and hands queries to the
-// Handler.
+// Handler: UDP through phonehome's own batching loop (udp.go), TCP through
+// miekg/dns.
 type Server struct {
 	Handler *Handler
-	servers []*dns.Server
+	udp     []*udpServer
+	tcp     []*dns.Server
 	wg      sync.WaitGroup
 }
 
 // Listen binds every address over UDP and TCP, or binds none and says which
 // address failed (a port that is taken, say).
 func (s *Server) Listen(addrs []string) error {
-	var servers []*dns.Server
 	closeAll := func() {
-		for _, srv := range servers {
-			if srv.PacketConn != nil {
-				srv.PacketConn.Close()
-			}
-			if srv.Listener != nil {
-				srv.Listener.Close()
-			}
+		for _, u := range s.udp {
+			u.conn.Close()
 		}
+		for _, srv := range s.tcp {
+			srv.Listener.Close()
+		}
+		s.udp, s.tcp = nil, nil
 	}
 	invalid := func([]byte, error) { s.Handler.Counters.Malformed.Add(1) }
 	for _, a := range addrs {
@@ -121,7 +122,12 @@ func (s *Server) Listen(addrs []string) error {
 			closeAll()
 			return fmt.Errorf("listening on %s/udp: %w", a, err)
 		}
-		servers = append(servers, &dns.Server{PacketConn: pc, Handler: s.Handler, MsgInvalidFunc: invalid, UDPSize: maxUDP})
+		u, err := newUDPServer(s.Handler, pc.(*net.UDPConn))
+		s.udp = append(s.udp, u)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("listening on %s/udp: %w", a, err)
+		}
 		// TCP on the same port, also when the UDP port was chosen by the
 		// kernel (":0" in tests).
 		port := pc.LocalAddr().(*net.UDPAddr).Port
@@ -131,11 +137,13 @@ func (s *Server) Listen(addrs []string) error {
 			closeAll()
 			return fmt.Errorf("listening on %s/tcp: %w", a, err)
 		}
-		servers = append(servers, &dns.Server{Listener: ln, Handler: s.Handler, MsgInvalidFunc: invalid,
+		s.tcp = append(s.tcp, &dns.Server{Listener: ln, Handler: s.Handler, MsgInvalidFunc: invalid,
 			ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }})
 	}
-	s.servers = servers
-	for _, srv := range servers {
+	for _, u := range s.udp {
+		u.start(min(runtime.GOMAXPROCS(0), 8))
+	}
+	for _, srv := range s.tcp {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -148,22 +156,25 @@ func (s *Server) Listen(addrs []string) error {
 // Addrs returns the bound UDP addresses, in the order given to Listen.
 func (s *Server) Addrs() []string {
 	var out []string
-	for _, srv := range s.servers {
-		if srv.PacketConn != nil {
-			out = append(out, srv.PacketConn.LocalAddr().String())
-		}
+	for _, u := range s.udp {
+		out = append(out, u.conn.LocalAddr().String())
 	}
 	return out
 }
 
 // Shutdown stops listening and lets queries in flight finish until ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, u := range s.udp {
+		wg.Go(func() { u.shutdown(ctx) })
+	}
 	var first error
-	for _, srv := range s.servers {
+	for _, srv := range s.tcp {
 		if err := srv.ShutdownContext(ctx); err != nil && first == nil {
 			first = err
 		}
 	}
+	wg.Wait()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {

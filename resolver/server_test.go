@@ -26,11 +26,17 @@ type testServer struct {
 // start runs a server from a config text whose upstreams are the stubs.
 func start(t testing.TB, config string, ups ...*dnstest.Upstream) *testServer {
 	t.Helper()
+	return startOn(t, "127.0.0.1:0", config, ups...)
+}
+
+// startOn is start on another listen address.
+func startOn(t testing.TB, listen, config string, ups ...*dnstest.Upstream) *testServer {
+	t.Helper()
 	cfg, err := policy.ParseConfig("test.yaml", []byte(config))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Listen = []string{"127.0.0.1:0"}
+	cfg.Listen = []string{listen}
 	cfg.Upstreams = nil
 	for _, u := range ups {
 		cfg.Upstreams = append(cfg.Upstreams, u.Addr())
@@ -349,28 +355,33 @@ func TestProtocol(t *testing.T) {
 		t.Errorf("forwarded OPT: %v", sent)
 	}
 
-	// A packet too short for a header gets no reply; one whose body does
-	// not parse gets a bare FORMERR (miekg/dns's choice: no larger than
-	// the query, so no amplification). Both are counted.
+	// A packet too short for a header, or one whose body does not parse,
+	// gets no reply and is counted; a response gets no reply either.
 	c, err := net.Dial("udp", s.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.Write([]byte{0x12, 0x34, 0x01})
-	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-	if n, err := c.Read(make([]byte, 512)); err == nil {
-		t.Errorf("a 3-byte packet got a %d-byte reply", n)
-	}
-	c.Write([]byte{0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0xff, 'x'})
-	c.SetReadDeadline(time.Now().Add(2 * time.Second))
-	b := make([]byte, 512)
-	n, err := c.Read(b)
-	if err != nil || n != 12 || b[3]&0xf != dns.RcodeFormatError {
-		t.Errorf("garbage body: %d bytes %x, %v", n, b[:n], err)
+	resp := query("example.com.", dns.TypeA, false)
+	resp.Response = true
+	wire, _ := resp.Pack()
+	for _, p := range [][]byte{
+		{0x12, 0x34, 0x01},
+		{0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0xff, 'x'},
+		wire,
+	} {
+		c.Write(p)
+		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if n, err := c.Read(make([]byte, 512)); err == nil {
+			t.Errorf("packet %x got a %d-byte reply", p, n)
+		}
 	}
 	if s.h.Counters.Malformed.Load() != 2 {
 		t.Errorf("malformed counted %d, want 2", s.h.Counters.Malformed.Load())
+	}
+	// And the server still answers.
+	if r := s.ask(t, "udp", "", query("www.example.com.", dns.TypeA, false)); r.Rcode != dns.RcodeSuccess {
+		t.Errorf("after garbage: %v", r)
 	}
 }
 
@@ -408,4 +419,74 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// TestUDPWildcard: on a wildcard address each answer leaves from the address
+// its query came to, or the client (whose socket is connected, as dig's and
+// miekg/dns's are) never sees it. Sinkholed answers go out with their batch,
+// forwarded ones from their own goroutine; both must.
+func TestUDPWildcard(t *testing.T) {
+	up := dnstest.Start(t)
+	for _, listen := range []string{"0.0.0.0:0", "[::]:0"} {
+		s := startOn(t, listen, "", up)
+		_, port, _ := net.SplitHostPort(s.addr)
+		dsts := []string{"127.0.0.1", "127.0.0.2"}
+		if c, err := net.ListenPacket("udp", "[::1]:0"); err == nil && listen == "[::]:0" {
+			c.Close()
+			dsts = append(dsts, "::1")
+		}
+		for _, dst := range dsts {
+			c := &dns.Client{Timeout: 2 * time.Second}
+			for _, name := range []string{"v10.events.data.microsoft.com.", dst + ".wildcard.example."} {
+				r, _, err := c.Exchange(query(name, dns.TypeA, false), net.JoinHostPort(dst, port))
+				if err != nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+					t.Errorf("listening on %s, asking %s for %s: %v %v", listen, dst, name, r, err)
+				}
+			}
+		}
+	}
+}
+
+// TestUDPBurst: a burst of queries, read and answered in batches, gets every
+// answer once with its own ID: sinkholed, cached and forwarded ones mixed.
+func TestUDPBurst(t *testing.T) {
+	up := dnstest.Start(t)
+	s := start(t, "access: {rate_limit: 0}", up)
+	s.ask(t, "udp", "", query("cached.example.", dns.TypeA, false))
+	c, err := net.Dial("udp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 300
+	names := []string{"v10.events.data.microsoft.com.", "cached.example.", "miss%d.example."}
+	for i := range n {
+		name := names[i%3]
+		if i%3 == 2 {
+			name = fmt.Sprintf(name, i)
+		}
+		m := query(name, dns.TypeA, false)
+		m.Id = uint16(i)
+		b, _ := m.Pack()
+		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[uint16]bool{}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1500)
+	for len(seen) < n {
+		k, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("%d of %d answers: %v", len(seen), n, err)
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(buf[:k]); err != nil {
+			t.Fatal(err)
+		}
+		if seen[m.Id] || m.Id >= n || m.Question[0].Name != names[m.Id%3] && m.Id%3 != 2 {
+			t.Fatalf("answer %d twice, or to the wrong question: %v", m.Id, m)
+		}
+		seen[m.Id] = true
+	}
 }

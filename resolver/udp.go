@@ -1,0 +1,261 @@
+package resolver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+// udpServer answers DNS over one UDP socket, many packets per system call
+// (recvmmsg and sendmmsg through golang.org/x/net). A query that is answered
+// without waiting — refused, sinkholed, from the cache — is answered with the
+// batch it came in; a cache miss is handed to a goroutine of its own and
+// sends its answer alone. Under load this saves most of the system calls and
+// goroutines a query costs with one read, one goroutine and one write each.
+type udpServer struct {
+	h    *Handler
+	conn *net.UDPConn
+	bc   batchConn
+	// v6: conn is an IPv6 socket, dual-stack when bound to "::".
+	v6 bool
+	// pktinfo: conn is bound to a wildcard address, so each answer is sent
+	// from the address its query came to, which the kernel reports.
+	pktinfo bool
+
+	stopping atomic.Bool
+	loops    sync.WaitGroup // the read loops
+	handed   sync.WaitGroup // queries handed off to goroutines
+}
+
+const (
+	udpBatch = 64   // packets read or written per system call at most
+	udpQuery = 4096 // the longest query read; a longer one is dropped
+	udpOOB   = 128  // room for the control message of a wildcard socket
+)
+
+// batchConn is what ipv4.PacketConn and ipv6.PacketConn have in common.
+type batchConn interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+func newUDPServer(h *Handler, c *net.UDPConn) (*udpServer, error) {
+	la := c.LocalAddr().(*net.UDPAddr)
+	s := &udpServer{h: h, conn: c, v6: la.IP.To4() == nil, pktinfo: la.IP.IsUnspecified()}
+	var err error
+	if s.v6 {
+		p := ipv6.NewPacketConn(c)
+		if s.pktinfo {
+			err = p.SetControlMessage(ipv6.FlagDst|ipv6.FlagInterface, true)
+		}
+		s.bc = p
+	} else {
+		p := ipv4.NewPacketConn(c)
+		if s.pktinfo {
+			err = p.SetControlMessage(ipv4.FlagDst, true)
+		}
+		s.bc = p
+	}
+	return s, err
+}
+
+// start runs n read loops; the kernel hands each waiting batch to one of
+// them, so several cores can answer from one socket.
+func (s *udpServer) start(n int) {
+	for range n {
+		s.loops.Add(1)
+		go s.serve()
+	}
+}
+
+// serve reads batches of queries and answers them until shutdown.
+func (s *udpServer) serve() {
+	defer s.loops.Done()
+	in := make([]ipv4.Message, udpBatch)
+	b := &batch{out: make([]ipv4.Message, udpBatch)}
+	ws := make([]batchWriter, udpBatch)
+	for i := range in {
+		in[i].Buffers = [][]byte{make([]byte, udpQuery)}
+		if s.pktinfo {
+			in[i].OOB = make([]byte, udpOOB)
+		}
+		ws[i].buf = make([]byte, 0, maxUDP)
+	}
+	for {
+		n, err := s.bc.ReadBatch(in, 0)
+		if err != nil {
+			if s.stopping.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue // an ICMP error left by an earlier answer, say
+		}
+		b.n = 0
+		for i, p := range in[:n] {
+			w := &ws[i]
+			w.udpReply = udpReply{s: s, addr: p.Addr.(*net.UDPAddr)}
+			w.batch = b
+			if s.pktinfo {
+				w.oob = s.answerOOB(p.OOB[:p.NN])
+			}
+			s.handle(w, p.Buffers[0][:p.N])
+		}
+		for sent := 0; sent < b.n; {
+			k, err := s.bc.WriteBatch(b.out[sent:b.n], 0)
+			if err != nil {
+				k = 1 // that client is gone; send the rest
+			}
+			sent += k
+		}
+	}
+}
+
+// handle unpacks one packet and hands it to the request path. A packet that
+// does not parse, or is too long to be a query, is dropped and counted; a
+// response is dropped, as answering it could start a loop between servers.
+func (s *udpServer) handle(w *batchWriter, b []byte) {
+	if len(b) == udpQuery || len(b) < 12 {
+		s.h.Counters.Malformed.Add(1)
+		return
+	}
+	if b[2]&0x80 != 0 { // QR: a response
+		return
+	}
+	req := new(dns.Msg)
+	if err := req.Unpack(b); err != nil {
+		s.h.Counters.Malformed.Add(1)
+		return
+	}
+	s.h.ServeDNS(w, req)
+}
+
+// answerOOB is the control message that sends an answer from the address
+// its query came to (as received in oob), or nil.
+func (s *udpServer) answerOOB(oob []byte) []byte {
+	var dst net.IP
+	var ifIndex int
+	if s.v6 {
+		var cm ipv6.ControlMessage
+		if cm.Parse(oob) != nil {
+			return nil
+		}
+		dst, ifIndex = cm.Dst, cm.IfIndex
+	} else {
+		var cm ipv4.ControlMessage
+		if cm.Parse(oob) != nil {
+			return nil
+		}
+		dst = cm.Dst
+	}
+	if dst == nil {
+		return nil
+	}
+	// An IPv4 query on a dual-stack socket arrives with a v4-mapped address;
+	// the IPv6 control message cannot carry that, the IPv4 one can.
+	if v4 := dst.To4(); v4 != nil {
+		return (&ipv4.ControlMessage{Src: v4}).Marshal()
+	}
+	return (&ipv6.ControlMessage{Src: dst, IfIndex: ifIndex}).Marshal()
+}
+
+// shutdown stops reading, waits until every handed-off query is answered or
+// ctx ends, and closes the socket.
+func (s *udpServer) shutdown(ctx context.Context) {
+	s.stopping.Store(true)
+	s.conn.SetReadDeadline(time.Unix(1, 0)) // wakes the read loops
+	s.loops.Wait()
+	done := make(chan struct{})
+	go func() { s.handed.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	s.conn.Close()
+}
+
+// batch is the answers a read loop sends with one system call.
+type batch struct {
+	out []ipv4.Message
+	n   int
+}
+
+// udpReply is what the two UDP writers share: where the answer goes.
+type udpReply struct {
+	s    *udpServer
+	addr *net.UDPAddr
+	oob  []byte // the answer's source address, on a wildcard socket
+}
+
+func (r *udpReply) LocalAddr() net.Addr  { return r.s.conn.LocalAddr() }
+func (r *udpReply) RemoteAddr() net.Addr { return r.addr }
+func (r *udpReply) Close() error         { return nil }
+func (r *udpReply) TsigStatus() error    { return nil }
+func (r *udpReply) TsigTimersOnly(bool)  {}
+func (r *udpReply) Hijack()              {}
+
+// batchWriter queues an answer in its read loop's batch; HandOff moves a
+// query that has to wait to a goroutine with a udpWriter.
+type batchWriter struct {
+	udpReply
+	batch *batch
+	buf   []byte // this query's answer, packed
+}
+
+func (w *batchWriter) WriteMsg(m *dns.Msg) error {
+	b, err := m.PackBuffer(w.buf[:cap(w.buf)])
+	if err != nil {
+		return err
+	}
+	w.buf = b[:0] // PackBuffer grew it if it had to: keep the larger one
+	w.queue(b)
+	return nil
+}
+
+func (w *batchWriter) Write(b []byte) (int, error) {
+	w.buf = append(w.buf[:0], b...)
+	w.queue(w.buf)
+	return len(b), nil
+}
+
+func (w *batchWriter) queue(b []byte) {
+	if w.batch.n == len(w.batch.out) {
+		return // more answers than queries: never from the Handler
+	}
+	m := &w.batch.out[w.batch.n]
+	m.Buffers = append(m.Buffers[:0], b)
+	m.Addr, m.OOB = w.addr, w.oob
+	w.batch.n++
+}
+
+func (w *batchWriter) HandOff(f func(dns.ResponseWriter)) {
+	s, own := w.s, &udpWriter{udpReply{s: w.s, addr: w.addr, oob: bytes.Clone(w.oob)}}
+	s.handed.Add(1)
+	go func() {
+		defer s.handed.Done()
+		f(own)
+	}()
+}
+
+// udpWriter sends one answer with a system call of its own.
+type udpWriter struct{ udpReply }
+
+func (w *udpWriter) WriteMsg(m *dns.Msg) error {
+	b, err := m.Pack()
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+
+func (w *udpWriter) Write(b []byte) (int, error) {
+	n, _, err := w.s.conn.WriteMsgUDP(b, w.oob, w.addr)
+	return n, err
+}
