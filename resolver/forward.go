@@ -95,9 +95,8 @@ func (f *Forwarder) Forward(ctx context.Context, key string, q *dns.Msg) (*dns.M
 // try asks each usable upstream in turn; when all are backing off it asks
 // them all anyway, since a stale backoff is better than no answer.
 func (f *Forwarder) try(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
-	ctx, cancel := context.WithTimeout(ctx, f.Timeout)
-	defer cancel()
 	now := time.Now()
+	deadline := now.Add(f.Timeout)
 	order := make([]*Upstream, 0, len(f.Upstreams))
 	for _, u := range f.Upstreams {
 		if u.healthy(now) {
@@ -109,10 +108,12 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	}
 	last := &errNoUpstream{last: errors.New("no upstreams")}
 	for _, u := range order {
-		tctx, tcancel := context.WithTimeout(ctx, f.TryTimeout)
 		began := time.Now()
-		r, err := u.exchange(tctx, q.Copy())
-		tcancel()
+		end := began.Add(f.TryTimeout)
+		if end.After(deadline) {
+			end = deadline
+		}
+		r, err := u.exchange(ctx, end, q.Copy())
 		if err == nil {
 			u.metrics.upstreamAnswered(u, r, time.Since(began))
 		}
@@ -131,7 +132,7 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 		last = &errNoUpstream{timeout: errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout(), last: err}
 		u.metrics.upstreamFailed(u, last.timeout)
 		f.markDown(u, err)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || !time.Now().Before(deadline) {
 			break
 		}
 	}

@@ -58,19 +58,19 @@ func TestUpstreamTransports(t *testing.T) {
 		t.Fatal(err)
 	}
 	u.tls.RootCAs = pool
-	if r, err := u.exchange(ctx, q.Copy()); err != nil || len(r.Answer) != 1 {
+	if r, err := u.exchange(ctx, time.Now().Add(5*time.Second), q.Copy()); err != nil || len(r.Answer) != 1 {
 		t.Errorf("DNS over TLS: %v %v", r, err)
 	}
 	// The certificate is verified against the servername.
 	u, _ = ParseUpstream("tls://" + addr + "#other.test")
 	u.tls.RootCAs = pool
-	if _, err := u.exchange(ctx, q.Copy()); err == nil {
+	if _, err := u.exchange(ctx, time.Now().Add(5*time.Second), q.Copy()); err == nil {
 		t.Error("a certificate for another name was accepted")
 	}
 
 	stub := dnstest.Start(t)
 	u, _ = ParseUpstream("tcp://" + stub.Addr())
-	if r, err := u.exchange(ctx, q.Copy()); err != nil || len(r.Answer) != 1 || stub.QueriesTCP() != 1 {
+	if r, err := u.exchange(ctx, time.Now().Add(5*time.Second), q.Copy()); err != nil || len(r.Answer) != 1 || stub.QueriesTCP() != 1 {
 		t.Errorf("tcp://: %v %v", r, err)
 	}
 	for _, bad := range []string{"https://1.1.1.1:443", "1.1.1.1"} {
@@ -91,7 +91,7 @@ func TestUDPSocketsRenew(t *testing.T) {
 	for i := range 2 * maxUses * udpSockets {
 		q := new(dns.Msg)
 		q.SetQuestion("renew.example.", dns.TypeA)
-		r, err := u.exchange(ctx, q)
+		r, err := u.exchange(ctx, time.Now().Add(5*time.Second), q)
 		if err != nil || len(r.Answer) != 1 {
 			t.Fatalf("query %d: %v %v", i, r, err)
 		}
