@@ -6,9 +6,12 @@
 #   bash bench/load.sh                      # 3 rounds, 10 s per throughput run: ~4 min
 #   DURATION=2 ROUNDS=1 bash bench/load.sh  # a quick look: ~30 s
 #   PROFILE=1 bash bench/load.sh            # also CPU profiles of phonehome
+#   REV=HEAD~3 bash bench/load.sh           # phonehome as of a commit
+#   BARE=1 bash bench/load.sh               # phonehome without metrics, query log and activity
 #
-# It needs root, 2 cores, Go, and Debian's dnsperf, unbound, util-linux
-# (taskset, unshare) and iproute2 (ip); it installs nothing itself. Variables
+# It needs root, 2 cores and Go; Debian's dnsperf, unbound, util-linux
+# (taskset, unshare) and iproute2 (ip) it installs with apt-get when they
+# are missing. Variables
 # of the environment reach phonehome too, so GOGC=400 bash bench/load.sh tries
 # a GC setting.
 #
@@ -44,6 +47,8 @@ SERVER_CPU=${SERVER_CPU:-0}      # core of the server under test
 LOAD_CPU=${LOAD_CPU:-1}          # core of dnsperf and the stub upstream
 NICE=${NICE:--19}                # nice value of servers, stub and dnsperf: other work on the machine yields to them
 PROFILE=${PROFILE:-0}            # 1: run phonehome's request path under a CPU profiler
+REV=${REV:-}                     # build phonehome from this git revision, not the work tree
+BARE=${BARE:-0}                  # 1: phonehome without per-query metrics, query log and web page activity
 OUT=${OUT:-}                     # keep raw outputs (and profiles) here
 
 STUB_PORT=5300 PH_PORT=5301 UB_PORT=5302 # only ever bound on 127.0.0.1 in the namespace
@@ -55,9 +60,18 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 	here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 	repo=$(cd "$here/.." && pwd)
 
-	# Step 1: the tools. Nothing is installed here; say what to install.
+	# Step 1: the tools: root, two cores, and Debian's packages.
+	if [[ $(id -u) != 0 ]]; then
+		echo "bench/load.sh: run as root: it makes its own network namespace (unshare -n)" >&2
+		exit 1
+	fi
+	export PATH=$PATH:/usr/sbin
+	have() { command -v "$1" >/dev/null; }
+	if ! have dnsperf || ! have unbound || ! have unbound-checkconf || ! have taskset || ! have unshare || ! have ip; then
+		echo "installing dnsperf, unbound, util-linux and iproute2 with apt-get..." >&2
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf unbound util-linux iproute2 >/dev/null
+	fi
 	missing=()
-	have() { command -v "$1" >/dev/null || [[ -x /usr/sbin/$1 ]]; }
 	have dnsperf || missing+=("dnsperf (Debian package dnsperf)")
 	have unbound || missing+=("unbound (Debian package unbound)")
 	have unbound-checkconf || missing+=("unbound-checkconf (Debian package unbound)")
@@ -66,18 +80,12 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 	have go || missing+=("go (the Go toolchain of go.mod)")
 	if ((${#missing[@]})); then
 		printf 'bench/load.sh: missing: %s\n' "${missing[@]}" >&2
-		echo "install with: apt-get install -y dnsperf unbound" >&2
-		exit 1
-	fi
-	if [[ $(id -u) != 0 ]]; then
-		echo "bench/load.sh: run as root: it makes its own network namespace (unshare -n)" >&2
 		exit 1
 	fi
 	if [[ $(nproc) -lt 2 ]]; then
 		echo "bench/load.sh: needs 2 cores (server on CPU $SERVER_CPU, load on CPU $LOAD_CPU)" >&2
 		exit 1
 	fi
-	export PATH=$PATH:/usr/sbin
 
 	work=$(mktemp -d /tmp/phonehome-bench.XXXXXX)
 	trap 'rm -rf "$work"' EXIT
@@ -93,14 +101,41 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 	# file in its main package, added by `go build -overlay` (the source tree
 	# is not touched), that imports bench/profile: SIGUSR2 then starts and
 	# stops a CPU profile.
-	echo "building phonehome and stubdns..." >&2
+	echo "building phonehome${REV:+ at $REV} and stubdns..." >&2
 	(cd "$repo" && go build -o "$work/bin/stubdns" ./internal/stubdns)
+	src=$repo
+	if [[ -n $REV ]]; then
+		src=$work/src
+		mkdir -p "$src"
+		git -C "$repo" archive "$REV" | tar -x -C "$src"
+	fi
+	# With BARE=1, serve.go is replaced (in the overlay too) by a copy that
+	# unsets the Handler's Metrics, QueryLog and Activity once they are
+	# made: the "before" of what counting costs (issue 5).
+	overlay=()
 	if [[ $PROFILE == 1 ]]; then
 		printf 'package main\n\nimport _ "github.com/phonehome/phonehome/bench/profile"\n' >"$work/benchprofile.go"
-		printf '{"Replace": {"%s/cmd/phonehome/zz_benchprofile.go": "%s/benchprofile.go"}}\n' "$repo" "$work" >"$work/overlay.json"
-		(cd "$repo" && go build -overlay "$work/overlay.json" -o "$work/bin/phonehome" ./cmd/phonehome)
+		overlay+=("$src/cmd/phonehome/zz_benchprofile.go" "$work/benchprofile.go"
+			"$src/bench/profile/profile.go" "$here/profile/profile.go")
+	fi
+	if [[ $BARE == 1 ]]; then
+		awk '{ print } /h\.Metrics\.LastReload\.SetToCurrentTime\(\)/ && !done { print "\th.Metrics, h.QueryLog, h.Activity = nil, nil, nil // bench/load.sh BARE=1"; done = 1 }' \
+			"$src/cmd/phonehome/serve.go" >"$work/serve.go"
+		grep -q 'BARE=1' "$work/serve.go" || { echo "bench/load.sh: BARE=1: serve.go has changed; update the awk line" >&2; exit 1; }
+		overlay+=("$src/cmd/phonehome/serve.go" "$work/serve.go")
+	fi
+	if ((${#overlay[@]})); then
+		{
+			printf '{"Replace": {'
+			for ((i = 0; i < ${#overlay[@]}; i += 2)); do
+				((i)) && printf ', '
+				printf '"%s": "%s"' "${overlay[i]}" "${overlay[i + 1]}"
+			done
+			printf '}}\n'
+		} >"$work/overlay.json"
+		(cd "$src" && go build -overlay "$work/overlay.json" -o "$work/bin/phonehome" ./cmd/phonehome)
 	else
-		(cd "$repo" && go build -o "$work/bin/phonehome" ./cmd/phonehome)
+		(cd "$src" && go build -o "$work/bin/phonehome" ./cmd/phonehome)
 	fi
 
 	# The phonehome config: one loopback listener, the stub as its only
@@ -195,11 +230,30 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 	# start-up and warm-up.
 	limit=$((ROUNDS * 4 * (DURATION + LAT_DURATION + 20) + 60))
 	echo "running $ROUNDS round(s) of ${DURATION}s throughput + ${LAT_DURATION}s latency runs (at most ${limit}s)..." >&2
-	rc=0
 	BENCH_INSIDE=1 BENCH_WORK=$work DURATION=$DURATION LAT_DURATION=$LAT_DURATION LAT_QPS=$LAT_QPS \
 		ROUNDS=$ROUNDS OUTSTANDING=$OUTSTANDING OUT=$OUT NICE=$NICE SERVER_CPU=$SERVER_CPU LOAD_CPU=$LOAD_CPU PROFILE=$PROFILE \
 		timeout --kill-after=10 "$limit" \
-		unshare --net --pid --fork --kill-child --mount-proc bash "${BASH_SOURCE[0]}" || rc=$?
+		unshare --net --pid --fork --kill-child --mount-proc bash "${BASH_SOURCE[0]}" &
+	inner=$!
+	# Interrupted (Ctrl-C, SIGTERM): unshare blocks those signals, and the
+	# first process of a PID namespace ignores them, so stop the namespace
+	# the sure way: SIGKILL to its first process takes every process in it.
+	# shellcheck disable=SC2317 # called by the trap
+	stop_inner() {
+		local t u init
+		read -r -a t <"/proc/$inner/task/$inner/children" || true # unshare
+		for u in "${t[@]}"; do
+			read -r init _ <"/proc/$u/task/$u/children" || true # the namespace's first process
+			[[ -n ${init:-} ]] && kill -KILL "$init" 2>/dev/null
+		done
+		wait "$inner" 2>/dev/null || true
+		echo "bench/load.sh: interrupted" >&2
+		exit 130
+	}
+	trap stop_inner INT TERM
+	rc=0
+	wait "$inner" || rc=$?
+	trap - INT TERM
 
 	if [[ -n $OUT ]]; then
 		cp -r "$work/runs" "$work/logs" "$work/results.tsv" "$work/hot.txt" "$work/unbound.conf" \
@@ -218,9 +272,9 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 			[[ -s $p ]] || continue
 			echo
 			echo "== phonehome CPU profile of the $wl throughput run, round 1: by cumulative time =="
-			(cd "$repo" && go tool pprof -top -cum -nodecount=40 "$work/bin/phonehome" "$p" 2>/dev/null) | sed -n '5,50p'
+			(cd "$src" && go tool pprof -top -cum -nodecount=40 "$work/bin/phonehome" "$p" 2>/dev/null) | sed -n '5,50p'
 			echo "== the same, by own (flat) time =="
-			(cd "$repo" && go tool pprof -top -nodecount=20 "$work/bin/phonehome" "$p" 2>/dev/null) | sed -n '7,30p'
+			(cd "$src" && go tool pprof -top -nodecount=20 "$work/bin/phonehome" "$p" 2>/dev/null) | sed -n '7,30p'
 		done
 		echo
 		echo "profiles kept in $OUT/profiles (go tool pprof -http=: FILE)"

@@ -2,7 +2,9 @@
 # Sets up a fresh Debian machine for phonehome's tests and runs them all.
 # The Debian packages are the real tools the export tests hand our output to:
 # dnsmasq (dnsmasq --test), unbound (unbound-checkconf) and BIND's
-# named-checkzone (RPZ zones); Chromium drives the web page's browser test.
+# named-checkzone (RPZ zones); Chromium drives the web page's browser test;
+# promtool (prometheus), systemd-analyze (systemd) and docker-compose check
+# the files in deploy/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +15,7 @@ if command -v apt-get >/dev/null 2>&1; then
   $sudo apt-get update
   $sudo apt-get install -y --no-install-recommends dnsmasq-base unbound bind9-utils chromium prometheus systemd docker-compose
 else
-  echo "no apt-get here: install dnsmasq, unbound and named-checkzone yourself, or their tests are skipped" >&2
+  echo "no apt-get here: install dnsmasq, unbound, named-checkzone, chromium, promtool, systemd-analyze and docker-compose yourself, or their tests are skipped" >&2
 fi
 
 go vet ./...
