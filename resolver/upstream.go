@@ -145,8 +145,11 @@ type waiter struct {
 
 func newUDPPool(addr string) *udpPool { return &udpPool{addr: addr} }
 
-// sock returns a socket for one more query, dialling or renewing as needed.
-func (p *udpPool) sock() (*udpSock, error) {
+// sock returns a socket for one more query, dialling or renewing as needed,
+// with w registered on it under a fresh ID. Registering here, under the
+// pool's lock, matters: a socket handed out with no waiter yet could be
+// retired and closed by another query before this one's answer arrives.
+func (p *udpPool) sock(w *waiter) (*udpSock, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -158,6 +161,7 @@ func (p *udpPool) sock() (*udpSock, error) {
 			return nil, err
 		}
 		p.socks = append(p.socks, s)
+		s.register(w)
 		return s, nil
 	}
 	p.next = (p.next + 1) % len(p.socks)
@@ -173,9 +177,27 @@ func (p *udpPool) sock() (*udpSock, error) {
 		}
 		p.socks[p.next] = fresh
 		s.retire()
-		return fresh, nil
+		s = fresh
 	}
+	s.register(w)
 	return s, nil
+}
+
+// queryID is a random query ID: math/rand/v2's global source is
+// cryptographically random. (Tests narrow it to make IDs collide.)
+var queryID = func() uint16 { return uint16(rand.Uint32()) }
+
+// register gives w's query an ID no other query waiting on s has.
+func (s *udpSock) register(w *waiter) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		w.q.Id = queryID()
+		if _, taken := s.waiting[w.q.Id]; !taken {
+			break
+		}
+	}
+	s.waiting[w.q.Id] = w
 }
 
 func (p *udpPool) dial() (*udpSock, error) {
@@ -226,23 +248,18 @@ func (s *udpSock) read() {
 }
 
 func (p *udpPool) exchange(ctx context.Context, deadline time.Time, q *dns.Msg) (*dns.Msg, error) {
-	s, err := p.sock()
+	w := &waiter{q: q, ch: make(chan *dns.Msg, 1)}
+	s, err := p.sock(w)
 	if err != nil {
 		return nil, err
 	}
-	w := &waiter{q: q, ch: make(chan *dns.Msg, 1)}
-	s.mu.Lock()
-	for {
-		q.Id = uint16(rand.Uint32()) // math/rand/v2's global source is cryptographically random
-		if _, taken := s.waiting[q.Id]; !taken {
-			break
-		}
-	}
-	s.waiting[q.Id] = w
-	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		delete(s.waiting, q.Id)
+		// read() removes a waiter it answers, and then the ID is free for
+		// another query: remove only our own.
+		if s.waiting[q.Id] == w {
+			delete(s.waiting, q.Id)
+		}
 		closeNow := s.retired && len(s.waiting) == 0
 		s.mu.Unlock()
 		if closeNow {

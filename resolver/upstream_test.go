@@ -8,7 +8,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"math/big"
+	mrand "math/rand/v2"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -134,5 +138,37 @@ func TestForwarderOverload(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Errorf("first query: %v", err)
+	}
+}
+
+// TestUDPReusedIDs: an ID is free again as soon as its answer is read, so
+// another query on the socket may take it while the first is still winding
+// up. Each query must get its own answer all the same. With IDs narrowed to
+// 16, this timed out whenever the first query's cleanup removed the second
+// one's registration.
+func TestUDPReusedIDs(t *testing.T) {
+	stub := dnstest.Start(t)
+	u, _ := ParseUpstream(stub.Addr())
+	defer u.close()
+	orig := queryID
+	queryID = func() uint16 { return uint16(mrand.IntN(16)) }
+	defer func() { queryID = orig }()
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 300 {
+				q := new(dns.Msg)
+				q.SetQuestion(fmt.Sprintf("id%d-%d.example.", g, i), dns.TypeA)
+				r, err := u.exchange(context.Background(), time.Now().Add(time.Second), q)
+				if err != nil || len(r.Answer) != 1 || r.Question[0].Name != q.Question[0].Name {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Errorf("%d of 2400 queries got no answer of their own", n)
 	}
 }
