@@ -2,10 +2,13 @@ package resolver
 
 import (
 	"bytes"
+	"encoding/json"
 	"net/netip"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // stalled is a writer that blocks until released, like a full pipe.
@@ -47,6 +50,33 @@ func TestAnonymize(t *testing.T) {
 	} {
 		if got := anonymize(netip.MustParseAddr(in)).String(); got != want {
 			t.Errorf("anonymize(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+// TestRecordJSON: the query log's own encoder says what encoding/json
+// would: every field decodes back to the record, whatever its strings hold.
+func TestRecordJSON(t *testing.T) {
+	base := Record{Time: time.Date(2026, 11, 27, 5, 6, 7, 891011121, time.UTC), Client: "192.168.1.0", Group: "kids-pc",
+		Name: "v10.events.data.microsoft.com.", Type: "AAAA", Action: "sinkhole", Category: "telemetry",
+		Pattern: "v10.events.data.microsoft.com", Edition: "home", Rcode: "NOERROR", Source: "sinkhole", Duration: 0.000888113}
+	odd := []string{"", `a"b`, `back\slash`, "tab\there", "\x00\x1f", "<script>&", "grüße", "日本", "bad\xffutf8", `x\(y\).example.`}
+	records := []Record{base, {Time: time.Unix(0, 0).In(time.FixedZone("x", 3600)), Duration: 12345.5}}
+	for _, s := range odd {
+		r := base
+		r.Group, r.Name, r.Pattern, r.Category = s, s, s, s
+		records = append(records, r)
+	}
+	for _, r := range records {
+		out := r.appendJSON(nil)
+		want, _ := json.Marshal(r)
+		var got, exp map[string]any
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatalf("%s: %v", out, err)
+		}
+		json.Unmarshal(want, &exp)
+		if !reflect.DeepEqual(got, exp) {
+			t.Errorf("appendJSON\n %s\nencoding/json\n %s", out, want)
 		}
 	}
 }
