@@ -3,7 +3,7 @@
 # forwarding to the same fast stub upstream (internal/stubdns), driven by
 # dnsperf. Run from anywhere, as root:
 #
-#   bash bench/load.sh                      # 3 rounds, 10 s per throughput run: ~4 min
+#   bash bench/load.sh                      # 3 rounds of 10 s throughput and 10 s latency runs: ~8 min
 #   DURATION=2 ROUNDS=1 bash bench/load.sh  # a quick look: ~30 s
 #   PROFILE=1 bash bench/load.sh            # also CPU profiles of phonehome
 #   REV=HEAD~3 bash bench/load.sh           # phonehome as of a commit
@@ -39,7 +39,7 @@ set -euo pipefail
 
 # Tunables (environment).
 DURATION=${DURATION:-10}         # seconds of each throughput run
-LAT_DURATION=${LAT_DURATION:-$((DURATION < 5 ? DURATION : 5))} # seconds of each fixed-rate latency run
+LAT_DURATION=${LAT_DURATION:-$((DURATION < 10 ? DURATION : 10))} # seconds of each fixed-rate latency run
 LAT_QPS=${LAT_QPS:-2000}         # rate of the latency runs
 ROUNDS=${ROUNDS:-3}              # rounds; medians are reported
 OUTSTANDING=${OUTSTANDING:-200}  # dnsperf -q: queries in flight in throughput runs
