@@ -143,13 +143,22 @@ func (s *Server) Listen(addrs []string) error {
 	for _, u := range s.udp {
 		u.start(min(runtime.GOMAXPROCS(0), 8))
 	}
+	// Wait until miekg/dns has started each TCP server: its Shutdown
+	// refuses a server that has not started yet, which would then start
+	// and run on.
+	var started sync.WaitGroup
 	for _, srv := range s.tcp {
+		started.Add(1)
+		ready := sync.OnceFunc(started.Done) // also when it fails to start
+		srv.NotifyStartedFunc = ready
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer ready()
 			srv.ActivateAndServe()
 		}()
 	}
+	started.Wait()
 	return nil
 }
 
