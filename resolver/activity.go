@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"cmp"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -33,13 +34,14 @@ type Event struct {
 
 type catAction struct{ category, action string }
 
-// EndpointCount is how often one pattern was asked for.
+// EndpointCount is how often one pattern was asked for, and what was done:
+// one group's sinkhole can be another's log.
 type EndpointCount struct {
-	Pattern     string `json:"pattern"`
-	Category    string `json:"category"`
-	Action      string `json:"action"`
-	Description string `json:"description"`
-	Count       uint64 `json:"count"`
+	Pattern     string            `json:"pattern"`
+	Category    string            `json:"category"`
+	Actions     map[string]uint64 `json:"actions"`
+	Description string            `json:"description"`
+	Count       uint64            `json:"count"`
 }
 
 // ClientCount is what one client asked for.
@@ -78,11 +80,14 @@ func (a *Activity) add(client netip.Addr, r Record, description string) {
 		a.next = (a.next + 1) % len(a.ring)
 	}
 	a.totals[catAction{r.Category, r.Action}]++
-	if e, ok := a.endpoints[r.Pattern]; ok {
+	e, ok := a.endpoints[r.Pattern]
+	if !ok && len(a.endpoints) < maxEndpoints {
+		e = &EndpointCount{Pattern: r.Pattern, Category: r.Category, Actions: map[string]uint64{}, Description: description}
+		a.endpoints[r.Pattern] = e
+	}
+	if e != nil {
 		e.Count++
-		e.Action = r.Action
-	} else if len(a.endpoints) < maxEndpoints {
-		a.endpoints[r.Pattern] = &EndpointCount{Pattern: r.Pattern, Category: r.Category, Action: r.Action, Description: description, Count: 1}
+		e.Actions[r.Action]++
 	}
 	c, ok := a.clients.Get(client)
 	if !ok {
@@ -135,14 +140,18 @@ func (a *Activity) Summary(top int) Summary {
 		return cmp.Or(cmp.Compare(y.Count, x.Count), cmp.Compare(x.Category, y.Category))
 	})
 	for _, e := range a.endpoints {
-		c := *e
-		s.TopEndpoints = append(s.TopEndpoints, &c)
+		s.TopEndpoints = append(s.TopEndpoints, e)
 	}
 	slices.SortFunc(s.TopEndpoints, func(x, y *EndpointCount) int {
 		return cmp.Or(cmp.Compare(y.Count, x.Count), cmp.Compare(x.Pattern, y.Pattern))
 	})
 	if len(s.TopEndpoints) > top {
 		s.TopEndpoints = s.TopEndpoints[:top]
+	}
+	for i, e := range s.TopEndpoints { // copies: add goes on counting
+		c := *e
+		c.Actions = maps.Clone(e.Actions)
+		s.TopEndpoints[i] = &c
 	}
 	return s
 }

@@ -93,7 +93,10 @@ policy:
 	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.querySelector("#feed").innerText.includes("watson.telemetry")`, chromedp.WithPollingTimeout(20*time.Second))); err != nil {
 		t.Fatalf("the feed never showed the queries: %v", err)
 	}
-	feed, clients := text(`#feed`), text(`#clients`)
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.querySelector("#endpoints").innerText.includes("watson.telemetry")`, chromedp.WithPollingTimeout(20*time.Second))); err != nil {
+		t.Fatalf("top endpoints never showed the queries: %v", err)
+	}
+	feed, clients, endpoints := text(`#feed`), text(`#clients`), text(`#endpoints`)
 	if err := chromedp.Do(ctx,
 		chromedp.SetValue(chromedp.CSS(`#f-category`), "spotlight"),
 		chromedp.Evaluate[chromedp.Void](`document.querySelector("#f-category").dispatchEvent(new Event("input"))`),
@@ -116,6 +119,11 @@ policy:
 		if !strings.Contains(feed, want) {
 			t.Errorf("feed lacks %q:\n%s", want, feed)
 		}
+	}
+	// arc.msn.com was logged for 127.0.0.1 and sinkholed for kids-pc: both show.
+	_, arc, _ := strings.Cut(endpoints, "arc.msn.com")
+	if arc, _, _ = strings.Cut(arc, "\n"); !strings.Contains(arc, "log 1") || !strings.Contains(arc, "sinkhole 1") {
+		t.Errorf("top endpoints, arc.msn.com: %q\n%s", arc, endpoints)
 	}
 	if !strings.Contains(clients, "127.0.0.2") || !strings.Contains(clients, "kids-pc") || !strings.Contains(clients, "spotlight") {
 		t.Errorf("machines:\n%s", clients)
