@@ -99,8 +99,12 @@ func (s *udpServer) serve() {
 		}
 		b.n = 0
 		for i, p := range in[:n] {
+			addr, ok := p.Addr.(*net.UDPAddr)
+			if !ok {
+				continue // no sender to answer
+			}
 			w := &ws[i]
-			w.udpReply = udpReply{s: s, addr: p.Addr.(*net.UDPAddr)}
+			w.udpReply = udpReply{s: s, addr: addr}
 			w.batch = b
 			if s.pktinfo {
 				w.oob = s.answerOOB(p.OOB[:p.NN])
