@@ -48,10 +48,15 @@ func PatternShape(p string) (Shape, string) {
 // matches pattern. It is the reference for the semantics; the policy package
 // compiles patterns into something faster.
 func Match(pattern, name string) bool {
-	name = strings.ToLower(strings.TrimSuffix(name, "."))
-	// Classic wildcard matching with one backtrack point: linear in
-	// len(name) for every pattern with a single '*', and O(len(p)*len(name))
-	// at worst.
+	return GlobMatch(pattern, strings.ToLower(strings.TrimSuffix(name, ".")))
+}
+
+// GlobMatch reports whether name, lower case and without a trailing dot,
+// matches pattern, '*' matching any run of characters. It takes a string or
+// a byte slice, so a caller with a name in a buffer does not allocate.
+// Classic wildcard matching with one backtrack point: linear in len(name)
+// for every pattern with a single '*', O(len(pattern)*len(name)) at worst.
+func GlobMatch[N string | []byte](pattern string, name N) bool {
 	p, n := 0, 0
 	star, mark := -1, 0
 	for n < len(name) {

@@ -178,7 +178,7 @@ func (m *Matcher) lookup(name []byte) Match {
 		if g.lit <= best.specificity() {
 			break
 		}
-		if len(name) >= len(g.fixed) && string(name[len(name)-len(g.fixed):]) == g.fixed && globMatch(g.pattern, name) {
+		if len(name) >= len(g.fixed) && string(name[len(name)-len(g.fixed):]) == g.fixed && endpoints.GlobMatch(g.pattern, name) {
 			return Match{Rule: m.rules[g.rule], Literal: g.pattern, Shape: endpoints.Glob}
 		}
 	}
@@ -212,32 +212,6 @@ func (m *Matcher) find(key []byte) int {
 			return i
 		}
 	}
-}
-
-// globMatch reports whether name matches pattern, '*' matching any run of
-// characters. Both are lower case. Linear for one '*', O(len*len) at worst.
-func globMatch(pattern string, name []byte) bool {
-	p, n := 0, 0
-	star, mark := -1, 0
-	for n < len(name) {
-		switch {
-		case p < len(pattern) && pattern[p] == '*':
-			star, mark = p, n
-			p++
-		case p < len(pattern) && pattern[p] == name[n]:
-			p++
-			n++
-		case star >= 0:
-			mark++
-			p, n = star+1, mark
-		default:
-			return false
-		}
-	}
-	for p < len(pattern) && pattern[p] == '*' {
-		p++
-	}
-	return p == len(pattern)
 }
 
 // sortGlobs orders globs longest literal first, the order Lookup tries them.
