@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -44,22 +43,8 @@ policy:
   groups:
     - {name: kids-pc, clients: [127.0.0.2], edition: home, actions: {spotlight: sinkhole, telemetry: sinkhole}}
 `), 0o644)
-	var logs syncBuffer
-	ready := make(chan bound, 1)
-	exit := make(chan int, 1)
-	go func() {
-		exit <- serve([]string{"-config", cfg, "-listen", "127.0.0.1:0", "-upstream", up.Addr(), "-http", "127.0.0.1:0"}, &logs, ready)
-	}()
-	var b bound
-	select {
-	case b = <-ready:
-	case <-exit:
-		t.Fatalf("serve exited:\n%s", logs.String())
-	}
-	defer func() {
-		syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
-		<-exit
-	}()
+	ph := startServe(t, "-config", cfg, "-listen", "127.0.0.1:0", "-upstream", up.Addr(), "-http", "127.0.0.1:0")
+	b, logs := ph.bound, ph.logs
 	lookupA(t, b.dns[0], "v10.events.data.microsoft.com.")
 	lookupA(t, b.dns[0], "arc.msn.com.")
 	lookupFrom(t, "127.0.0.2", b.dns[0], "arc.msn.com.")

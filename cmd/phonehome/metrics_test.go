@@ -52,22 +52,8 @@ func TestMetrics(t *testing.T) {
 	cfg := filepath.Join(dir, "p.yaml")
 	qlog := filepath.Join(dir, "queries.jsonl")
 	os.WriteFile(cfg, []byte("access: {rate_limit: 0, allow: [127.0.0.1/32]}\nquerylog: {output: "+qlog+", anonymize_clients: true}\npolicy:\n  default: {actions: {telemetry: sinkhole, certificates: sinkhole}}\n"), 0o644)
-	var logs syncBuffer
-	ready := make(chan bound, 1)
-	exit := make(chan int, 1)
-	go func() {
-		exit <- serve([]string{"-config", cfg, "-listen", "127.0.0.1:0", "-upstream", up.Addr(), "-http", "127.0.0.1:0"}, &logs, ready)
-	}()
-	var b bound
-	select {
-	case b = <-ready:
-	case <-exit:
-		t.Fatalf("serve exited:\n%s", logs.String())
-	}
-	defer func() {
-		syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
-		<-exit
-	}()
+	ph := startServe(t, "-config", cfg, "-listen", "127.0.0.1:0", "-upstream", up.Addr(), "-http", "127.0.0.1:0")
+	b := ph.bound
 	lookupA(t, b.dns[0], "v10.events.data.microsoft.com.") // sinkholed
 	lookupA(t, b.dns[0], "arc.msn.com.")                   // logged
 	lookupA(t, b.dns[0], "arc.msn.com.")                   // logged, from the cache

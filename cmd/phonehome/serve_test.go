@@ -59,6 +59,43 @@ func lookupFrom(t *testing.T, from, addr, name string) string {
 	return r.Answer[0].(*dns.A).A.String()
 }
 
+// running is phonehome serve, started in-process by startServe.
+type running struct {
+	bound
+	logs *syncBuffer
+	done chan struct{} // closed when serve has returned
+	code int           // its exit code, once done
+}
+
+// startServe runs phonehome serve with args in-process and waits until it
+// listens. The test may stop it with SIGTERM and wait on done; otherwise
+// cleanup does.
+func startServe(t *testing.T, args ...string) *running {
+	t.Helper()
+	r := &running{logs: new(syncBuffer), done: make(chan struct{})}
+	ready := make(chan bound, 1)
+	go func() {
+		r.code = serve(args, r.logs, ready)
+		close(r.done)
+	}()
+	select {
+	case r.bound = <-ready:
+	case <-r.done:
+		t.Fatalf("serve exited %d:\n%s", r.code, r.logs.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not start")
+	}
+	t.Cleanup(func() {
+		select {
+		case <-r.done:
+		default:
+			syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
+			<-r.done
+		}
+	})
+	return r
+}
+
 // TestServeReloadAndShutdown runs phonehome serve in-process: SIGHUP with a
 // good and a bad file while a bounded load runs, then SIGTERM with a query
 // in flight.
@@ -72,21 +109,8 @@ func TestServeReloadAndShutdown(t *testing.T) {
 		}
 	}
 	write("http: \"\"\naccess: {rate_limit: 0}\nquerylog: {output: \"off\"}\n")
-	var logs syncBuffer
-	ready := make(chan bound, 1)
-	exit := make(chan int, 1)
-	go func() {
-		exit <- serve([]string{"-config", cfg, "-listen", "127.0.0.1:0", "-upstream", up.Addr()}, &logs, ready)
-	}()
-	var addr string
-	select {
-	case b := <-ready:
-		addr = b.dns[0]
-	case code := <-exit:
-		t.Fatalf("serve exited %d:\n%s", code, logs.String())
-	case <-time.After(10 * time.Second):
-		t.Fatal("serve did not start")
-	}
+	ph := startServe(t, "-config", cfg, "-listen", "127.0.0.1:0", "-upstream", up.Addr())
+	addr, logs := ph.dns[0], ph.logs
 	if got := lookupA(t, addr, "arc.msn.com."); got != dnstest.AnswerA {
 		t.Fatalf("arc.msn.com before reload: %s", got)
 	}
@@ -158,9 +182,9 @@ func TestServeReloadAndShutdown(t *testing.T) {
 		t.Errorf("query in flight at shutdown: %s", got)
 	}
 	select {
-	case code := <-exit:
-		if code != 0 {
-			t.Errorf("exit %d", code)
+	case <-ph.done:
+		if ph.code != 0 {
+			t.Errorf("exit %d", ph.code)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("serve did not stop")
