@@ -39,62 +39,98 @@ type QueryLog struct {
 	ch      chan Record
 	Dropped atomic.Uint64
 	path    string // a file output, reopened by Reopen; "" for stdout/stderr
-	mu      sync.Mutex
-	w       io.Writer
-	file    *os.File
+	// closing guards ch: an answer that finishes after Close still calls
+	// Add, and must not send on a closed channel.
+	closing sync.RWMutex
+	closed  bool
+	reopen  chan reopenRequest
 	done    chan struct{}
+
+	// The writer goroutine's own, after start.
+	w    io.Writer
+	file *os.File
+}
+
+type reopenRequest struct {
+	file *os.File
+	done chan struct{}
 }
 
 // OpenQueryLog opens output: "stdout", "stderr", "off" (nil, no log) or a
 // file path (appended to).
 func OpenQueryLog(output string, all, anonymize bool) (*QueryLog, error) {
-	l := &QueryLog{All: all, Anonymize: anonymize, ch: make(chan Record, 4096), done: make(chan struct{})}
+	var w io.Writer
+	var file *os.File
 	switch output {
 	case "off", "":
 		return nil, nil
 	case "stdout":
-		l.w = os.Stdout
+		w = os.Stdout
 	case "stderr":
-		l.w = os.Stderr
+		w = os.Stderr
 	default:
-		l.path = output
-		if err := l.Reopen(); err != nil {
+		f, err := openLogFile(output)
+		if err != nil {
 			return nil, err
 		}
+		w, file = f, f
 	}
+	l := newQueryLog(w, all, anonymize, 4096)
+	l.path, l.file = output, file
 	go l.run()
 	return l, nil
 }
 
 // NewQueryLogWriter logs to w; for tests and embedding.
 func NewQueryLogWriter(w io.Writer, all, anonymize bool, buffer int) *QueryLog {
-	l := &QueryLog{All: all, Anonymize: anonymize, ch: make(chan Record, buffer), done: make(chan struct{}), w: w}
+	l := newQueryLog(w, all, anonymize, buffer)
 	go l.run()
 	return l
 }
 
+func newQueryLog(w io.Writer, all, anonymize bool, buffer int) *QueryLog {
+	return &QueryLog{All: all, Anonymize: anonymize, w: w, ch: make(chan Record, buffer),
+		reopen: make(chan reopenRequest), done: make(chan struct{})}
+}
+
+func openLogFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("query log: %w", err)
+	}
+	return f, nil
+}
+
 // Reopen reopens a file output, so that logrotate can move the old one
-// away (phonehome does this on SIGUSR1).
+// away (phonehome does this on SIGUSR1). It returns once what was buffered
+// for the old file is written to it and the new file is in use.
 func (l *QueryLog) Reopen() error {
 	if l == nil || l.path == "" {
 		return nil
 	}
-	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	f, err := openLogFile(l.path)
 	if err != nil {
-		return fmt.Errorf("query log: %w", err)
+		return err
 	}
-	l.mu.Lock()
-	old := l.file
-	l.file, l.w = f, f
-	l.mu.Unlock()
-	if old != nil {
-		old.Close()
+	req := reopenRequest{file: f, done: make(chan struct{})}
+	select {
+	case l.reopen <- req:
+		<-req.done
+	case <-l.done: // closed
+		f.Close()
 	}
 	return nil
 }
 
-// Add queues a record, or drops and counts it when the queue is full.
+// Add queues a record, or drops and counts it when the queue is full or
+// the log is closed.
 func (l *QueryLog) Add(r Record) {
+	l.closing.RLock()
+	defer l.closing.RUnlock()
+	if l.closed {
+		l.Dropped.Add(1)
+		return
+	}
 	select {
 	case l.ch <- r:
 	default:
@@ -104,10 +140,10 @@ func (l *QueryLog) Add(r Record) {
 
 // run writes records, and flushes what it has written ten times a second:
 // under load a write system call per record would take the server's core.
+// It alone touches the writer, so a reopen flushes to the old file first.
 func (l *QueryLog) run() {
 	defer close(l.done)
-	var bw *bufio.Writer
-	var cur io.Writer
+	bw := bufio.NewWriterSize(l.w, 64<<10)
 	var buf []byte
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -115,31 +151,34 @@ func (l *QueryLog) run() {
 		select {
 		case r, ok := <-l.ch:
 			if !ok {
-				if bw != nil {
-					bw.Flush()
+				bw.Flush()
+				if l.file != nil {
+					l.file.Close()
 				}
 				return
 			}
-			l.mu.Lock()
-			if l.w != cur {
-				if bw != nil {
-					bw.Flush()
-				}
-				cur, bw = l.w, bufio.NewWriterSize(l.w, 64<<10)
-			}
-			l.mu.Unlock()
 			buf = append(r.appendJSON(buf[:0]), '\n')
 			bw.Write(buf)
+		case req := <-l.reopen:
+			bw.Flush()
+			if l.file != nil {
+				l.file.Close()
+			}
+			l.w, l.file = req.file, req.file
+			bw.Reset(req.file)
+			close(req.done)
 		case <-tick.C:
-			if bw != nil && bw.Buffered() > 0 {
+			if bw.Buffered() > 0 {
 				bw.Flush()
 			}
 		}
 	}
 }
 
-// appendJSON appends r as encoding/json would write it, without its
-// reflection: the query log runs on the same core as the answers.
+// appendJSON appends r as JSON that decodes as encoding/json's would (it
+// writes numbers such as 5e-05 in exponent form where encoding/json would
+// not), without reflection: the query log runs on the same core as the
+// answers.
 func (r *Record) appendJSON(b []byte) []byte {
 	b = append(b, `{"time":"`...)
 	b = r.Time.AppendFormat(b, time.RFC3339Nano)
@@ -176,16 +215,19 @@ func appendField(b []byte, key, s string) []byte {
 	return append(b, '"')
 }
 
-// Close writes what is queued and closes a file output.
+// Close writes what is queued and closes a file output. Records added
+// later are dropped and counted.
 func (l *QueryLog) Close() {
 	if l == nil {
 		return
 	}
-	close(l.ch)
-	<-l.done
-	if l.file != nil {
-		l.file.Close()
+	l.closing.Lock()
+	if !l.closed {
+		l.closed = true
+		close(l.ch)
 	}
+	l.closing.Unlock()
+	<-l.done
 }
 
 // anonymize zeroes the host part of an address: the last octet of IPv4,

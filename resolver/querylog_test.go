@@ -3,7 +3,10 @@ package resolver
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -84,5 +87,52 @@ func TestRecordJSON(t *testing.T) {
 		if !reflect.DeepEqual(got, exp) {
 			t.Errorf("appendJSON\n %s\nencoding/json\n %s", out, want)
 		}
+	}
+}
+
+// TestQueryLogReopen: rotating a file output (rename, then Reopen, as
+// logrotate and SIGUSR1 do) loses no record, also those still buffered
+// for the old file.
+func TestQueryLogReopen(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "q.log")
+	l, err := OpenQueryLog(path, true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 200 {
+		l.Add(Record{Name: "before.example."})
+	}
+	time.Sleep(20 * time.Millisecond) // written to the buffer, not yet flushed
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Reopen(); err != nil {
+		t.Fatal(err)
+	}
+	for range 200 {
+		l.Add(Record{Name: "after.example."})
+	}
+	l.Close()
+	old, _ := os.ReadFile(path + ".1")
+	cur, _ := os.ReadFile(path)
+	lines := strings.Count(string(old), "\n") + strings.Count(string(cur), "\n")
+	if lines+int(l.Dropped.Load()) != 400 || l.Dropped.Load() != 0 {
+		t.Errorf("%d lines in the rotated file, %d in the new one, %d dropped; want 400 written", strings.Count(string(old), "\n"), strings.Count(string(cur), "\n"), l.Dropped.Load())
+	}
+	if strings.Contains(string(old), "after.example") {
+		t.Error("a record added after Reopen went to the rotated file")
+	}
+}
+
+// TestQueryLogAddAfterClose: an answer that finishes after shutdown closed
+// the log is dropped and counted, not a panic.
+func TestQueryLogAddAfterClose(t *testing.T) {
+	l := NewQueryLogWriter(io.Discard, true, false, 8)
+	l.Close()
+	l.Add(Record{Name: "late.example."})
+	l.Close()
+	if l.Dropped.Load() != 1 {
+		t.Errorf("dropped %d, want 1", l.Dropped.Load())
 	}
 }
