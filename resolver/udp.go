@@ -54,7 +54,7 @@ func newUDPServer(h *Handler, c *net.UDPConn) (*udpServer, error) {
 	if s.v6 {
 		p := ipv6.NewPacketConn(c)
 		if s.pktinfo {
-			err = p.SetControlMessage(ipv6.FlagDst|ipv6.FlagInterface, true)
+			err = p.SetControlMessage(ipv6.FlagDst, true)
 		}
 		s.bc = p
 	} else {
@@ -95,7 +95,10 @@ func (s *udpServer) serve() {
 			if s.stopping.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			continue // an ICMP error left by an earlier answer, say
+			// An ICMP error left by an earlier answer, say. Pause a moment,
+			// so that an error that persists does not spin a core.
+			time.Sleep(time.Millisecond)
+			continue
 		}
 		b.n = 0
 		for i, p := range in[:n] {
@@ -144,13 +147,12 @@ func (s *udpServer) handle(w *batchWriter, b []byte) {
 // its query came to (as received in oob), or nil.
 func (s *udpServer) answerOOB(oob []byte) []byte {
 	var dst net.IP
-	var ifIndex int
 	if s.v6 {
 		var cm ipv6.ControlMessage
 		if cm.Parse(oob) != nil {
 			return nil
 		}
-		dst, ifIndex = cm.Dst, cm.IfIndex
+		dst = cm.Dst
 	} else {
 		var cm ipv4.ControlMessage
 		if cm.Parse(oob) != nil {
@@ -166,7 +168,9 @@ func (s *udpServer) answerOOB(oob []byte) []byte {
 	if v4 := dst.To4(); v4 != nil {
 		return (&ipv4.ControlMessage{Src: v4}).Marshal()
 	}
-	return (&ipv6.ControlMessage{Src: dst, IfIndex: ifIndex}).Marshal()
+	// Only the source: the kernel routes the answer, so a host whose
+	// routes are asymmetric still reaches the client.
+	return (&ipv6.ControlMessage{Src: dst}).Marshal()
 }
 
 // shutdown stops reading, waits until every handed-off query is answered or
