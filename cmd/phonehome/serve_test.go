@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -207,5 +208,31 @@ func TestServeRefusesToStart(t *testing.T) {
 		if code := serve(c.args, &logs, nil); code != 1 || !strings.Contains(logs.String(), c.want) {
 			t.Errorf("%v: exit %d\n%s", c.args, code, logs.String())
 		}
+	}
+}
+
+// TestServeReloadListenChange: a reload that changes the listen addresses
+// says they need a restart, and the running listeners keep answering.
+func TestServeReloadListenChange(t *testing.T) {
+	up := dnstest.Start(t)
+	cfg := filepath.Join(t.TempDir(), "phonehome.yaml")
+	conf := "listen: [%q]\nhttp: \"\"\naccess: {rate_limit: 0}\nquerylog: {output: \"off\"}\n"
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(conf, "127.0.0.1:0")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ph := startServe(t, "-config", cfg, "-upstream", up.Addr())
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(conf, "127.0.0.2:0")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(syscall.Getpid(), syscall.SIGHUP)
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(ph.logs.String(), "take effect after a restart") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no restart warning after changing listen:\n%s", ph.logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := lookupA(t, ph.dns[0], "www.example.com."); got != dnstest.AnswerA {
+		t.Errorf("the running listener after the reload: %s", got)
 	}
 }
