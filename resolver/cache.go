@@ -76,36 +76,46 @@ func (c *Cache) Len() int {
 	return c.lru.Len()
 }
 
-// Get returns a fresh answer with its TTLs counted down, or nil. stale is
-// an expired answer still within a day, for when every upstream is down.
-func (c *Cache) Get(key string) (fresh, stale *dns.Msg) {
+// Get returns a fresh answer with its TTLs counted down, or nil.
+func (c *Cache) Get(key string) *dns.Msg { return c.lookup(key, false) }
+
+// Stale returns an expired answer still within a day, with TTL 30, or nil:
+// for when every upstream is down (RFC 8767).
+func (c *Cache) Stale(key string) *dns.Msg { return c.lookup(key, true) }
+
+// lookup unpacks the entry for key only when it is what was asked for: an
+// expired entry on the request path is a miss, and costs nothing more.
+func (c *Cache) lookup(key string, stale bool) *dns.Msg {
 	if c.lru == nil {
-		return nil, nil
+		return nil
 	}
 	e, ok := c.lru.Get(key)
 	if !ok {
-		return nil, nil
+		return nil
 	}
 	now := c.now()
+	if fresh := now.Before(e.expires); fresh == stale || now.Sub(e.expires) >= staleFor {
+		return nil
+	}
 	m := new(dns.Msg)
-	if now.Sub(e.expires) >= staleFor || m.Unpack(e.wire) != nil {
-		return nil, nil
+	if m.Unpack(e.wire) != nil {
+		return nil
 	}
-	if now.Before(e.expires) {
-		age := uint32(now.Sub(e.stored) / time.Second)
+	if stale {
 		for _, rr := range records(m) {
-			if h := rr.Header(); h.Ttl > age {
-				h.Ttl -= age
-			} else {
-				h.Ttl = 0
-			}
+			rr.Header().Ttl = staleTTL
 		}
-		return m, nil
+		return m
 	}
+	age := uint32(now.Sub(e.stored) / time.Second)
 	for _, rr := range records(m) {
-		rr.Header().Ttl = staleTTL
+		if h := rr.Header(); h.Ttl > age {
+			h.Ttl -= age
+		} else {
+			h.Ttl = 0
+		}
 	}
-	return nil, m
+	return m
 }
 
 // Put stores an upstream answer for as long as RFC 2308 and the config

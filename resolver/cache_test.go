@@ -24,17 +24,17 @@ func TestCacheTTLs(t *testing.T) {
 	key := Key(answer("a.example.", 0))
 	c.Put(key, answer("a.example.", 300, 100))
 	c.skew.Store(int64(40 * time.Second))
-	fresh, _ := c.Get(key)
+	fresh := c.Get(key)
 	if fresh == nil || fresh.Answer[0].Header().Ttl != 60 || fresh.Answer[1].Header().Ttl != 60 { // both held to the entry's lifetime, the lowest TTL
 		t.Fatalf("TTLs after 40 s: %v", fresh)
 	}
 	// The entry lives as long as its lowest TTL, then turns stale.
 	c.skew.Store(int64(101 * time.Second))
-	if fresh, stale := c.Get(key); fresh != nil || stale == nil || stale.Answer[0].Header().Ttl != staleTTL {
+	if fresh, stale := c.Get(key), c.Stale(key); fresh != nil || stale == nil || stale.Answer[0].Header().Ttl != staleTTL {
 		t.Errorf("after 101 s: fresh %v stale %v", fresh, stale)
 	}
 	c.skew.Store(int64(25 * time.Hour))
-	if fresh, stale := c.Get(key); fresh != nil || stale != nil {
+	if fresh, stale := c.Get(key), c.Stale(key); fresh != nil || stale != nil {
 		t.Error("a day after expiry nothing is served")
 	}
 
@@ -42,10 +42,10 @@ func TestCacheTTLs(t *testing.T) {
 	c = NewCache(10, time.Minute, 10*time.Minute)
 	c.Put("low", answer("low.example.", 5))
 	c.Put("high", answer("high.example.", 86400))
-	if m, _ := c.Get("low"); m == nil || m.Answer[0].Header().Ttl != 60 {
+	if m := c.Get("low"); m == nil || m.Answer[0].Header().Ttl != 60 {
 		t.Errorf("min_ttl: %v", m)
 	}
-	if m, _ := c.Get("high"); m == nil || m.Answer[0].Header().Ttl != 600 {
+	if m := c.Get("high"); m == nil || m.Answer[0].Header().Ttl != 600 {
 		t.Errorf("max_ttl: %v", m)
 	}
 
@@ -54,18 +54,18 @@ func TestCacheTTLs(t *testing.T) {
 	nx.Rcode = dns.RcodeNameError
 	c = NewCache(10, 0, time.Hour)
 	c.Put("nosoa", nx)
-	if m, _ := c.Get("nosoa"); m != nil {
+	if m := c.Get("nosoa"); m != nil {
 		t.Error("NXDOMAIN without SOA was cached")
 	}
 	soa, _ := dns.NewRR("example. 3600 IN SOA ns. host. 1 2 3 4 45")
 	nx.Ns = []dns.RR{soa}
 	c.Put("nx", nx)
 	c.skew.Store(int64(44 * time.Second))
-	if m, _ := c.Get("nx"); m == nil || m.Rcode != dns.RcodeNameError {
+	if m := c.Get("nx"); m == nil || m.Rcode != dns.RcodeNameError {
 		t.Error("NXDOMAIN not cached for the SOA minimum")
 	}
 	c.skew.Store(int64(46 * time.Second))
-	if m, _ := c.Get("nx"); m != nil {
+	if m := c.Get("nx"); m != nil {
 		t.Error("NXDOMAIN outlived the SOA minimum")
 	}
 	// SERVFAIL: at most 5 s.
@@ -74,13 +74,13 @@ func TestCacheTTLs(t *testing.T) {
 	c.skew.Store(0)
 	c.Put("sf", sf)
 	c.skew.Store(int64(6 * time.Second))
-	if m, _ := c.Get("sf"); m != nil {
+	if m := c.Get("sf"); m != nil {
 		t.Error("SERVFAIL cached beyond 5 s")
 	}
 	// Size 0 turns the cache off; the key tells DO and CD apart.
 	off := NewCache(0, 0, 0)
 	off.Put("k", answer("a.example.", 300))
-	if m, _ := off.Get("k"); m != nil || off.Len() != 0 {
+	if m := off.Get("k"); m != nil || off.Len() != 0 {
 		t.Error("cache size 0 still caches")
 	}
 	q := answer("A.Example.")

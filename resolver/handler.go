@@ -141,7 +141,7 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	}
 	// 6. The cache answers most queries at once.
 	key := Key(req)
-	if m, _ := st.Cache.Get(key); m != nil {
+	if m := st.Cache.Get(key); m != nil {
 		h.Metrics.cacheLookup(cacheHit)
 		h.reply(w, req, m, 0, "")
 		h.done(client, q, d, m.Rcode, sourceCache, start)
@@ -212,7 +212,7 @@ func (h *Handler) resolve(st *State, key string, req *dns.Msg) (*dns.Msg, uint16
 		h.Counters.Overload.Add(1)
 		return rcode(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeOther, sourceLocal
 	}
-	if _, stale := st.Cache.Get(key); stale != nil {
+	if stale := st.Cache.Stale(key); stale != nil {
 		h.Metrics.cacheLookup(cacheStale)
 		return stale, dns.ExtendedErrorCodeStaleAnswer, sourceStale
 	}
