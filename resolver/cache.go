@@ -102,19 +102,11 @@ func (c *Cache) lookup(key string, stale bool) *dns.Msg {
 		return nil
 	}
 	if stale {
-		for _, rr := range records(m) {
-			rr.Header().Ttl = staleTTL
-		}
+		headers(m, func(h *dns.RR_Header) { h.Ttl = staleTTL })
 		return m
 	}
 	age := uint32(now.Sub(e.stored) / time.Second)
-	for _, rr := range records(m) {
-		if h := rr.Header(); h.Ttl > age {
-			h.Ttl -= age
-		} else {
-			h.Ttl = 0
-		}
-	}
+	headers(m, func(h *dns.RR_Header) { h.Ttl -= min(h.Ttl, age) })
 	return m
 }
 
@@ -151,13 +143,13 @@ func (c *Cache) Put(key string, m *dns.Msg) {
 	}
 	m = m.Copy()
 	now := c.now()
-	for _, rr := range records(m) {
-		if h := rr.Header(); time.Duration(h.Ttl)*time.Second > ttl {
+	headers(m, func(h *dns.RR_Header) {
+		if time.Duration(h.Ttl)*time.Second > ttl {
 			h.Ttl = uint32(ttl / time.Second)
 		} else if time.Duration(h.Ttl)*time.Second < c.minTTL {
 			h.Ttl = uint32(c.minTTL / time.Second)
 		}
-	}
+	})
 	wire, err := m.Pack()
 	if err != nil {
 		return
@@ -185,16 +177,15 @@ func negativeTTL(m *dns.Msg) time.Duration {
 	return -1
 }
 
-// records are the answer and authority records whose TTLs count down (not
-// the OPT pseudo-record).
-func records(m *dns.Msg) []dns.RR {
-	rrs := make([]dns.RR, 0, len(m.Answer)+len(m.Ns)+len(m.Extra))
-	rrs = append(rrs, m.Answer...)
-	rrs = append(rrs, m.Ns...)
-	for _, rr := range m.Extra {
-		if rr.Header().Rrtype != dns.TypeOPT {
-			rrs = append(rrs, rr)
+// headers calls f with the header of every record whose TTL counts down:
+// all of them but the OPT pseudo-record. (A callback, not a slice: this runs
+// for every cache hit.)
+func headers(m *dns.Msg, f func(*dns.RR_Header)) {
+	for _, sec := range [...][]dns.RR{m.Answer, m.Ns, m.Extra} {
+		for _, rr := range sec {
+			if h := rr.Header(); h.Rrtype != dns.TypeOPT {
+				f(h)
+			}
 		}
 	}
-	return rrs
 }
