@@ -18,6 +18,10 @@ type Document struct {
 	Name     string // the file name, as given to Parse
 	Title    string // front matter title, else the first "# " heading
 	Date     string // front matter ms.date, as written
+	// Version is the Windows version the title (or, failing that, the
+	// introduction) names; Versions adds those that rows name themselves.
+	Version  Version
+	Versions Version
 	Sections []Section
 	Warnings []Warning // rows that could not be understood; the rest loaded
 }
@@ -28,6 +32,11 @@ type Section struct {
 	Line    int
 	Edition Edition
 	Rows    []Row
+	// Counted as a markdown renderer sees the tables: body lines (Lines),
+	// of which "Learn how…" links (Links) and rows without a destination
+	// (NoDest); Stray are pipe rows after a blank line that phonehome reads
+	// as the table's, though a renderer leaves them outside it.
+	Lines, Links, NoDest, Stray int
 }
 
 // Row is one endpoint row of a table. In tables with an Area column, Area and
@@ -39,6 +48,12 @@ type Row struct {
 	Patterns    []string // what Destination names; usually one
 	Protocol    string
 	Description string
+	// Process is the "Source process" cell: the Windows program that makes
+	// the connection (svchost.exe, searchui, …), where the table has one.
+	Process string
+	// Versions are the Windows versions the row is documented for: the
+	// document's, or those its "Applies from" cell names.
+	Versions Version
 }
 
 // Warning is a problem with one line of a document that did not stop the rest
@@ -117,6 +132,15 @@ type parser struct {
 	headings   [7]Edition // the edition named by the open heading of each level
 	heading    string
 	headLine   int
+	// sticky is the edition of a "part" heading ("## Windows 10 Enterprise
+	// connection endpoints") that has no table of its own: the headings of
+	// its level that follow ("## Apps", "## Cortana and Search") name areas
+	// of that edition.
+	sticky     [7]Edition
+	areaHead   bool     // the open heading names an area, not an edition
+	para       []string // the prose paragraph last read, which describes the table after it
+	applies    Version  // the newest version an "Applies from" cell names
+	rowLine    int      // the line the row being read starts on
 }
 
 func (p *parser) warn(line int, format string, args ...any) {
@@ -129,14 +153,78 @@ func (p *parser) run() {
 		line := p.lines[p.i]
 		if level, text, ok := headingOf(line); ok {
 			p.openHeading(level, text)
+			p.para = nil
 			p.i++
 			continue
 		}
 		if strings.Contains(line, "|") && p.i+1 < len(p.lines) && isSeparator(p.lines[p.i+1]) {
 			p.table()
+			p.para = nil
 			continue
 		}
+		p.prose(line)
 		p.i++
+	}
+	p.versions()
+}
+
+// prose keeps the paragraph being read, and takes the document's version
+// from the introduction when the title names none ("… a clean installation
+// of Windows 10, version 1709 and later").
+func (p *parser) prose(line string) {
+	t := strings.TrimSpace(line)
+	switch {
+	case t == "":
+		if len(p.para) > 0 && p.para[len(p.para)-1] != "" {
+			p.para = append(p.para, "") // the paragraph ended
+		}
+		return
+	case len(p.para) > 0 && p.para[len(p.para)-1] == "":
+		p.para = nil // a new paragraph
+	}
+	p.para = append(p.para, t)
+	if p.doc.Version == 0 && len(p.doc.Sections) == 0 {
+		p.doc.Version = versionOfText(t)
+	}
+}
+
+// paragraphSentence is the first sentence of the paragraph before a table,
+// which says what its endpoints are for: "The following endpoint is used to
+// download updates to the Weather app Live Tile."
+func (p *parser) paragraphSentence() string {
+	text := cleanMarkdown(strings.Join(p.para, " "))
+	if i := strings.Index(text, ". "); i >= 0 {
+		text = text[:i+1]
+	}
+	return text
+}
+
+// versions settles the Windows versions of every row once the whole
+// document is read: an "Applies from Windows 10 version 1709" row is
+// documented from 1709 to the newest version any row of the document names;
+// other rows are documented for the document's version. A document that
+// names no version we know counts for every version, with a warning.
+func (p *parser) versions() {
+	d := p.doc
+	if d.Version == 0 {
+		if p.applies == 0 {
+			p.warn(1, "the document names no Windows version phonehome knows (%s); its rows count for every version", VersionWords())
+		}
+		d.Version = AllVersions
+		if p.applies != 0 {
+			d.Version = p.applies
+		}
+	}
+	for i := range d.Sections {
+		for j := range d.Sections[i].Rows {
+			r := &d.Sections[i].Rows[j]
+			if r.Versions == 0 {
+				r.Versions = d.Version
+			} else if r.Versions <= p.applies {
+				r.Versions = p.applies<<1 - r.Versions // from the row's version to the newest named
+			}
+			d.Versions |= r.Versions
+		}
 	}
 }
 
@@ -168,11 +256,16 @@ func (p *parser) frontMatter() {
 	p.i = end + 1
 }
 
-// setTitle derives the edition of tables under no edition heading: an
-// Enterprise document has one table and no edition sections.
+// setTitle derives, from the front matter's title and then the first "#"
+// heading, the edition of tables under no edition heading (an Enterprise
+// document has one table and no edition sections) and the document's
+// Windows version.
 func (p *parser) setTitle(title string) {
 	if ed := editionOfHeading(title); ed == Enterprise {
 		p.docEdition = Enterprise
+	}
+	if p.doc.Version == 0 {
+		p.doc.Version = versionOfText(title)
 	}
 }
 
@@ -192,13 +285,20 @@ func (p *parser) openHeading(level int, text string) {
 	if level == 1 {
 		if p.doc.Title == "" {
 			p.doc.Title = text
-			p.setTitle(text)
 		}
+		p.setTitle(text)
 		return
 	}
-	p.headings[level] = editionOfHeading(text)
+	ed := editionOfHeading(text)
+	p.areaHead = ed == 0
+	if ed == 0 {
+		ed = p.sticky[level]
+	} else {
+		p.sticky[level] = ed
+	}
+	p.headings[level] = ed
 	for l := level + 1; l < len(p.headings); l++ {
-		p.headings[l] = 0
+		p.headings[l], p.sticky[l] = 0, 0
 	}
 	p.heading, p.headLine = text, p.i+1
 }
@@ -262,22 +362,28 @@ func splitCells(line string) []string {
 type columns struct {
 	n                                        int
 	area, description, protocol, destination int
+	process, applies                         int
 }
 
 func columnsOf(header string) (columns, bool) {
-	c := columns{area: -1, description: -1, protocol: -1, destination: -1}
+	c := columns{area: -1, description: -1, protocol: -1, destination: -1, process: -1, applies: -1}
 	cells := splitCells(header)
 	c.n = len(cells)
 	for k, cell := range cells {
-		switch strings.ToLower(strings.Trim(cleanMarkdown(cell), "*_ ")) {
-		case "area":
+		name := strings.ToLower(strings.Trim(cleanMarkdown(cell), "*_ "))
+		switch {
+		case name == "area":
 			c.area = k
-		case "description":
+		case name == "description":
 			c.description = k
-		case "protocol":
+		case name == "protocol":
 			c.protocol = k
-		case "destination":
+		case name == "destination":
 			c.destination = k
+		case name == "source process":
+			c.process = k
+		case strings.HasPrefix(name, "applies from"): // "Applies from Windows 10 version"
+			c.applies = k
 		}
 	}
 	return c, c.destination >= 0
@@ -298,20 +404,34 @@ func (p *parser) table() {
 	var sec *Section
 	if ok {
 		ed := p.edition()
-		if ed == 0 {
+		switch {
+		case ed == 0:
 			p.warn(headerLine, "table under heading %q names no edition (Family/Home, Pro, Education or Enterprise); its rows are skipped", p.heading)
 			ok = false
-		} else {
+		case len(p.doc.Sections) > 0 && p.doc.Sections[len(p.doc.Sections)-1].Line == p.headLine && p.headLine > 0:
+			// Another table under the same heading, as in the per-area
+			// documents: one section.
+			sec = &p.doc.Sections[len(p.doc.Sections)-1]
+		default:
 			p.doc.Sections = append(p.doc.Sections, Section{Heading: p.heading, Line: p.headLine, Edition: ed})
 			sec = &p.doc.Sections[len(p.doc.Sections)-1]
 		}
+		if !p.areaHead {
+			p.sticky = [7]Edition{} // an edition heading with a table of its own is no part heading
+		}
+	}
+	rt := rowText{desc: p.paragraphSentence()}
+	if p.areaHead {
+		rt.area = p.heading
 	}
 	var area, desc string // carried down in tables with an Area column
+	stray := false
 	for ; p.i < len(p.lines); p.i++ {
 		line := p.lines[p.i]
 		if strings.TrimSpace(line) == "" {
 			if next, ok := p.rowsResume(); ok {
 				p.i = next - 1 // stray blank lines inside a table, as in the 1709 document
+				stray = true
 				continue
 			}
 		}
@@ -321,21 +441,56 @@ func (p *parser) table() {
 		if !ok {
 			continue
 		}
+		if stray {
+			sec.Stray++
+		} else {
+			sec.Lines++
+		}
+		// A line without a leading pipe after a row without a trailing
+		// one continues that row: a cell broken by a raw newline
+		// ("| fe3….nsatc.net | TLSv1.2/" then "HTTPS | Enables … |").
+		p.rowLine = p.i + 1
+		lead := strings.HasPrefix(strings.TrimSpace(line), "|") // a table written without pipes at its edges has no such rows
+		for lead && p.i+1 < len(p.lines) && !strings.HasSuffix(strings.TrimSpace(line), "|") {
+			next := strings.TrimSpace(p.lines[p.i+1])
+			if next == "" || strings.HasPrefix(next, "|") {
+				break
+			}
+			if _, _, h := headingOf(next); h {
+				break
+			}
+			line += next
+			p.i++
+		}
 		cells := splitCells(line)
 		// Two rows run together on one line ("…Reporting ||tile-service…")
 		// leave an empty cell where the first row ended: split there. An
 		// empty cell inside a row ("fe3cr…||Used to…") is not at index n.
 		for len(cells) > cols.n && cells[cols.n] == "" {
-			p.row(sec, cols, cells[:cols.n], &area, &desc)
+			p.row(sec, cols, cells[:cols.n], rt, &area, &desc, nil)
 			cells = cells[cols.n+1:]
+		}
+		// One row holding a second Protocol and Destination after its own
+		// ("…|HTTPS|img-prod-cms-rt-microsoft-com*|HTTPS|store-images.microsoft.com|"),
+		// in a table whose last two columns are those.
+		var more []string
+		if extra := len(cells) - cols.n; extra > 0 && extra%2 == 0 && cols.protocol == cols.n-2 && cols.destination == cols.n-1 {
+			for k := cols.n + 1; k < len(cells); k += 2 {
+				more = append(more, cells[k])
+			}
+			cells = cells[:cols.n]
 		}
 		if len(cells) > cols.n {
 			p.warn(p.i+1, "row has %d cells, the table has %d columns; the extra cells are ignored", len(cells), cols.n)
 			cells = cells[:cols.n]
 		}
-		p.row(sec, cols, cells, &area, &desc)
+		p.row(sec, cols, cells, rt, &area, &desc, more)
 	}
 }
+
+// rowText is what a table without Area or Description columns takes from
+// around it: its heading as the area, its paragraph as the description.
+type rowText struct{ area, desc string }
 
 // rowsResume reports whether the rows of the table go on after the blank
 // line at p.i, and where: the next line that is not blank starts with a pipe
@@ -351,14 +506,16 @@ func (p *parser) rowsResume() (int, bool) {
 	return j, j+1 >= len(p.lines) || !isSeparator(p.lines[j+1])
 }
 
-// row adds one table row to sec, or warns about it.
-func (p *parser) row(sec *Section, cols columns, cells []string, area, desc *string) {
-	line := p.i + 1
+// row adds one table row to sec, or warns about it. more are further
+// destinations written in the same row.
+func (p *parser) row(sec *Section, cols columns, cells []string, rt rowText, area, desc *string, more []string) {
+	line := p.rowLine
 	empty := true
 	for _, c := range cells {
 		empty = empty && c == ""
 	}
 	if empty {
+		sec.NoDest++ // a stray "|" line
 		return
 	}
 	r := Row{
@@ -366,6 +523,22 @@ func (p *parser) row(sec *Section, cols columns, cells []string, area, desc *str
 		Destination: cols.cell(cells, cols.destination),
 		Protocol:    cleanMarkdown(cols.cell(cells, cols.protocol)),
 		Description: cleanMarkdown(cols.cell(cells, cols.description)),
+		Process:     processes(cols.cell(cells, cols.process)),
+	}
+	if cols.description < 0 {
+		r.Description = rt.desc
+	}
+	if cols.area < 0 {
+		r.Area = rt.area
+	}
+	if a := cleanMarkdown(cols.cell(cells, cols.applies)); a != "" {
+		v, err := ParseVersion(a)
+		if err != nil {
+			p.warn(line, "applies from: %v; the document's version is used", err)
+		} else {
+			r.Versions = v.Newest()
+			p.applies = max(p.applies, r.Versions)
+		}
 	}
 	if cols.area >= 0 {
 		// An Area starts a new group; an empty Area or Description cell
@@ -379,13 +552,22 @@ func (p *parser) row(sec *Section, cols columns, cells []string, area, desc *str
 		r.Area, r.Description = *area, *desc
 	}
 	dest := cleanMarkdown(r.Destination)
-	if dest == "" || strings.HasPrefix(strings.ToLower(dest), "learn how") {
+	if strings.HasPrefix(strings.ToLower(dest), "learn how") {
+		sec.Links++
+		return // a heading row: "[Learn how to turn off traffic …](…)"
+	}
+	if dest == "" {
+		sec.NoDest++
 		if cols.area < 0 {
 			p.warn(line, "row has no destination")
 		}
-		return // a heading row: "[Learn how to turn off traffic …](…)"
+		return
 	}
 	pats, errs := destinations(r.Destination)
+	for _, m := range more {
+		mp, merrs := destinations(m)
+		pats, errs = append(pats, mp...), append(errs, merrs...)
+	}
 	for _, err := range errs {
 		p.warn(line, "%v; skipped", err)
 	}
@@ -394,4 +576,16 @@ func (p *parser) row(sec *Section, cols columns, cells []string, area, desc *str
 	}
 	r.Patterns = pats
 	sec.Rows = append(sec.Rows, r)
+}
+
+// processes reads a Source process cell, which may name several programs
+// separated by <br>: "searchui <br> backgroundtaskhost".
+func processes(cell string) string {
+	var out []string
+	for _, p := range lineBreak.Split(cell, -1) {
+		if p = cleanMarkdown(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, ", ")
 }

@@ -129,9 +129,10 @@ func destinations(cell string) ([]string, []error) {
 // NormalizePattern turns one destination as Microsoft writes it, or as a user
 // types it, into a pattern: markdown, HTML, a scheme, a path, a port and a
 // trailing dot are dropped, the name is lower-cased, a leading '.' means "*.",
-// and a '*' right after a complete host name (one whose last label is
+// a '*' right after a complete host name (one whose last label is
 // alphabetic, "watson.telemetry.microsoft.com*") is the document's URL glob,
-// so the pattern is that host.
+// so the pattern is that host, and a single long hyphenated label
+// ("img-prod-cms-rt-microsoft-com*") is a name's first label: "label.*".
 func NormalizePattern(dest string) (string, error) {
 	s := strings.TrimSpace(dest)
 	if b, ok := strings.CutPrefix(s, "**"); ok && len(b) > 2 && strings.HasSuffix(b, "**") {
@@ -151,6 +152,12 @@ func NormalizePattern(dest string) (string, error) {
 	}
 	if r, ok := strings.CutPrefix(s, "."); ok {
 		s = "*." + r
+	}
+	if label := strings.Trim(s, "*"); !strings.ContainsAny(label, ".*") && len(label) >= 8 && strings.Contains(label, "-") {
+		// One long label, with or without stars around it
+		// ("img-prod-cms-rt-microsoft-com*"): the first label of a name
+		// whose domain the document left out.
+		s = label + ".*"
 	}
 	if err := checkPattern(s); err != nil {
 		return "", fmt.Errorf("destination %q: %w", strings.TrimSpace(dest), err)

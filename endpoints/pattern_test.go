@@ -26,13 +26,17 @@ func TestNormalizePattern(t *testing.T) {
 		{"msnbot-*.search.msn.com", "msnbot-*.search.msn.com"},
 		{"a.example.com**", "a.example.com"},
 		{"cdn.onenote.net*.", "cdn.onenote.net"},
+		// A name's first label alone, as three documents write it.
+		{"img-prod-cms-rt-microsoft-com", "img-prod-cms-rt-microsoft-com.*"},
+		{"img-prod-cms-rt-microsoft-com*", "img-prod-cms-rt-microsoft-com.*"},
+		{"*img-prod-cms-rt-microsoft-com*", "img-prod-cms-rt-microsoft-com.*"},
 	} {
 		got, err := NormalizePattern(c.in)
 		if err != nil || got != c.want {
 			t.Errorf("NormalizePattern(%q) = %q, %v; want %q", c.in, got, err, c.want)
 		}
 	}
-	for _, bad := range []string{"", "img-prod-cms-rt-microsoft-com", "two words.com", "*", "*.*", "a..b.com", "ünï.com", "[Learn how to turn off traffic](x.md)", "telecommand..", "a.example.com..", "*.com", "*com", "*.*.net"} {
+	for _, bad := range []string{"", "localhost", "tiny-a", "two words.com", "*", "*.*", "a..b.com", "ünï.com", "[Learn how to turn off traffic](x.md)", "telecommand..", "a.example.com..", "*.com", "*com", "*.*.net"} {
 		if got, err := NormalizePattern(bad); err == nil {
 			t.Errorf("NormalizePattern(%q) = %q, want an error", bad, got)
 		}
