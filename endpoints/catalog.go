@@ -12,6 +12,12 @@ import (
 type Entry struct {
 	Pattern  string
 	Editions Edition
+	// Versions are the Windows versions whose documents list the pattern,
+	// for any edition; Uses say which for each edition.
+	Versions Version
+	// Kind says whether a document lists the pattern or it is derived from
+	// documented names: a family or a first-party domain.
+	Kind     Kind
 	Category Category
 	// CategoryNote says why Category was chosen where the documents' own
 	// words would suggest another, or which rule chose it.
@@ -21,25 +27,104 @@ type Entry struct {
 	Protected bool
 	Reason    string
 	Uses      []Use // one per edition, in canonical edition order
+	// Mentions are the document rows behind the entry, one per row and
+	// edition, newest document first: what a diff between versions reads.
+	Mentions []Mention
+	// Members are, for a derived entry, the documented names that justify
+	// it; Evidence says in words why it holds.
+	Members  []string
+	Evidence string
+}
+
+// Kind is where an entry comes from.
+type Kind uint8
+
+const (
+	// Documented entries are listed by one of Microsoft's documents.
+	Documented Kind = iota
+	// Family entries generalise documented names that differ in one
+	// label ("*.events.data.microsoft.com"); see families.tsv.
+	Family
+	// FirstParty entries are Microsoft's own domains: a name under one
+	// that nothing else matches is "undocumented"; see firstparty.tsv.
+	FirstParty
+)
+
+// Mention is one document row that lists an entry's pattern for an edition.
+type Mention struct {
+	Edition     Edition
+	Versions    Version
+	Protocols   []string
+	Description string
+	Area        string
+	Process     string
+	Source      string // "file:line"
 }
 
 // Use is what the documents say about an entry for one edition.
 type Use struct {
 	Edition      Edition
+	Versions     Version  // the versions whose documents list it for Edition
 	Protocols    []string // normalised: "HTTP", "HTTPS", "TLSv1.2"
 	Descriptions []string // distinct, in document order
-	Areas        []string // the Area column of 4-column tables
+	Areas        []string // the Area column, or the area heading above the table
+	Processes    []string // the Source process column: the program that connects
 	Sources      []string // "file:line" of each row
 }
 
-// Description is the entry's first description, for one-line displays.
+// Description is the entry's first description, for one-line displays:
+// the newest document's words, with the source process where a document
+// names one ("svchost.exe: Used by…"). A family says whose family it is.
 func (e *Entry) Description() string {
+	switch e.Kind {
+	case Family:
+		return "family of " + strings.Join(e.Members, ", ") + ": " + e.Evidence
+	case FirstParty:
+		return "a Microsoft host that no Microsoft document lists, under " + strings.TrimPrefix(e.Pattern, "*.")
+	}
+	desc := ""
 	for _, u := range e.Uses {
 		if len(u.Descriptions) > 0 {
-			return u.Descriptions[0]
+			desc = u.Descriptions[0]
+			break
 		}
 	}
-	return ""
+	if ps := e.Processes(); len(ps) > 0 {
+		return strings.Join(ps, ", ") + ": " + desc
+	}
+	return desc
+}
+
+// Processes is the union of the source processes of every edition.
+func (e *Entry) Processes() []string {
+	var ps []string
+	for _, u := range e.Uses {
+		for _, p := range u.Processes {
+			if !slices.Contains(ps, p) {
+				ps = append(ps, p)
+			}
+		}
+	}
+	return ps
+}
+
+// VersionsFor returns the versions whose documents list the entry for any
+// edition in eds.
+func (e *Entry) VersionsFor(eds Edition) Version {
+	var v Version
+	for _, u := range e.Uses {
+		if u.Edition&eds != 0 {
+			v |= u.Versions
+		}
+	}
+	return v
+}
+
+// AppliesTo reports whether some version in vers documents the entry for
+// some edition in eds: whether a group of those editions and versions
+// should know it.
+func (e *Entry) AppliesTo(eds Edition, vers Version) bool {
+	return e.VersionsFor(eds)&vers != 0
 }
 
 // Protocols is the union of the protocols of every edition, sorted.
@@ -67,18 +152,23 @@ func (e *Entry) Use(ed Edition) *Use {
 type Catalog struct {
 	Entries []*Entry
 	Sources []string // the documents it was built from
-	index   map[string]*Entry
+	// Families and Domains are derived from documented names by the
+	// reviewed tables families.tsv and firstparty.tsv (built-in catalog
+	// only); a group's matcher holds them behind every documented pattern.
+	Families []*Entry
+	Domains  []*Entry
+	index    map[string]*Entry
 }
 
 // Lookup returns the entry for exactly this pattern, or nil.
 func (c *Catalog) Lookup(pattern string) *Entry { return c.index[pattern] }
 
-// Select returns the entries documented for any edition in eds and, when cats
-// is not empty, in one of those categories.
-func (c *Catalog) Select(eds Edition, cats []Category) []*Entry {
+// Select returns the entries documented for any edition in eds by any
+// version in vers and, when cats is not empty, in one of those categories.
+func (c *Catalog) Select(eds Edition, vers Version, cats []Category) []*Entry {
 	var out []*Entry
 	for _, e := range c.Entries {
-		if e.Editions&eds != 0 && (len(cats) == 0 || slices.Contains(cats, e.Category)) {
+		if e.AppliesTo(eds, vers) && (len(cats) == 0 || slices.Contains(cats, e.Category)) {
 			out = append(out, e)
 		}
 	}
@@ -145,18 +235,27 @@ func (b *builder) add(pattern string, eds Edition, file string, r Row) {
 		b.Entries = append(b.Entries, e)
 	}
 	e.Editions |= eds
+	e.Versions |= r.Versions
+	source := fmt.Sprintf("%s:%d", file, r.Line)
+	protos := protocols(r.Protocol)
 	for _, ed := range eds.Each() {
 		u := e.Use(ed)
 		if u == nil {
 			e.Uses = append(e.Uses, Use{Edition: ed})
 			u = &e.Uses[len(e.Uses)-1]
 		}
-		for _, p := range protocols(r.Protocol) {
+		u.Versions |= r.Versions
+		for _, p := range protos {
 			b.addOnce(&u.Protocols, pattern, ed, "protocol", p)
 		}
 		b.addOnce(&u.Descriptions, pattern, ed, "description", r.Description)
 		b.addOnce(&u.Areas, pattern, ed, "area", r.Area)
-		u.Sources = append(u.Sources, fmt.Sprintf("%s:%d", file, r.Line))
+		for _, p := range strings.Split(r.Process, ", ") {
+			b.addOnce(&u.Processes, pattern, ed, "process", p)
+		}
+		u.Sources = append(u.Sources, source)
+		e.Mentions = append(e.Mentions, Mention{Edition: ed, Versions: r.Versions, Protocols: protos,
+			Description: r.Description, Area: r.Area, Process: r.Process, Source: source})
 	}
 }
 

@@ -8,12 +8,12 @@ import (
 	"testing"
 )
 
-// testdataDocs parses every document in testdata.
+// testdataDocs parses every built-in document from its file.
 func testdataDocs(t *testing.T) []*Document {
 	t.Helper()
-	files, err := filepath.Glob("../testdata/endpoint-docs/*.md")
-	if err != nil || len(files) != 6 {
-		t.Fatalf("testdata documents: %v %v", files, err)
+	files, err := filepath.Glob("docs/*.md")
+	if err != nil || len(files) != 23 {
+		t.Fatalf("documents: %v %v", files, err)
 	}
 	var ds []*Document
 	for _, f := range files {
@@ -22,8 +22,10 @@ func testdataDocs(t *testing.T) []*Document {
 	return ds
 }
 
-func TestBuiltinCatalog(t *testing.T) {
-	cat := Builtin()
+// TestSeedCatalog checks the catalog of the seed document alone against
+// counts made by reading it.
+func TestSeedCatalog(t *testing.T) {
+	cat := Build(BuiltinDoc(SeedDocument))
 	if len(cat.Entries) != 65 {
 		t.Errorf("%d patterns, want 65", len(cat.Entries))
 	}
@@ -102,10 +104,13 @@ func TestBuiltinCatalog(t *testing.T) {
 		}
 		var uses []Use
 		for _, u := range e.Uses {
-			if len(u.Sources) == 0 || !strings.HasPrefix(u.Sources[0], BuiltinDocument+":") {
+			if len(u.Sources) == 0 || !strings.HasPrefix(u.Sources[0], SeedDocument+":") {
 				t.Errorf("%s: sources %v", c.pattern, u.Sources)
 			}
-			u.Sources = nil
+			if u.Versions != versionOf("10-1909") {
+				t.Errorf("%s: %s documented for %s, want 10-1909", c.pattern, u.Edition, u.Versions)
+			}
+			u.Sources, u.Versions = nil, 0
 			uses = append(uses, u)
 		}
 		if !reflect.DeepEqual(uses, c.uses) {
@@ -115,11 +120,14 @@ func TestBuiltinCatalog(t *testing.T) {
 }
 
 func TestSelect(t *testing.T) {
-	c := Builtin()
-	if n := len(c.Select(Home, nil)); n != 48 {
+	c := Build(BuiltinDoc(SeedDocument))
+	if n := len(c.Select(Home, AllVersions, nil)); n != 48 {
 		t.Errorf("home: %d", n)
 	}
-	tel := c.Select(AllEditions, []Category{"telemetry"})
+	if n := len(c.Select(Home, Windows11, nil)); n != 0 {
+		t.Errorf("home on Windows 11 from the 1909 seed: %d", n)
+	}
+	tel := c.Select(AllEditions, AllVersions, []Category{"telemetry"})
 	if len(tel) == 0 {
 		t.Fatal("no telemetry")
 	}
@@ -131,11 +139,11 @@ func TestSelect(t *testing.T) {
 }
 
 func TestLoad(t *testing.T) {
-	c, warns, err := Load(true, "../testdata/endpoint-docs/windows-endpoints-2004-non-enterprise-editions.md")
+	c, warns, err := Load(true, "docs/windows-endpoints-2004-non-enterprise-editions.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(warns) != 2 || len(c.Sources) != 2 || len(c.Entries) <= 65 {
+	if len(warns) != 0 || len(c.Sources) != 24 || len(c.Entries) != len(Builtin().Entries) {
 		t.Errorf("warnings %v, sources %v, %d entries", warns, c.Sources, len(c.Entries))
 	}
 	if _, _, err := Load(false); err == nil {

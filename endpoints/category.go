@@ -50,6 +50,7 @@ var Categories = []CategoryInfo{
 	{"photos", "the Photos app", "blocking it stops the Photos app's online features", false},
 	{"apps", "third-party and inbox apps: games, music, social tiles, Xbox", "blocking it stops those apps and their tiles from updating", false},
 	{"other", "documented endpoints with no better category", "blocking it affects what the endpoint's description says", false},
+	{"undocumented", "Microsoft hosts that no Microsoft document lists, under Microsoft's own domains", "blocking it stops whatever uses the host, which no document explains, so it is logged and never sinkholed unless a group says so", false},
 }
 
 // Other is the category of endpoints nothing else fits.

@@ -43,7 +43,7 @@ func exportShapes() []*Entry {
 // documents.
 func exportCatalog(t *testing.T) *Catalog {
 	t.Helper()
-	paths, err := filepath.Glob("../testdata/endpoint-docs/*.md")
+	paths, err := filepath.Glob("docs/*.md")
 	if err != nil || len(paths) == 0 {
 		t.Fatalf("testdata documents: %v %v", paths, err)
 	}

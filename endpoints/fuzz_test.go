@@ -14,7 +14,7 @@ import (
 //
 //	go test -run '^$' -fuzz FuzzParse -fuzztime 5m ./endpoints
 func FuzzParse(f *testing.F) {
-	files, _ := filepath.Glob("../testdata/endpoint-docs/*.md")
+	files, _ := filepath.Glob("docs/*.md")
 	files = append(files, seedPath)
 	for _, p := range files {
 		b, err := os.ReadFile(p)
@@ -128,7 +128,7 @@ func BenchmarkBuiltin(b *testing.B) {
 		b.Fatal(err)
 	}
 	for b.Loop() {
-		d, _ := Parse(BuiltinDocument, bytes.NewReader(raw))
+		d, _ := Parse(SeedDocument, bytes.NewReader(raw))
 		Build(d)
 	}
 }

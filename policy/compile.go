@@ -51,7 +51,7 @@ func Compile(cfg *Config) (*Policy, []string, error) {
 }
 
 func compileGroup(cfg *Config, gc *GroupConfig, name string, cat *endpoints.Catalog) (*Group, []string, ConfigErrors) {
-	g := &Group{Name: name, Edition: *gc.Edition, Unlisted: *gc.Unlisted, actions: gc.Actions.Map}
+	g := &Group{Name: name, Edition: *gc.Edition, Windows: *gc.Windows, Unlisted: *gc.Unlisted, actions: gc.Actions.Map}
 	for _, c := range gc.Clients {
 		g.Clients = append(g.Clients, c.Prefix)
 	}
@@ -59,17 +59,32 @@ func compileGroup(cfg *Config, gc *GroupConfig, name string, cat *endpoints.Cata
 	var errs ConfigErrors
 
 	// The catalog first, so that a list repeating a documented endpoint
-	// keeps Microsoft's description.
+	// keeps Microsoft's description: the entries documented for the
+	// group's editions and versions, then the families derived from them.
+	// A more specific pattern still wins whatever the order.
 	var b matcherBuilder
-	for _, e := range cat.Entries {
-		if e.Editions&g.Edition == 0 {
-			continue
-		}
-		r := &Rule{Category: e.Category, Entry: e, Action: g.Action(e.Category)}
+	entryRule := func(e *endpoints.Entry) *Rule {
+		r := &Rule{Category: e.Category, Entry: e, Action: g.Action(e.Category), Versions: e.VersionsFor(g.Edition).String()}
 		if r.Action == Sinkhole && e.Protected {
 			r.Action, r.demoted = Log, true
 		}
-		b.add(e.Pattern, r)
+		switch e.Kind {
+		case endpoints.Family:
+			r.Answer = fmt.Sprintf("phonehome: %s %s (family of %s)", e.Category, e.Pattern, e.Members[0])
+		case endpoints.FirstParty:
+			r.Answer = fmt.Sprintf("phonehome: %s %s (no Microsoft document lists it)", e.Category, e.Pattern)
+		default:
+			r.Answer = fmt.Sprintf("phonehome: %s %s (Windows %s)", e.Category, e.Pattern, r.Versions)
+		}
+		return r
+	}
+	for _, e := range cat.Entries {
+		if e.AppliesTo(g.Edition, g.Windows) {
+			b.add(e.Pattern, entryRule(e))
+		}
+	}
+	for _, e := range cat.Families {
+		b.add(e.Pattern, entryRule(e))
 	}
 	for _, l := range gc.Lists {
 		c := endpoints.Category(strings.ToLower(l.Category))
@@ -94,6 +109,15 @@ func compileGroup(cfg *Config, gc *GroupConfig, name string, cat *endpoints.Cata
 			b.add(np, r)
 		}
 	}
+	// Microsoft's own domains last: a name under one that nothing above
+	// matched is undocumented. Each is one label shorter than any
+	// documented name under it, so every documented pattern, family and
+	// list entry for the name is more specific.
+	for _, e := range cat.Domains {
+		r := entryRule(e)
+		b.add(e.Pattern, r)
+		b.add(strings.TrimPrefix(e.Pattern, "*."), r)
+	}
 	g.matcher = b.build()
 	g.Patterns = g.matcher.Len()
 
@@ -107,7 +131,7 @@ func compileGroup(cfg *Config, gc *GroupConfig, name string, cat *endpoints.Cata
 		g.overrides = ob.build()
 		// Name what an override will break.
 		for _, e := range cat.Entries {
-			if !e.Protected || e.Editions&g.Edition == 0 {
+			if !e.Protected || !e.AppliesTo(g.Edition, g.Windows) {
 				continue
 			}
 			if o := g.overrides.Lookup(representative(e.Pattern)); o.Rule != nil && o.Rule.Action == Sinkhole {

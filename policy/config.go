@@ -81,9 +81,12 @@ type PolicyConfig struct {
 // GroupConfig is one client group as written. The default group has no
 // name and no clients.
 type GroupConfig struct {
-	Name      string             `yaml:"name"`
-	Clients   []Prefix           `yaml:"clients"`
-	Edition   *endpoints.Edition `yaml:"edition"`
+	Name    string             `yaml:"name"`
+	Clients []Prefix           `yaml:"clients"`
+	Edition *endpoints.Edition `yaml:"edition"`
+	// Windows are the Windows versions of the group's machines: one
+	// ("11"), a list, or a range ("10-1909..11"); all when not given.
+	Windows   *endpoints.Version `yaml:"windows"`
 	Actions   Actions            `yaml:"actions"`
 	Unlisted  *Action            `yaml:"unlisted"`
 	Overrides Overrides          `yaml:"overrides"`
@@ -264,6 +267,10 @@ func (c *Config) applyDefaults() {
 		if g.Edition == nil {
 			all := endpoints.AllEditions
 			g.Edition = &all
+		}
+		if g.Windows == nil {
+			all := endpoints.AllVersions
+			g.Windows = &all
 		}
 		if g.Unlisted == nil {
 			allow := Allow
@@ -491,7 +498,7 @@ func (d *decoder) decode(n *yaml.Node, v any, where string) {
 	case *GroupConfig:
 		v.Pos, v.KeyPos = pos(n), map[string]Pos{}
 		d.fields(n, where, map[string]any{
-			"name": &v.Name, "clients": &v.Clients, "edition": &v.Edition, "actions": &v.Actions,
+			"name": &v.Name, "clients": &v.Clients, "edition": &v.Edition, "windows": &v.Windows, "actions": &v.Actions,
 			"unlisted": &v.Unlisted, "overrides": &v.Overrides, "lists": &v.Lists,
 		}, v.KeyPos)
 	case *ListConfig:
@@ -586,6 +593,28 @@ func (d *decoder) decode(n *yaml.Node, v any, where string) {
 		var e endpoints.Edition
 		if d.scalar(n, &e, where) {
 			*v = &e
+		}
+	case **endpoints.Version:
+		// One version, a range or a list; a bare 11 is read as the
+		// word it is, not as a number.
+		var all endpoints.Version
+		ok := true
+		d.seq(n, where, func(item *yaml.Node, _ int) {
+			if item.Kind != yaml.ScalarNode {
+				d.err(item, "%s: want a Windows version", where)
+				ok = false
+				return
+			}
+			ver, err := endpoints.ParseVersion(item.Value)
+			if err != nil {
+				d.err(item, "%s: %v", where, err)
+				ok = false
+				return
+			}
+			all |= ver
+		})
+		if ok && all != 0 {
+			*v = &all
 		}
 	default:
 		d.scalar(n, v, where)

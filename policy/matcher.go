@@ -25,6 +25,13 @@ type Rule struct {
 	// protected entry (demoted is then set).
 	Action  Action
 	demoted bool
+	// Versions names the Windows versions whose documents list the entry
+	// for the group's editions ("10-1709..10-21H2,11"), spelled once when
+	// the group is compiled so the query path need not.
+	Versions string
+	// Answer is the extended DNS error text of a sinkhole answer for an
+	// entry's rule, spelled at compile time; "" for a user's pattern.
+	Answer string
 }
 
 // Protected reports whether blocking the rule's endpoint breaks Windows.

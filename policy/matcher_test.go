@@ -13,7 +13,7 @@ import (
 // testCatalog is the built-in catalog plus every testdata document.
 func testCatalog(t testing.TB) *endpoints.Catalog {
 	t.Helper()
-	files, _ := filepath.Glob("../testdata/endpoint-docs/*.md")
+	files, _ := filepath.Glob("../endpoints/docs/*.md")
 	cat, _, err := endpoints.Load(true, files...)
 	if err != nil {
 		t.Fatal(err)

@@ -23,6 +23,7 @@ type Policy struct {
 type Group struct {
 	Name     string
 	Edition  endpoints.Edition
+	Windows  endpoints.Version
 	Clients  []netip.Prefix
 	Unlisted Action
 	// Patterns counts what the group's matcher holds.
@@ -33,10 +34,16 @@ type Group struct {
 	overrides *Matcher
 }
 
-// Action returns what the group does with endpoints of category c.
+// Action returns what the group does with endpoints of category c. The
+// undocumented category is logged unless the group names it: "*" does not
+// reach it, since sinkholing every unexplained Microsoft host would break
+// Windows in ways no document warns of.
 func (g *Group) Action(c endpoints.Category) Action {
 	if a, ok := g.actions[c]; ok {
 		return a
+	}
+	if c == endpoints.Undocumented {
+		return Log
 	}
 	return g.actions["*"]
 }
@@ -94,7 +101,14 @@ func (d Decision) Reason() string {
 	if m.Rule != nil {
 		what = fmt.Sprintf("%s endpoint %s", m.Rule.Category, m.Pattern())
 		if e := m.Rule.Entry; e != nil {
-			what += ", documented for " + strings.Join(e.Editions.Names(), "/")
+			switch e.Kind {
+			case endpoints.Family:
+				what = fmt.Sprintf("%s endpoint %s, a family of documented names (%s)", m.Rule.Category, m.Pattern(), strings.Join(e.Members, ", "))
+			case endpoints.FirstParty:
+				what = fmt.Sprintf("undocumented Microsoft host: under Microsoft's domain %s, and no Microsoft document lists it", strings.TrimPrefix(e.Pattern, "*."))
+			default:
+				what += ", documented for " + strings.Join(e.Editions.Names(), "/") + " on " + versionsPhrase(m.Rule.Versions)
+			}
 		} else if m.Rule.Source != "" {
 			what += ", from " + m.Rule.Source
 		}
@@ -155,4 +169,12 @@ func (t *clientTable) lookup(a netip.Addr) *Group {
 		}
 	}
 	return nil
+}
+
+// versionsPhrase says which Windows versions a rule's Versions names.
+func versionsPhrase(v string) string {
+	if v == "all" {
+		return "every Windows version (10-1709 to 11)"
+	}
+	return "Windows " + v
 }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/phonehome/phonehome/endpoints"
 )
 
 func compileText(t *testing.T, yml string) (*Policy, []string) {
@@ -64,12 +66,13 @@ func TestDecide(t *testing.T) {
 		{other, "www.example.com", "default", "allow", "", "unlisted", false},
 		// protection: *.blob.core.windows.net is telemetry but never sinkholed by category
 		{other, "foo.blob.core.windows.net", "default", "log", "*.blob.core.windows.net", "telemetry", true},
-		{other, "sls.update.microsoft.com", "default", "log", "*.update.microsoft.com", "update", false},
+		{other, "sls.update.microsoft.com", "default", "log", "sls.update.microsoft.com", "update", false},
+		{other, "foo.update.microsoft.com", "default", "log", "*.update.microsoft.com", "update", false},
 		// kids-pc (longest prefix: /32 beats lab's /24): home edition only
 		{kid, "arc.msn.com", "kids-pc", "sinkhole", "arc.msn.com", "spotlight", false},
-		{kid, "fe2cr.update.microsoft.com", "kids-pc", "log", "*.update.microsoft.com", "update", false}, // fe2cr is Pro/Education only
-		{kid, "www.bing.com", "kids-pc", "sinkhole", "www.bing.com", "cortana", false},                   // override *.bing.com
-		{kid, "g.live.com", "kids-pc", "allow", "g.live.com", "onedrive", false},                         // override allow
+		{kid, "fe2cr.update.microsoft.com", "kids-pc", "log", "fe2cr.update.microsoft.com", "update", false},
+		{kid, "www.bing.com", "kids-pc", "sinkhole", "www.bing.com", "cortana", false}, // override *.bing.com
+		{kid, "g.live.com", "kids-pc", "allow", "g.live.com", "onedrive", false},       // override allow
 		{kid, "ctldl.windowsupdate.com", "kids-pc", "sinkhole", "ctldl.windowsupdate.com", "certificates", false},
 		{kid, "tracker.example.com", "kids-pc", "sinkhole", "tracker.example.com", "telemetry", false},
 		{kid, "x.ads.example.net", "kids-pc", "sinkhole", "*.ads.example.net", "telemetry", false}, // ||ads.example.net^ covers subdomains
@@ -105,8 +108,9 @@ func TestDefaultPolicy(t *testing.T) {
 	}
 	any := netip.MustParseAddr("192.168.7.7")
 	for name, want := range map[string]string{
-		"v10.events.data.microsoft.com": "sinkholed: telemetry endpoint v10.events.data.microsoft.com, documented for home/pro/education",
-		"ctldl.windowsupdate.com":       "logged: certificates endpoint ctldl.windowsupdate.com, documented for home/pro/education",
+		"v10.events.data.microsoft.com": "sinkholed: telemetry endpoint v10.events.data.microsoft.com, documented for home/pro/education/enterprise on Windows 10-1809..11",
+		"ctldl.windowsupdate.com":       "logged: certificates endpoint ctldl.windowsupdate.com, documented for home/pro/education/enterprise on every Windows version (10-1709 to 11)",
+		"foo.windows.com":               "logged: undocumented Microsoft host: under Microsoft's domain windows.com, and no Microsoft document lists it",
 		"www.example.com":               "allowed: not a documented Windows endpoint nor in group default's lists, and the group's action for unlisted names is allow",
 		"foo.blob.core.windows.net":     "logged, not sinkholed: *.blob.core.windows.net is protected — blocking it cuts off every site and app that keeps files in Azure Blob Storage, far beyond Windows telemetry",
 	} {
@@ -131,5 +135,56 @@ func TestDecideNoAllocs(t *testing.T) {
 		p.Decide(netip.MustParseAddr("fd00::1"), "arc.msn.com")
 	}); n != 0 {
 		t.Errorf("%v allocations", n)
+	}
+}
+
+// TestWindowsVersions checks the version dimension: an entry applies to a
+// group only when a version the group chose documents it for the group's
+// edition, and the decision says which versions do.
+func TestWindowsVersions(t *testing.T) {
+	p, _ := compileText(t, `
+policy:
+  default: {edition: enterprise, windows: "11", actions: {spotlight: sinkhole, apps: sinkhole}}
+  groups:
+    - {name: old, clients: [10.0.0.0/8], edition: enterprise, windows: "10-1909", actions: {spotlight: sinkhole, apps: sinkhole}}
+    - {name: oldest, clients: [10.1.0.0/16], edition: all, windows: [10-1709, "10-1803"], actions: {spotlight: sinkhole, apps: sinkhole}}
+    - {name: new, clients: [10.2.0.0/16], edition: all, windows: 10-21H2..11, actions: {spotlight: sinkhole, apps: sinkhole}}
+`)
+	w11, old, oldest, newer := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("10.2.0.1")
+	for _, c := range []struct {
+		client            netip.Addr
+		name              string
+		action, category  string
+		pattern, versions string
+	}{
+		// api.msn.com: only the Windows 11 Enterprise document lists it.
+		{w11, "api.msn.com", "sinkhole", "spotlight", "api.msn.com", "11"},
+		{newer, "api.msn.com", "sinkhole", "spotlight", "api.msn.com", "11"},
+		{old, "api.msn.com", "log", "undocumented", "*.msn.com", ""}, // a Microsoft host no 1909 document lists
+		// Only the 1709 documents list these.
+		{oldest, "cdn.content.prod.cms.msn.com", "sinkhole", "spotlight", "cdn.content.prod.cms.msn.com", "10-1709"},
+		{w11, "cdn.content.prod.cms.msn.com", "log", "undocumented", "*.msn.com", ""},
+		{oldest, "www.facebook.com", "sinkhole", "apps", "www.facebook.com", "10-1709"},
+		{w11, "www.facebook.com", "allow", "unlisted", "", ""},
+		{newer, "www.facebook.com", "allow", "unlisted", "", ""},
+	} {
+		d := p.Decide(c.client, c.name)
+		pat, vers := "", ""
+		if d.Match.Rule != nil {
+			pat, vers = d.Match.Pattern(), d.Match.Rule.Versions
+			if d.Match.Rule.Entry.Kind != endpoints.Documented {
+				vers = ""
+			}
+		}
+		if d.Action.String() != c.action || string(d.Category()) != c.category || pat != c.pattern || vers != c.versions {
+			t.Errorf("%s (group %s) %s: %s %s %q documented on %q; want %s %s %q on %q\n\t%s", c.client, d.Group.Name, c.name,
+				d.Action, d.Category(), pat, vers, c.action, c.category, c.pattern, c.versions, d.Reason())
+		}
+		if c.versions != "" && !strings.Contains(d.Reason(), "on Windows "+c.versions) {
+			t.Errorf("%s: the reason does not say which versions document it: %s", c.name, d.Reason())
+		}
+	}
+	if p.Default.Windows.String() != "11" || p.Groups[2].Windows.String() != "10-21H2,11" {
+		t.Errorf("windows: %s, %s", p.Default.Windows, p.Groups[2].Windows)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/time/rate"
 
+	"github.com/phonehome/phonehome/endpoints"
 	"github.com/phonehome/phonehome/policy"
 )
 
@@ -135,7 +136,11 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	// 5. Sinkholed names are answered here and never reach an upstream.
 	if d.Action == policy.Sinkhole {
 		m := st.Sinkhole.answer(req)
-		h.reply(w, req, m, dns.ExtendedErrorCodeBlocked, "phonehome: "+string(d.Category())+" "+d.Match.Pattern())
+		text := d.Match.Rule.Answer // an entry's, spelled when the policy was compiled
+		if text == "" {
+			text = "phonehome: " + string(d.Category()) + " " + d.Match.Pattern()
+		}
+		h.reply(w, req, m, dns.ExtendedErrorCodeBlocked, text)
 		h.done(client, q, d, m.Rcode, sourceSinkhole, start)
 		return
 	}
@@ -186,6 +191,14 @@ func (h *Handler) done(client netip.Addr, q dns.Question, d policy.Decision, rc,
 		Rcode: dns.RcodeToString[rc], Source: sourceNames[source], Duration: time.Since(start).Seconds()}
 	if d.Match.Rule != nil {
 		r.Pattern = d.Match.Pattern()
+		if e := d.Match.Rule.Entry; e != nil {
+			switch e.Kind {
+			case endpoints.Documented:
+				r.Windows = d.Match.Rule.Versions
+			case endpoints.Family:
+				r.Family = e.Members[0]
+			}
+		}
 	}
 	if l != nil && (l.All || match) {
 		l.Add(r)

@@ -23,6 +23,11 @@ type Record struct {
 	Action   string    `json:"action"`
 	Category string    `json:"category"`
 	Pattern  string    `json:"pattern,omitempty"`
+	// Windows are the versions whose documents list the matched entry for
+	// the group's editions; Family is a documented member of the matched
+	// family ("family of v10.events.data.microsoft.com").
+	Windows  string    `json:"windows,omitempty"`
+	Family   string    `json:"family,omitempty"`
 	Edition  string    `json:"edition"`
 	Rcode    string    `json:"rcode"`
 	Source   string    `json:"source"`
@@ -190,6 +195,12 @@ func (r *Record) appendJSON(b []byte) []byte {
 	b = appendField(b, `,"category":`, r.Category)
 	if r.Pattern != "" {
 		b = appendField(b, `,"pattern":`, r.Pattern)
+	}
+	if r.Windows != "" {
+		b = appendField(b, `,"windows":`, r.Windows)
+	}
+	if r.Family != "" {
+		b = appendField(b, `,"family":`, r.Family)
 	}
 	b = appendField(b, `,"edition":`, r.Edition)
 	b = appendField(b, `,"rcode":`, r.Rcode)

@@ -75,9 +75,15 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	for _, r := range out {
 		fmt.Fprintf(stdout, "%s: %s\n  %s\n", r.Name, r.Action, r.Reason)
 		tw := tabwriter.NewWriter(stdout, 0, 0, 1, ' ', 0)
-		fmt.Fprintf(tw, "  group:\t%s (edition %s)\n", r.Group, r.Edition)
+		fmt.Fprintf(tw, "  group:\t%s (edition %s, windows %s)\n", r.Group, r.Edition, r.Windows)
 		if r.Pattern != "" {
 			fmt.Fprintf(tw, "  pattern:\t%s\n", r.Pattern)
+		}
+		if len(r.Documented) > 0 {
+			fmt.Fprintf(tw, "  documented:\t%s\n", strings.Join(r.Documented, ", "))
+		}
+		if r.Family != "" {
+			fmt.Fprintf(tw, "  family of:\t%s\n", r.Family)
 		}
 		fmt.Fprintf(tw, "  category:\t%s\n  protected:\t%s\n", r.Category, yesNo(r.Protected))
 		if r.Override != "" {
@@ -94,7 +100,13 @@ type checkResult struct {
 	Action    string `json:"action"`
 	Group     string `json:"group"`
 	Edition   string `json:"edition"`
+	Windows   string `json:"windows"`
 	Pattern   string `json:"pattern,omitempty"`
+	// Documented are the Windows versions whose documents list the
+	// pattern for the group's editions; Family the documented names a
+	// family match generalises.
+	Documented []string `json:"documented,omitempty"`
+	Family     string   `json:"family,omitempty"`
 	Category  string `json:"category"`
 	Protected bool   `json:"protected"`
 	Override  string `json:"override,omitempty"`
@@ -103,9 +115,17 @@ type checkResult struct {
 
 func result(name string, d policy.Decision) checkResult {
 	r := checkResult{Name: name, Action: d.Action.String(), Group: d.Group.Name, Edition: d.Group.Edition.String(),
-		Category: string(d.Category()), Reason: d.Reason()}
+		Windows: d.Group.Windows.String(), Category: string(d.Category()), Reason: d.Reason()}
 	if d.Match.Rule != nil {
 		r.Pattern, r.Protected = d.Match.Pattern(), d.Match.Rule.Protected()
+		if e := d.Match.Rule.Entry; e != nil {
+			switch e.Kind {
+			case endpoints.Documented:
+				r.Documented = e.VersionsFor(d.Group.Edition).Names()
+			case endpoints.Family:
+				r.Family = strings.Join(e.Members, ", ")
+			}
+		}
 	}
 	if d.Override.Rule != nil {
 		r.Override = d.Override.Pattern()
@@ -146,9 +166,9 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "catalog: %d endpoints (%s) from %s\n", len(p.Catalog.Entries), strings.Join(per, ", "), strings.Join(p.Catalog.Sources, ", "))
 	fmt.Fprintf(stdout, "listen: %s; upstreams: %s\n", strings.Join(cfg.Listen, ", "), orDefault(cfg.Upstreams, "from /etc/resolv.conf"))
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "GROUP\tCLIENTS\tEDITION\tPATTERNS\tUNLISTED")
+	fmt.Fprintln(tw, "GROUP\tCLIENTS\tEDITION\tWINDOWS\tPATTERNS\tUNLISTED")
 	for _, g := range append([]*policy.Group{p.Default}, p.Groups...) {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\n", g.Name, len(g.Clients), g.Edition, g.Patterns, g.Unlisted)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\n", g.Name, len(g.Clients), g.Edition, g.Windows, g.Patterns, g.Unlisted)
 	}
 	tw.Flush()
 	return 0

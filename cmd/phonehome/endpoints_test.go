@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/phonehome/phonehome/endpoints"
 )
 
 // phonehome runs the command in-process as a user would from the shell.
@@ -23,7 +26,7 @@ func TestEndpointsTable(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q", code, errs)
 	}
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
-	if len(lines) != 66 || !strings.HasPrefix(lines[0], "PATTERN ") {
+	if len(lines) != len(endpoints.Builtin().Entries)+1 || !strings.HasPrefix(lines[0], "PATTERN ") || !strings.Contains(lines[0], " WINDOWS ") {
 		t.Fatalf("%d lines, header %q", len(lines), lines[0])
 	}
 	// Aligned for a terminal: the CATEGORY column starts at the same place on every line.
@@ -39,32 +42,35 @@ func TestEndpointsTable(t *testing.T) {
 }
 
 func TestEndpointsTSV(t *testing.T) {
-	out, _, code := phonehome(t, "endpoints", "-format", "tsv", "-edition", "family")
+	out, _, code := phonehome(t, "endpoints", "-format", "tsv", "-edition", "family", "-windows", "11")
 	if code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
-	if lines[0] != "pattern\teditions\tcategory\tprotected\tprotocols\tdescription" {
+	if lines[0] != "pattern\teditions\twindows\tcategory\tprotected\tprotocols\tdescription" {
 		t.Errorf("header %q", lines[0])
 	}
-	if len(lines) != 49 {
-		t.Errorf("%d home entries, want 48", len(lines)-1)
+	// Windows 11 Family: 79 hosts in Microsoft's table, 76 distinct patterns.
+	if want := len(endpoints.Builtin().Select(endpoints.Home, endpoints.Windows11, nil)); len(lines) != want+1 || want < 70 {
+		t.Errorf("%d Windows 11 home entries, want %d", len(lines)-1, want)
 	}
 	found := false
 	for _, l := range lines[1:] {
 		f := strings.Split(l, "\t")
-		if len(f) != 6 {
+		if len(f) != 7 {
 			t.Fatalf("%d columns: %q", len(f), l)
+		}
+		if !strings.Contains(f[1], "home") || !strings.Contains(f[2], "11") {
+			t.Errorf("not a Windows 11 home entry: %q", f)
 		}
 		if f[0] == "ctldl.windowsupdate.com" {
 			found = true
-			want := []string{"ctldl.windowsupdate.com", "home,pro,education", "certificates", "yes", "HTTP", "Certificate Trust List"}
-			if strings.Join(f, "|") != strings.Join(want, "|") {
+			if f[3] != "certificates" || f[4] != "yes" || f[2] != strings.Join(endpoints.AllVersions.Names(), ",") {
 				t.Errorf("ctldl: %q", f)
 			}
 		}
-		if f[3] != "yes" && f[3] != "no" {
-			t.Errorf("protected %q", f[3])
+		if f[4] != "yes" && f[4] != "no" {
+			t.Errorf("protected %q", f[4])
 		}
 	}
 	if !found {
@@ -95,12 +101,18 @@ func TestEndpointsJSONAndFilters(t *testing.T) {
 }
 
 func TestEndpointsDocs(t *testing.T) {
-	doc := "../../testdata/endpoint-docs/windows-endpoints-2004-non-enterprise-editions.md"
+	// A user's copy of a document, with two rows spoilt: they warn with
+	// file and line, and the rest loads.
+	raw, err := os.ReadFile("../../endpoints/docs/windows-endpoints-2004-non-enterprise-editions.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := filepath.Join(t.TempDir(), "mine.md")
+	os.WriteFile(doc, []byte(strings.ReplaceAll(string(raw), "img-prod-cms-rt-microsoft-com", "not a host")), 0o644)
 	out, errs, code := phonehome(t, "endpoints", "-builtin=false", "-doc", doc, "-format", "tsv")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
-	// The document's two rows naming a cut-short host warn with file and line; the rest loads.
 	if strings.Count(errs, "warning: "+doc+":") != 2 || !strings.Contains(errs, doc+":67:") {
 		t.Errorf("stderr: %q", errs)
 	}
@@ -216,6 +228,57 @@ func TestCheckAndValidate(t *testing.T) {
 	for _, args := range [][]string{{"validate"}, {"check"}, {"check", "-client", "pc", "x.com"}} {
 		if _, _, code := phonehome(t, args...); code != 2 {
 			t.Errorf("%v: exit %d, want 2", args, code)
+		}
+	}
+}
+
+// TestEndpointsDiff compares two real documents, Microsoft's Windows 10
+// 21H1 and 21H2 Enterprise pages. Read side by side, 21H2 drops two rows
+// (v20.events.data.microsoft.com and www.microsoft.com under Diagnostic
+// Data) and rewords one description, "apps from the Microsoft Store" to
+// "apps from the Store", which *.delivery.mp.microsoft.com and the row
+// below it, *.update.microsoft.com, share. Its other edits are markup,
+// case and apostrophes, which are no change.
+func TestEndpointsDiff(t *testing.T) {
+	out, errs, code := phonehome(t, "endpoints", "diff", "10-21H1", "10-21H2", "-edition", "enterprise", "-format", "json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var d struct {
+		From, To string
+		Changes  []jsonChange
+	}
+	if err := json.Unmarshal([]byte(out), &d); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range d.Changes {
+		got = append(got, c.Change+" "+c.Pattern+" "+strings.Join(c.What, ";"))
+		if (c.From == nil) != (c.Change == "added") || (c.To == nil) != (c.Change == "dropped") {
+			t.Errorf("%s %s: from %v to %v", c.Change, c.Pattern, c.From, c.To)
+		}
+	}
+	want := []string{
+		"dropped v20.events.data.microsoft.com ",
+		"dropped www.microsoft.com ",
+		"changed *.delivery.mp.microsoft.com description",
+		"changed *.update.microsoft.com description",
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if d.From != "10-21H1" || d.To != "10-21H2" || !slices.Equal(got, want) {
+		t.Errorf("diff %s → %s:\n got %q\nwant %q", d.From, d.To, got, want)
+	}
+
+	// Flags before the versions, the table, and what a Windows 11 upgrade
+	// started contacting.
+	out, _, code = phonehome(t, "endpoints", "diff", "-edition", "enterprise", "10-21H2", "11")
+	if code != 0 || !strings.HasPrefix(out, "Windows 10-21H2 → 11: ") || !strings.Contains(out, "added    definitionupdates.microsoft.com") {
+		t.Errorf("exit %d:\n%s", code, out)
+	}
+	for _, bad := range [][]string{{"10-1909"}, {"10-1909", "10-1910"}, {"10-1909..11", "11"}, {"10-1909", "11", "-format", "xml"}} {
+		if _, errs, code := phonehome(t, append([]string{"endpoints", "diff"}, bad...)...); code != 2 || errs == "" {
+			t.Errorf("diff %v: exit %d, stderr %q", bad, code, errs)
 		}
 	}
 }
