@@ -110,13 +110,11 @@ func compileGroup(cfg *Config, gc *GroupConfig, name string, cat *endpoints.Cata
 		}
 	}
 	// Microsoft's own domains last: a name under one that nothing above
-	// matched is undocumented. Each is one label shorter than any
-	// documented name under it, so every documented pattern, family and
-	// list entry for the name is more specific.
+	// matched is undocumented. A documented "*.domain" takes the same
+	// slot first and keeps it; every other documented pattern for such a
+	// name is more specific (a test checks both).
 	for _, e := range cat.Domains {
-		r := entryRule(e)
-		b.add(e.Pattern, r)
-		b.add(strings.TrimPrefix(e.Pattern, "*."), r)
+		b.add(e.Pattern, entryRule(e))
 	}
 	g.matcher = b.build()
 	g.Patterns = g.matcher.Len()

@@ -188,3 +188,39 @@ policy:
 		t.Errorf("windows: %s, %s", p.Default.Windows, p.Groups[2].Windows)
 	}
 }
+
+// TestUndocumentedLosesToDocumented checks the built-in tables against the
+// matcher: a name any documented pattern or family matches is never taken
+// for an undocumented Microsoft host, and a new name under each
+// first-party domain is, unless a documented wildcard or a family covers
+// the whole domain for that group.
+func TestUndocumentedLosesToDocumented(t *testing.T) {
+	p, _, err := Compile(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	any := netip.MustParseAddr("192.0.2.1")
+	for _, e := range append(append([]*endpoints.Entry{}, p.Catalog.Entries...), p.Catalog.Families...) {
+		name := representative(e.Pattern)
+		if d := p.Decide(any, name); d.Category() == endpoints.Undocumented {
+			t.Errorf("%s (matching %s) is taken for undocumented: %s", name, e.Pattern, d.Reason())
+		}
+	}
+	// A group that knows only what the Windows 11 documents list.
+	p11, _ := compileText(t, "policy:\n  default: {windows: \"11\"}\n")
+	for _, e := range p.Catalog.Domains {
+		name := "phonehome-test-label" + strings.TrimPrefix(e.Pattern, "*")
+		for _, p := range []*Policy{p, p11} {
+			d := p.Decide(any, name)
+			// A documented wildcard or a family over the whole domain
+			// may catch it first, in groups whose versions document it.
+			whole := d.Match.Rule != nil && d.Match.Pattern() == e.Pattern && d.Match.Rule.Entry.Kind != endpoints.FirstParty
+			if !whole && (d.Category() != endpoints.Undocumented || d.Action != Log) {
+				t.Errorf("%s (windows %s): %s %s, want log undocumented", name, d.Group.Windows, d.Action, d.Category())
+			}
+		}
+	}
+	if d := p11.Decide(any, "phonehome-test-label.msn.com"); d.Category() != endpoints.Undocumented {
+		t.Errorf("msn.com on Windows 11: %s, want undocumented (*.msn.com is documented for older versions only)", d.Category())
+	}
+}
