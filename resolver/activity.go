@@ -5,16 +5,19 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/phonehome/phonehome/endpoints"
 )
 
 // Activity is the bounded in-memory history the web page shows: a ring of
 // recent catalog matches, totals per category and action, counts per
-// endpoint, and per-client counters in an LRU. Memory stays flat however
-// long phonehome runs.
+// endpoint, per-client counters in an LRU, and the undocumented Microsoft
+// names asked for. Memory stays flat however long phonehome runs.
 type Activity struct {
 	mu        sync.Mutex
 	ring      []Event
@@ -24,6 +27,9 @@ type Activity struct {
 	endpoints map[string]*EndpointCount
 	clients   *lru.Cache[netip.Addr, *ClientCount]
 	started   time.Time
+
+	undocumented map[string]*UndocumentedHost // by name: lower case, no trailing dot
+	others       uint64                       // queries for names that found the table full
 }
 
 // Event is one catalog match in the feed.
@@ -54,12 +60,41 @@ type ClientCount struct {
 	LastSeen   time.Time         `json:"last_seen"`
 }
 
-// maxEndpoints bounds the endpoint table; documented patterns are far fewer.
-const maxEndpoints = 4096
+// UndocumentedHost is one name under a Microsoft domain that no Microsoft
+// document lists, and who asked for it.
+type UndocumentedHost struct {
+	Name      string    `json:"name"`   // lower case, no trailing dot
+	Domain    string    `json:"domain"` // the first-party domain it is under
+	Count     uint64    `json:"count"`
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+	// Clients are the first maxUndocumentedClients machines that asked;
+	// MoreClients counts the queries from any other machine.
+	Clients     []string `json:"clients"`
+	MoreClients uint64   `json:"more_clients"`
+}
+
+// Undocumented is what /api/undocumented returns: the names kept, busiest
+// first, and Others, the queries for names that came once the table was full.
+type Undocumented struct {
+	Hosts  []UndocumentedHost `json:"hosts"`
+	Others uint64             `json:"others"`
+}
+
+const (
+	// maxEndpoints bounds the endpoint table; documented patterns are far fewer.
+	maxEndpoints = 4096
+	// maxUndocumented bounds the undocumented names kept, and
+	// maxUndocumentedClients the machines kept for each: a few hundred
+	// kilobytes at most, however many names a network makes up.
+	maxUndocumented        = 1000
+	maxUndocumentedClients = 16
+)
 
 // NewActivity keeps the last events matches and up to clients clients.
 func NewActivity(events, clients int) *Activity {
-	a := &Activity{ring: make([]Event, 0, events), totals: map[catAction]uint64{}, endpoints: map[string]*EndpointCount{}, started: time.Now()}
+	a := &Activity{ring: make([]Event, 0, events), totals: map[catAction]uint64{}, endpoints: map[string]*EndpointCount{},
+		undocumented: map[string]*UndocumentedHost{}, started: time.Now()}
 	a.clients, _ = lru.New[netip.Addr, *ClientCount](clients)
 	return a
 }
@@ -97,6 +132,40 @@ func (a *Activity) add(client netip.Addr, r Record, description string) {
 	c.Group, c.Edition, c.LastSeen = r.Group, r.Edition, r.Time
 	c.Total++
 	c.Categories[r.Category]++
+	if r.Category == string(endpoints.Undocumented) {
+		a.addUndocumented(r)
+	}
+}
+
+// addUndocumented counts a query for an undocumented name; a.mu is held.
+// The table stops growing at maxUndocumented names: the names already in it
+// are still counted, and queries for new ones go to a.others.
+func (a *Activity) addUndocumented(r Record) {
+	name := strings.ToLower(strings.TrimSuffix(r.Name, "."))
+	u, ok := a.undocumented[name]
+	if !ok {
+		if len(a.undocumented) >= maxUndocumented {
+			a.others++
+			return
+		}
+		u = &UndocumentedHost{Name: name, Domain: strings.TrimPrefix(r.Pattern, "*."), FirstSeen: r.Time}
+		a.undocumented[name] = u
+	}
+	u.Count++
+	// Queries finish out of order: r.Time is when this one started.
+	if r.Time.Before(u.FirstSeen) {
+		u.FirstSeen = r.Time
+	}
+	if r.Time.After(u.LastSeen) {
+		u.LastSeen = r.Time
+	}
+	switch {
+	case slices.Contains(u.Clients, r.Client):
+	case len(u.Clients) < maxUndocumentedClients:
+		u.Clients = append(u.Clients, r.Client)
+	default:
+		u.MoreClients++
+	}
 }
 
 // Events returns the matches after id since, oldest first.
@@ -170,5 +239,22 @@ func (a *Activity) Clients() []ClientCount {
 		out = append(out, cc)
 	}
 	slices.SortFunc(out, func(x, y ClientCount) int { return cmp.Compare(y.Total, x.Total) })
+	return out
+}
+
+// Undocumented returns the undocumented names asked for, busiest first, as
+// copies that stay still while add goes on counting.
+func (a *Activity) Undocumented() Undocumented {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := Undocumented{Hosts: make([]UndocumentedHost, 0, len(a.undocumented)), Others: a.others}
+	for _, u := range a.undocumented {
+		c := *u
+		c.Clients = slices.Clone(u.Clients)
+		out.Hosts = append(out.Hosts, c)
+	}
+	slices.SortFunc(out.Hosts, func(x, y UndocumentedHost) int {
+		return cmp.Or(cmp.Compare(y.Count, x.Count), cmp.Compare(x.Name, y.Name))
+	})
 	return out
 }

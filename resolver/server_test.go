@@ -131,7 +131,7 @@ func TestForwardSinkholeAndGroups(t *testing.T) {
 		// Sinkholed for everyone: telemetry. A gets 0.0.0.0 with EDE 15.
 		r = s.ask(t, network, "", query("v10.events.data.microsoft.com.", dns.TypeA, true))
 		code, text := ede(r)
-		if answerText(r) != "0.0.0.0" || code != dns.ExtendedErrorCodeBlocked || text != "phonehome: telemetry v10.events.data.microsoft.com" {
+		if answerText(r) != "0.0.0.0" || code != dns.ExtendedErrorCodeBlocked || text != "phonehome: telemetry v10.events.data.microsoft.com (Windows 10-1809..11)" {
 			t.Errorf("%s sinkholed A: %v", network, r)
 		}
 		r = s.ask(t, network, "", query("v10.events.data.microsoft.com.", dns.TypeAAAA, false))

@@ -30,8 +30,10 @@ func chromium(t *testing.T) string {
 }
 
 // TestWebPage drives the live page in a real headless Chromium: queries from
-// two client addresses appear in the feed and the per-machine view, the
-// category filter narrows the feed, and the pause button changes the state.
+// two client addresses appear in the feed and the per-machine view, a name
+// no Microsoft document lists appears with both machines in its own card,
+// the category filter narrows the feed, and the pause button changes the
+// state.
 func TestWebPage(t *testing.T) {
 	browser := chromium(t)
 	up := dnstest.Start(t)
@@ -49,6 +51,8 @@ policy:
 	lookupA(t, b.dns[0], "arc.msn.com.")
 	lookupFrom(t, "127.0.0.2", b.dns[0], "arc.msn.com.")
 	lookupFrom(t, "127.0.0.2", b.dns[0], "watson.telemetry.microsoft.com.")
+	lookupA(t, b.dns[0], "foo.windows.com.") // undocumented
+	lookupFrom(t, "127.0.0.2", b.dns[0], "foo.windows.com.")
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(filepath.Join(dir, "chrome")),
@@ -81,6 +85,14 @@ policy:
 	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.querySelector("#endpoints").innerText.includes("watson.telemetry")`, chromedp.WithPollingTimeout(20*time.Second))); err != nil {
 		t.Fatalf("top endpoints never showed the queries: %v", err)
 	}
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.querySelector("#undocumented").innerText.includes("foo.windows.com")`, chromedp.WithPollingTimeout(20*time.Second))); err != nil {
+		t.Fatalf("the undocumented hosts never showed foo.windows.com: %v\n%s", err, text(`#undocumented`))
+	}
+	// The cells of foo.windows.com's row: host (with when it was last seen), domain, queries, machines.
+	undoc, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`[...[...document.querySelectorAll("#undocumented tr")].find(r => r.cells[0].innerText.startsWith("foo.windows.com")).cells].map(c => c.innerText)`))
+	if err != nil {
+		t.Fatalf("reading the undocumented hosts: %v", err)
+	}
 	feed, clients, endpoints := text(`#feed`), text(`#clients`), text(`#endpoints`)
 	if err := chromedp.Do(ctx,
 		chromedp.SetValue(chromedp.CSS(`#f-category`), "spotlight"),
@@ -112,6 +124,9 @@ policy:
 	}
 	if !strings.Contains(clients, "127.0.0.2") || !strings.Contains(clients, "kids-pc") || !strings.Contains(clients, "spotlight") {
 		t.Errorf("machines:\n%s", clients)
+	}
+	if len(undoc) != 4 || !strings.HasPrefix(undoc[0], "foo.windows.com\nlast seen ") || undoc[1] != "windows.com" || undoc[2] != "2" || undoc[3] != "127.0.0.1, 127.0.0.2" {
+		t.Errorf("undocumented hosts, foo.windows.com: %q", undoc)
 	}
 	if strings.Contains(filtered, "telemetry") || !strings.Contains(filtered, "arc.msn.com") {
 		t.Errorf("feed filtered to spotlight:\n%s", filtered)

@@ -48,6 +48,7 @@ func startHTTP(addr string, a *api) (*http.Server, string, error) {
 		}{a.h.Activity.Summary(20), a.h.Paused()})
 	})
 	mux.HandleFunc("GET /api/clients", func(w http.ResponseWriter, _ *http.Request) { replyJSON(w, a.h.Activity.Clients()) })
+	mux.HandleFunc("GET /api/undocumented", func(w http.ResponseWriter, _ *http.Request) { replyJSON(w, a.h.Activity.Undocumented()) })
 	mux.HandleFunc("GET /api/events", func(w http.ResponseWriter, r *http.Request) {
 		since, _ := strconv.ParseUint(r.URL.Query().Get("since"), 10, 64)
 		replyJSON(w, a.h.Activity.Events(since))

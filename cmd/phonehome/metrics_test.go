@@ -135,6 +135,14 @@ func TestMetrics(t *testing.T) {
 	if strings.Count(evs, `"id":`) != 1 || !strings.Contains(evs, `"id":5,`) {
 		t.Errorf("/api/events?since=4: %s", evs)
 	}
+	// A name under Microsoft's domain that no document lists, however spelled.
+	lookupA(t, b.dns[0], "foo.windows.com.")
+	lookupA(t, b.dns[0], "Foo.Windows.COM.")
+	_, undoc := get(t, "http://"+b.http+"/api/undocumented")
+	if !strings.HasPrefix(undoc, `{"hosts":[{"name":"foo.windows.com","domain":"windows.com","count":2,"first_seen":"`) ||
+		!strings.HasSuffix(undoc, `"clients":["127.0.0.0"],"more_clients":0}],"others":0}`+"\n") {
+		t.Errorf("/api/undocumented: %s", undoc)
+	}
 
 	// Pause: telemetry is logged (forwarded) until resumed.
 	if code := run([]string{"pause", "15m", "-category", "telemetry", "-http", b.http}, io.Discard, io.Discard); code != 0 {
