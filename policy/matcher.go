@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"bytes"
+	"encoding/binary"
 	"hash/maphash"
 	"math/bits"
 	"slices"
@@ -83,16 +85,35 @@ func (m Match) specificity() int {
 // open-addressing hash table over full domain suffixes, so a lookup hashes the
 // name and each of its parent domains once, longest first. The keys live in
 // one string (the arena) and a slot holds 16 bytes, which keeps a million
-// patterns in about 40 MB. Globs with a '*' anywhere else are rare and are
-// tried one by one, only when they could beat what the table found.
+// patterns in about 40 MB. Globs with a '*' anywhere else are few; each is
+// filed under its anchor, the longest whole domain every name it matches
+// ends in ("microsoft.com" for watson.*.microsoft.com), which is a key of
+// the table too, so the walk over the parent domains finds the globs worth
+// trying. Only those that could beat what the table found are tried.
 type Matcher struct {
 	seed  maphash.Seed
 	arena string
 	slots []slot
-	tails map[uint32][]tail // per slot: the "*x" patterns whose x starts inside a label
-	globs []glob            // by literal length, longest first
-	rules []*Rule
-	size  int
+	// tails are, per slot, the "*x" patterns whose x starts inside a
+	// label: the builder keeps them in a map, the Matcher in tailSlots
+	// (ascending) and tailLists, which a binary search reads faster.
+	tails     map[uint32][]tail
+	tailSlots []uint32
+	tailLists [][]tail
+	globs     []glob // by literal length, longest first
+	// globSlots (ascending) are the slots that globs are filed under and
+	// globLists, for each, the globs anchored at its key or at any parent
+	// of it: indexes into globs, ascending. The first such slot the walk
+	// meets names every glob worth trying.
+	globSlots []uint32
+	globLists [][]uint16
+	// anyGlobs have no anchor ("wdcp.microsoft.*"); anyMask holds a bit
+	// for the first four bytes of each one's prefix, so most names skip
+	// them with one test.
+	anyGlobs []uint16
+	anyMask  uint64
+	rules    []*Rule
+	size     int
 }
 
 // slot is one key of the table. A zero length marks an empty slot.
@@ -103,6 +124,7 @@ type slot struct {
 	n     uint8  // key length
 	tag   uint8  // hash bits, to skip most key comparisons
 	tails bool   // "*x.key" patterns exist: see Matcher.tails
+	globs bool   // globs are filed here: see Matcher.globSlots
 }
 
 // tail is a "*t.key" pattern: it matches when the label before key ends in t.
@@ -113,9 +135,14 @@ type tail struct {
 
 type glob struct {
 	pattern string // lower case
+	prefix  string // what comes before the first '*': every match starts with it
 	fixed   string // what follows the last '*': every match ends in it
-	lit     int    // literal characters, for specificity
-	rule    uint32
+	inner   string // the longest literal between two '*'s: every match holds it
+	// end and endMask are the last (up to) eight bytes of fixed, as
+	// tailWord reads them: one comparison turns most names away.
+	end, endMask uint64
+	lit          int // literal characters, for specificity
+	rule         uint32
 }
 
 // Len is the number of patterns in the matcher.
@@ -147,13 +174,15 @@ func (m *Matcher) Lookup(name string) Match {
 
 func (m *Matcher) lookup(name []byte) Match {
 	var best Match
+	globSlot := -1 // the first slot with globs that the walk meets
 	if len(m.slots) > 0 {
 		if i := m.find(name); i >= 0 && m.slots[i].exact != 0 {
 			s := &m.slots[i]
 			return Match{Rule: m.rules[s.exact-1], Literal: m.key(s), Shape: endpoints.Exact}
 		}
 		// Parent domains, longest first: the first that has a pattern for
-		// this name is the most specific the table holds.
+		// this name is the most specific the table holds. The slots passed
+		// on the way name the globs to try.
 		label := 0 // start of the label before the suffix
 		for i := 0; i < len(name) && best.Rule == nil; i++ {
 			if name[i] != '.' {
@@ -165,9 +194,12 @@ func (m *Matcher) lookup(name []byte) Match {
 				continue
 			}
 			s := &m.slots[j]
+			if s.globs && globSlot < 0 {
+				globSlot = j
+			}
 			if s.tails {
 				lbl := name[label:i]
-				for _, t := range m.tails[uint32(j)] { // longest first
+				for _, t := range m.tailLists[slotIndex(m.tailSlots, uint32(j))] { // longest first
 					if len(t.t) <= len(lbl) && string(lbl[len(lbl)-len(t.t):]) == t.t {
 						best = Match{Rule: m.rules[t.rule], Literal: t.literal, Shape: endpoints.Suffix}
 						break
@@ -180,16 +212,87 @@ func (m *Matcher) lookup(name []byte) Match {
 			label = i + 1
 		}
 	}
-	for i := range m.globs {
-		g := &m.globs[i]
-		if g.lit <= best.specificity() {
-			break
-		}
-		if len(name) >= len(g.fixed) && string(name[len(name)-len(g.fixed):]) == g.fixed && endpoints.GlobMatch(g.pattern, name) {
-			return Match{Rule: m.rules[g.rule], Literal: g.pattern, Shape: endpoints.Glob}
-		}
+	// The first glob in glob order that matches wins, if it is more
+	// specific than the table's match. Each list is in glob order.
+	spec, won := best.specificity(), len(m.globs)
+	end := tailWord(name)
+	if len(m.anyGlobs) > 0 && m.anyMask&prefixBit(name) != 0 {
+		won = m.tryGlobs(m.anyGlobs, name, end, spec, won)
+	}
+	if globSlot >= 0 {
+		won = m.tryGlobs(m.globLists[slotIndex(m.globSlots, uint32(globSlot))], name, end, spec, won)
+	}
+	if won < len(m.globs) {
+		g := &m.globs[won]
+		return Match{Rule: m.rules[g.rule], Literal: g.pattern, Shape: endpoints.Glob}
 	}
 	return best
+}
+
+// slotIndex finds slot j in slots, ascending, where it must be.
+func slotIndex(slots []uint32, j uint32) int {
+	lo, hi := 0, len(slots)
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if slots[mid] < j {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo
+}
+
+// prefixBit maps the first four bytes of a name (or glob prefix) to one
+// of 64 bits; shorter ones map to every bit.
+func prefixBit[T string | []byte](s T) uint64 {
+	if len(s) < 4 {
+		return ^uint64(0)
+	}
+	h := (uint32(s[0]) | uint32(s[1])<<8 | uint32(s[2])<<16 | uint32(s[3])<<24) * 0x9E3779B1
+	h ^= h >> 16
+	return 1 << ((h * 0x85EBCA6B) >> 26)
+}
+
+// tailWord packs the last eight bytes of s, the last byte lowest, into a
+// word; a shorter s leaves the high bytes zero.
+func tailWord(s []byte) uint64 {
+	if len(s) >= 8 {
+		return binary.BigEndian.Uint64(s[len(s)-8:])
+	}
+	var w uint64
+	for i := range s {
+		w = w<<8 | uint64(s[i])
+	}
+	return w
+}
+
+// tryGlobs returns the index of the first glob of list that matches name,
+// is more specific than spec and comes before won in glob order; else won.
+// end is the name's tailWord.
+func (m *Matcher) tryGlobs(list []uint16, name []byte, end uint64, spec, won int) int {
+	for _, gi := range list {
+		g := &m.globs[gi]
+		if int(gi) >= won || g.lit <= spec {
+			break
+		}
+		if end&g.endMask != g.end {
+			continue
+		}
+		// Most names fail the cheap tests of the glob's two ends, or of
+		// the literal it has inside.
+		if len(name) < len(g.prefix)+len(g.fixed) || len(g.fixed) > 8 && string(name[len(name)-len(g.fixed):]) != g.fixed ||
+			string(name[:len(g.prefix)]) != g.prefix {
+			continue
+		}
+		if g.inner != "" && !bytes.Contains(name, []byte(g.inner)) {
+			continue
+		}
+		if endpoints.GlobMatch(g.pattern, name) {
+			return int(gi)
+		}
+	}
+	return won
 }
 
 func (m *Matcher) key(s *slot) string { return m.arena[s.off : s.off+uint32(s.n)] }

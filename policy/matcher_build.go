@@ -24,6 +24,9 @@ type matcherBuilder struct {
 // maxLoad is how full the table may get, in percent.
 const maxLoad = 80
 
+// smallTable is the most keys a table may have to be kept sparser.
+const smallTable = 1 << 16
+
 func (b *matcherBuilder) ruleID(r *Rule) uint32 {
 	if b.index == nil {
 		b.index = map[*Rule]uint32{}
@@ -81,7 +84,11 @@ func (b *matcherBuilder) add(pattern string, r *Rule) {
 		i := strings.LastIndexByte(pattern, '*')
 		b.m.globs = append(b.m.globs, glob{
 			pattern: pattern,
+			prefix:  pattern[:strings.IndexByte(pattern, '*')],
 			fixed:   pattern[i+1:],
+			inner:   innerLiteral(pattern),
+			end:     tailWord([]byte(pattern[i+1:])),
+			endMask: 1<<(8*min(8, len(pattern)-i-1)) - 1,
 			lit:     len(pattern) - strings.Count(pattern, "*"),
 			rule:    b.ruleID(r),
 		})
@@ -150,12 +157,104 @@ func (b *matcherBuilder) addLiteralBytes(shape endpoints.Shape, lit []byte, r *R
 	}
 }
 
-// build returns the Matcher; the builder is spent.
+// build files the globs under their anchors and returns the Matcher; the
+// builder is spent.
 func (b *matcherBuilder) build() *Matcher {
-	b.m.arena = b.arena.String()
 	sortGlobs(b.m.globs)
+	// Every anchor becomes a key first: inserting may move the slots.
+	for _, g := range b.m.globs {
+		if a := anchorOf(g.fixed); a != "" {
+			b.key([]byte(a))
+		}
+	}
+	// A small table (the catalog's, a few hundred names) is kept at most
+	// a third full: a name it does not hold, most queries, then meets an
+	// empty slot within a probe or two. Big lists keep maxLoad and their
+	// memory.
+	if b.used > 0 && b.used < smallTable && b.used*3 > len(b.m.slots) {
+		b.rehash(b.used*3 + 1)
+	}
+	b.m.arena = b.arena.String()
+	own := map[uint32][]uint16{} // slot → globs anchored at its key
+	for gi, g := range b.m.globs {
+		a := anchorOf(g.fixed)
+		if a == "" {
+			b.m.anyGlobs = append(b.m.anyGlobs, uint16(gi))
+			b.m.anyMask |= prefixBit(g.prefix)
+			continue
+		}
+		j := uint32(b.m.find([]byte(a)))
+		own[j] = append(own[j], uint16(gi))
+	}
+	// Each slot takes its parents' globs too: the walk reads the list of
+	// the first slot with globs it meets, and may stop there.
+	for j := range b.m.slots {
+		s := &b.m.slots[j]
+		if s.n == 0 {
+			continue
+		}
+		list := slices.Clone(own[uint32(j)])
+		key := b.m.key(s)
+		for k := 0; k < len(key); k++ {
+			if key[k] == '.' {
+				if p := b.m.find([]byte(key[k+1:])); p >= 0 {
+					list = append(list, own[uint32(p)]...)
+				}
+			}
+		}
+		if len(list) > 0 {
+			slices.Sort(list)
+			b.m.globSlots = append(b.m.globSlots, uint32(j))
+			b.m.globLists = append(b.m.globLists, slices.Compact(list))
+			s.globs = true
+		}
+		if s.tails {
+			b.m.tailSlots = append(b.m.tailSlots, uint32(j))
+			b.m.tailLists = append(b.m.tailLists, b.m.tails[uint32(j)])
+		}
+	}
+	b.m.tails = nil
 	m := b.m
 	return &m
+}
+
+// innerLiteral returns the longest run of a glob between two '*'s:
+// ".login.msa." in "*.login.msa.*.net".
+func innerLiteral(pattern string) string {
+	parts := strings.Split(pattern, "*")
+	inner := ""
+	for _, p := range parts[1 : len(parts)-1] {
+		if len(p) > len(inner) {
+			inner = p
+		}
+	}
+	return inner
+}
+
+// anchorOf returns a glob's anchor: the longest whole domain that its fixed
+// end (what follows its last '*') ends in, or "" when it has none
+// (".microsoft.com" → "microsoft.com", "windows.com" → "com", "" → "").
+func anchorOf(fixed string) string {
+	if a, ok := strings.CutPrefix(fixed, "."); ok {
+		return a
+	}
+	if i := strings.IndexByte(fixed, '.'); i >= 0 {
+		return fixed[i+1:]
+	}
+	return ""
+}
+
+// key makes k a key of the table, with no pattern of its own.
+func (b *matcherBuilder) key(k []byte) {
+	b.reserve(1, len(k))
+	if b.m.find(k) >= 0 {
+		return
+	}
+	off := b.arena.Len()
+	b.arena.Write(k)
+	b.m.arena = b.arena.String()
+	b.m.insert(b.m.arena[off:off+len(k)], uint32(off))
+	b.used++
 }
 
 // insert finds or adds key, whose bytes are at off in the arena, and returns

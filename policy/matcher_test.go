@@ -91,7 +91,8 @@ func TestMatcherAgainstReference(t *testing.T) {
 	cat := testCatalog(t)
 	user := map[string]*Rule{}
 	r := &Rule{Category: "telemetry"}
-	for _, p := range []string{"*.microsoft.com", "*soft.com", "*.com", "*t.com", "a.*.b.com", "*.net", "*l.live.com"} {
+	for _, p := range []string{"*.microsoft.com", "*soft.com", "*.com", "*t.com", "a.*.b.com", "*.net", "*l.live.com",
+		"q*.example.*", "*.k.*.example.com", "*x.*dl.delivery.mp.microsoft.com", "a*b.net", "*.b.*.net"} {
 		user[p] = r
 	}
 	m := buildMatcher(cat, user)
