@@ -102,11 +102,15 @@ type Matcher struct {
 	tailLists [][]tail
 	globs     []glob // by literal length, longest first
 	// globSlots (ascending) are the slots that globs are filed under and
-	// globLists, for each, the globs anchored at its key or at any parent
-	// of it: indexes into globs, ascending. The first such slot the walk
-	// meets names every glob worth trying.
-	globSlots []uint32
-	globLists [][]uint16
+	// globLists, for each, the globs anchored at its key: indexes into
+	// globs, ascending. In a small table (propagated) a slot's list also
+	// holds the globs anchored at every parent of its key, so the first
+	// such slot the walk meets names every glob worth trying; a big
+	// table, where that would cost a list per key, has the walk go on
+	// over the parents it skipped.
+	globSlots  []uint32
+	globLists  [][]uint16
+	propagated bool
 	// anyGlobs have no anchor ("wdcp.microsoft.*"); anyMask holds a bit
 	// for the first four bytes of each one's prefix, so most names skip
 	// them with one test.
@@ -174,7 +178,8 @@ func (m *Matcher) Lookup(name string) Match {
 
 func (m *Matcher) lookup(name []byte) Match {
 	var best Match
-	globSlot := -1 // the first slot with globs that the walk meets
+	var at [4]int32 // slots with globs that the walk meets
+	nat := 0
 	if len(m.slots) > 0 {
 		if i := m.find(name); i >= 0 && m.slots[i].exact != 0 {
 			s := &m.slots[i]
@@ -184,7 +189,8 @@ func (m *Matcher) lookup(name []byte) Match {
 		// this name is the most specific the table holds. The slots passed
 		// on the way name the globs to try.
 		label := 0 // start of the label before the suffix
-		for i := 0; i < len(name) && best.Rule == nil; i++ {
+		i := 0
+		for ; i < len(name) && best.Rule == nil; i++ {
 			if name[i] != '.' {
 				continue
 			}
@@ -194,8 +200,9 @@ func (m *Matcher) lookup(name []byte) Match {
 				continue
 			}
 			s := &m.slots[j]
-			if s.globs && globSlot < 0 {
-				globSlot = j
+			if s.globs && nat < len(at) && (nat == 0 || !m.propagated) {
+				at[nat] = int32(j)
+				nat++
 			}
 			if s.tails {
 				lbl := name[label:i]
@@ -211,6 +218,16 @@ func (m *Matcher) lookup(name []byte) Match {
 			}
 			label = i + 1
 		}
+		// Anchors above where the walk stopped, in a table that did not
+		// file them under every key.
+		for ; !m.propagated && len(m.globSlots) > 0 && i < len(name) && nat < len(at); i++ {
+			if name[i] == '.' {
+				if j := m.find(name[i+1:]); j >= 0 && m.slots[j].globs {
+					at[nat] = int32(j)
+					nat++
+				}
+			}
+		}
 	}
 	// The first glob in glob order that matches wins, if it is more
 	// specific than the table's match. Each list is in glob order.
@@ -219,8 +236,8 @@ func (m *Matcher) lookup(name []byte) Match {
 	if len(m.anyGlobs) > 0 && m.anyMask&prefixBit(name) != 0 {
 		won = m.tryGlobs(m.anyGlobs, name, end, spec, won)
 	}
-	if globSlot >= 0 {
-		won = m.tryGlobs(m.globLists[slotIndex(m.globSlots, uint32(globSlot))], name, end, spec, won)
+	for _, j := range at[:nat] {
+		won = m.tryGlobs(m.globLists[slotIndex(m.globSlots, uint32(j))], name, end, spec, won)
 	}
 	if won < len(m.globs) {
 		g := &m.globs[won]

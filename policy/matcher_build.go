@@ -186,19 +186,23 @@ func (b *matcherBuilder) build() *Matcher {
 		j := uint32(b.m.find([]byte(a)))
 		own[j] = append(own[j], uint16(gi))
 	}
-	// Each slot takes its parents' globs too: the walk reads the list of
-	// the first slot with globs it meets, and may stop there.
+	// In a small table each slot takes its parents' globs too: the walk
+	// reads the list of the first slot with globs it meets, and may stop
+	// there. A big table files each glob under its anchor alone.
+	b.m.propagated = b.used < smallTable
 	for j := range b.m.slots {
 		s := &b.m.slots[j]
-		if s.n == 0 {
+		if s.n == 0 || len(own) == 0 {
 			continue
 		}
 		list := slices.Clone(own[uint32(j)])
-		key := b.m.key(s)
-		for k := 0; k < len(key); k++ {
-			if key[k] == '.' {
-				if p := b.m.find([]byte(key[k+1:])); p >= 0 {
-					list = append(list, own[uint32(p)]...)
+		if b.m.propagated {
+			key := b.m.key(s)
+			for k := 0; k < len(key); k++ {
+				if key[k] == '.' {
+					if p := b.m.find([]byte(key[k+1:])); p >= 0 {
+						list = append(list, own[uint32(p)]...)
+					}
 				}
 			}
 		}
