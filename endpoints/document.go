@@ -15,9 +15,9 @@ import (
 // Document is one of Microsoft's connection-endpoint documents as read: its
 // front matter, and the endpoint rows of each section's table.
 type Document struct {
-	Name     string // the file name, as given to Parse
-	Title    string // front matter title, else the first "# " heading
-	Date     string // front matter ms.date, as written
+	Name  string // the file name, as given to Parse
+	Title string // front matter title, else the first "# " heading
+	Date  string // front matter ms.date, as written
 	// Version is the Windows version the title (or, failing that, the
 	// introduction) names; Versions adds those that rows name themselves.
 	Version  Version
@@ -136,11 +136,11 @@ type parser struct {
 	// connection endpoints") that has no table of its own: the headings of
 	// its level that follow ("## Apps", "## Cortana and Search") name areas
 	// of that edition.
-	sticky     [7]Edition
-	areaHead   bool     // the open heading names an area, not an edition
-	para       []string // the prose paragraph last read, which describes the table after it
-	applies    Version  // the newest version an "Applies from" cell names
-	rowLine    int      // the line the row being read starts on
+	sticky   [7]Edition
+	areaHead bool     // the open heading names an area, not an edition
+	para     []string // the prose paragraph last read, which describes the table after it
+	applies  Version  // the newest version an "Applies from" cell names
+	rowLine  int      // the line the row being read starts on
 }
 
 func (p *parser) warn(line int, format string, args ...any) {

@@ -78,10 +78,19 @@ func compileGroup(cfg *Config, gc *GroupConfig, name string, cat *endpoints.Cata
 		}
 		return r
 	}
+	documented := 0
+	var forEdition endpoints.Version // the versions documented for the group's editions
 	for _, e := range cat.Entries {
+		forEdition |= e.VersionsFor(g.Edition)
 		if e.AppliesTo(g.Edition, g.Windows) {
 			b.add(e.Pattern, entryRule(e))
+			documented++
 		}
+	}
+	if documented == 0 && len(cat.Entries) > 0 {
+		p := gc.KeyPos["windows"]
+		warns = append(warns, fmt.Sprintf("%s:%d:%d: group %s: no document lists endpoints for edition %s on Windows %s; documents for that edition cover %s",
+			cfg.File, p.Line, p.Col, name, g.Edition, g.Windows, forEdition))
 	}
 	for _, e := range cat.Families {
 		b.add(e.Pattern, entryRule(e))

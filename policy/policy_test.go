@@ -224,3 +224,43 @@ func TestUndocumentedLosesToDocumented(t *testing.T) {
 		t.Errorf("msn.com on Windows 11: %s, want undocumented (*.msn.com is documented for older versions only)", d.Category())
 	}
 }
+
+// TestWindowsNoDocument: a group whose edition has no document for its
+// versions (Microsoft published no 21H2 list for Home) warns, naming the
+// versions that have one.
+func TestWindowsNoDocument(t *testing.T) {
+	_, warns := compileText(t, "policy:\n  groups:\n    - {name: kids, clients: [10.0.0.0/8], edition: home, windows: 10-21H2}\n")
+	if len(warns) != 1 || !strings.Contains(warns[0], "group kids: no document lists endpoints for edition home on Windows 10-21H2; documents for that edition cover 10-1709..10-21H1,11") {
+		t.Errorf("warnings: %q", warns)
+	}
+}
+
+// TestUndocumentedAction: undocumented Microsoft hosts are logged, whatever
+// "*" says, until a group names the category; even then the domains
+// Windows needs stay unsinkholed.
+func TestUndocumentedAction(t *testing.T) {
+	p, _ := compileText(t, `
+policy:
+  default: {actions: {"*": sinkhole}}
+  groups:
+    - {name: strict, clients: [10.0.0.0/8], actions: {undocumented: sinkhole}}
+`)
+	any, strict := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("10.0.0.1")
+	for _, c := range []struct {
+		client    netip.Addr
+		name      string
+		action    string
+		protected bool
+	}{
+		{any, "foo.windows.com", "log", false},
+		{strict, "foo.windows.com", "sinkhole", false},
+		{strict, "foo.live.com", "sinkhole", false},
+		{strict, "x.msocsp.com", "log", true}, // certificate revocation
+		{strict, "www.example.com", "allow", false},
+	} {
+		d := p.Decide(c.client, c.name)
+		if d.Action.String() != c.action || d.Protected != c.protected {
+			t.Errorf("%s %s: %s (protected %v), want %s (%v): %s", d.Group.Name, c.name, d.Action, d.Protected, c.action, c.protected, d.Reason())
+		}
+	}
+}

@@ -26,12 +26,12 @@ type Record struct {
 	// Windows are the versions whose documents list the matched entry for
 	// the group's editions; Family is a documented member of the matched
 	// family ("family of v10.events.data.microsoft.com").
-	Windows  string    `json:"windows,omitempty"`
-	Family   string    `json:"family,omitempty"`
-	Edition  string    `json:"edition"`
-	Rcode    string    `json:"rcode"`
-	Source   string    `json:"source"`
-	Duration float64   `json:"duration"` // seconds
+	Windows  string  `json:"windows,omitempty"`
+	Family   string  `json:"family,omitempty"`
+	Edition  string  `json:"edition"`
+	Rcode    string  `json:"rcode"`
+	Source   string  `json:"source"`
+	Duration float64 `json:"duration"` // seconds
 }
 
 // QueryLog writes one JSON object per line, from its own goroutine. Add

@@ -96,21 +96,21 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 
 // checkResult is one answer of phonehome check; its JSON form is in the README.
 type checkResult struct {
-	Name      string `json:"name"`
-	Action    string `json:"action"`
-	Group     string `json:"group"`
-	Edition   string `json:"edition"`
-	Windows   string `json:"windows"`
-	Pattern   string `json:"pattern,omitempty"`
+	Name    string `json:"name"`
+	Action  string `json:"action"`
+	Group   string `json:"group"`
+	Edition string `json:"edition"`
+	Windows string `json:"windows"`
+	Pattern string `json:"pattern,omitempty"`
 	// Documented are the Windows versions whose documents list the
 	// pattern for the group's editions; Family the documented names a
 	// family match generalises.
 	Documented []string `json:"documented,omitempty"`
 	Family     string   `json:"family,omitempty"`
-	Category  string `json:"category"`
-	Protected bool   `json:"protected"`
-	Override  string `json:"override,omitempty"`
-	Reason    string `json:"reason"`
+	Category   string   `json:"category"`
+	Protected  bool     `json:"protected"`
+	Override   string   `json:"override,omitempty"`
+	Reason     string   `json:"reason"`
 }
 
 func result(name string, d policy.Decision) checkResult {
@@ -163,7 +163,16 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 			per = append(per, fmt.Sprintf("%d %s", counts[e], ed))
 		}
 	}
-	fmt.Fprintf(stdout, "catalog: %d endpoints (%s) from %s\n", len(p.Catalog.Entries), strings.Join(per, ", "), strings.Join(p.Catalog.Sources, ", "))
+	from := strings.Join(p.Catalog.Sources, ", ")
+	if *cfg.Catalog.Builtin {
+		n := len(endpoints.BuiltinDocs())
+		from = fmt.Sprintf("%d built-in documents (Windows 10 1709 to Windows 11)", n)
+		if extra := p.Catalog.Sources[n:]; len(extra) > 0 {
+			from += " and " + strings.Join(extra, ", ")
+		}
+	}
+	fmt.Fprintf(stdout, "catalog: %d endpoints (%s) from %s; %d families, %d Microsoft domains\n",
+		len(p.Catalog.Entries), strings.Join(per, ", "), from, len(p.Catalog.Families), len(p.Catalog.Domains))
 	fmt.Fprintf(stdout, "listen: %s; upstreams: %s\n", strings.Join(cfg.Listen, ", "), orDefault(cfg.Upstreams, "from /etc/resolv.conf"))
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "GROUP\tCLIENTS\tEDITION\tWINDOWS\tPATTERNS\tUNLISTED")
