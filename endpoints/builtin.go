@@ -24,9 +24,11 @@ const SeedDocument = "windows-endpoints-1909-non-enterprise-editions.seed.md"
 //go:embed docs/*.md
 var docs embed.FS
 
-// builtinDocs parses the embedded documents once, newest Windows version
-// first, so that an entry's first description is the newest wording.
-var builtinDocs = sync.OnceValue(func() []*Document {
+// parseBuiltin parses the embedded documents, newest Windows version
+// first, so that an entry's first description is the newest wording. The
+// catalog keeps what it needs of them; the documents themselves are not
+// kept, which saves the daemon a few megabytes of table cells.
+func parseBuiltin() []*Document {
 	names, err := fs.Glob(docs, "docs/*.md")
 	if err != nil {
 		panic(err)
@@ -46,7 +48,7 @@ var builtinDocs = sync.OnceValue(func() []*Document {
 	}
 	slices.SortStableFunc(ds, newestFirst)
 	return ds
-})
+}
 
 // newestFirst orders documents by the newest version they document, then by
 // date, newest first.
@@ -68,13 +70,18 @@ func (d *Document) date() time.Time {
 	return t
 }
 
-// BuiltinDocs returns the parsed built-in documents, newest first. They are
-// shared: do not change them.
-func BuiltinDocs() []*Document { return builtinDocs() }
+// BuiltinDocs parses and returns the built-in documents, newest first.
+func BuiltinDocs() []*Document { return parseBuiltin() }
 
-// BuiltinDoc returns the built-in document named name, or nil.
+// BuiltinCount is the number of built-in documents.
+func BuiltinCount() int {
+	names, _ := fs.Glob(docs, "docs/*.md")
+	return len(names)
+}
+
+// BuiltinDoc parses and returns the built-in document named name, or nil.
 func BuiltinDoc(name string) *Document {
-	for _, d := range builtinDocs() {
+	for _, d := range parseBuiltin() {
 		if d.Name == name {
 			return d
 		}
@@ -89,7 +96,7 @@ func Builtin() *Catalog { return builtinCatalog() }
 var builtinCatalog = sync.OnceValue(func() *Catalog { return buildBuiltin() })
 
 func buildBuiltin(extra ...*Document) *Catalog {
-	c := Build(append(slices.Clone(builtinDocs()), extra...)...)
+	c := Build(append(parseBuiltin(), extra...)...)
 	c.addDerived()
 	return c
 }

@@ -165,7 +165,7 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 	}
 	from := strings.Join(p.Catalog.Sources, ", ")
 	if *cfg.Catalog.Builtin {
-		n := len(endpoints.BuiltinDocs())
+		n := endpoints.BuiltinCount()
 		from = fmt.Sprintf("%d built-in documents (Windows 10 1709 to Windows 11)", n)
 		if extra := p.Catalog.Sources[n:]; len(extra) > 0 {
 			from += " and " + strings.Join(extra, ", ")
