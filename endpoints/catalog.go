@@ -72,9 +72,10 @@ type Use struct {
 	Sources      []string // "file:line" of each row
 }
 
-// Description is the entry's first description, for one-line displays:
-// the newest document's words, with the source process where a document
-// names one ("svchost.exe: Used by…"). A family says whose family it is.
+// Description is the first sentence of the entry's first description, for
+// one-line displays: the newest document's words, after the source process
+// where a document names one ("svchost: Used by…"). A family says whose
+// family it is. Uses hold every description whole.
 func (e *Entry) Description() string {
 	switch e.Kind {
 	case Family:
@@ -85,7 +86,7 @@ func (e *Entry) Description() string {
 	desc := ""
 	for _, u := range e.Uses {
 		if len(u.Descriptions) > 0 {
-			desc = u.Descriptions[0]
+			desc = firstSentence(u.Descriptions[0])
 			break
 		}
 	}

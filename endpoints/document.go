@@ -192,9 +192,13 @@ func (p *parser) prose(line string) {
 // which says what its endpoints are for: "The following endpoint is used to
 // download updates to the Weather app Live Tile."
 func (p *parser) paragraphSentence() string {
-	text := cleanMarkdown(strings.Join(p.para, " "))
+	return firstSentence(cleanMarkdown(strings.Join(p.para, " ")))
+}
+
+// firstSentence cuts text after its first full stop that ends a sentence.
+func firstSentence(text string) string {
 	if i := strings.Index(text, ". "); i >= 0 {
-		text = text[:i+1]
+		return text[:i+1]
 	}
 	return text
 }
