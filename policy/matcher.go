@@ -109,12 +109,12 @@ type Matcher struct {
 	// table, where that would cost a list per key, has the walk go on
 	// over the parents it skipped.
 	globSlots  []uint32
-	globLists  [][]uint16
+	globLists  [][]uint32
 	propagated bool
 	// anyGlobs have no anchor ("wdcp.microsoft.*"); anyMask holds a bit
 	// for the first four bytes of each one's prefix, so most names skip
 	// them with one test.
-	anyGlobs []uint16
+	anyGlobs []uint32
 	anyMask  uint64
 	rules    []*Rule
 	size     int
@@ -179,7 +179,7 @@ func (m *Matcher) Lookup(name string) Match {
 func (m *Matcher) lookup(name []byte) Match {
 	var best Match
 	var at [4]int32 // slots with globs that the walk meets
-	nat := 0
+	nat := 0        // how many; past len(at), every glob is tried
 	if len(m.slots) > 0 {
 		if i := m.find(name); i >= 0 && m.slots[i].exact != 0 {
 			s := &m.slots[i]
@@ -200,8 +200,10 @@ func (m *Matcher) lookup(name []byte) Match {
 				continue
 			}
 			s := &m.slots[j]
-			if s.globs && nat < len(at) && (nat == 0 || !m.propagated) {
-				at[nat] = int32(j)
+			if s.globs && (nat == 0 || !m.propagated) {
+				if nat < len(at) {
+					at[nat] = int32(j)
+				}
 				nat++
 			}
 			if s.tails {
@@ -220,10 +222,12 @@ func (m *Matcher) lookup(name []byte) Match {
 		}
 		// Anchors above where the walk stopped, in a table that did not
 		// file them under every key.
-		for ; !m.propagated && len(m.globSlots) > 0 && i < len(name) && nat < len(at); i++ {
+		for ; !m.propagated && len(m.globSlots) > 0 && i < len(name) && nat <= len(at); i++ {
 			if name[i] == '.' {
 				if j := m.find(name[i+1:]); j >= 0 && m.slots[j].globs {
-					at[nat] = int32(j)
+					if nat < len(at) {
+						at[nat] = int32(j)
+					}
 					nat++
 				}
 			}
@@ -236,8 +240,14 @@ func (m *Matcher) lookup(name []byte) Match {
 	if len(m.anyGlobs) > 0 && m.anyMask&prefixBit(name) != 0 {
 		won = m.tryGlobs(m.anyGlobs, name, end, spec, won)
 	}
-	for _, j := range at[:nat] {
-		won = m.tryGlobs(m.globLists[slotIndex(m.globSlots, uint32(j))], name, end, spec, won)
+	if nat > len(at) { // a name under more anchors than at holds
+		for i := range m.globs {
+			won = m.tryGlobs([]uint32{uint32(i)}, name, end, spec, won)
+		}
+	} else {
+		for _, j := range at[:nat] {
+			won = m.tryGlobs(m.globLists[slotIndex(m.globSlots, uint32(j))], name, end, spec, won)
+		}
 	}
 	if won < len(m.globs) {
 		g := &m.globs[won]
@@ -287,7 +297,7 @@ func tailWord(s []byte) uint64 {
 // tryGlobs returns the index of the first glob of list that matches name,
 // is more specific than spec and comes before won in glob order; else won.
 // end is the name's tailWord.
-func (m *Matcher) tryGlobs(list []uint16, name []byte, end uint64, spec, won int) int {
+func (m *Matcher) tryGlobs(list []uint32, name []byte, end uint64, spec, won int) int {
 	for _, gi := range list {
 		g := &m.globs[gi]
 		if int(gi) >= won || g.lit <= spec {

@@ -24,8 +24,9 @@ type matcherBuilder struct {
 // maxLoad is how full the table may get, in percent.
 const maxLoad = 80
 
-// smallTable is the most keys a table may have to be kept sparser.
-const smallTable = 1 << 16
+// smallTable is the most keys a table may have to be kept sparser and to
+// have its globs filed under every key (a variable for the tests).
+var smallTable = 1 << 16
 
 func (b *matcherBuilder) ruleID(r *Rule) uint32 {
 	if b.index == nil {
@@ -175,16 +176,16 @@ func (b *matcherBuilder) build() *Matcher {
 		b.rehash(b.used*3 + 1)
 	}
 	b.m.arena = b.arena.String()
-	own := map[uint32][]uint16{} // slot → globs anchored at its key
+	own := map[uint32][]uint32{} // slot → globs anchored at its key
 	for gi, g := range b.m.globs {
 		a := anchorOf(g.fixed)
 		if a == "" {
-			b.m.anyGlobs = append(b.m.anyGlobs, uint16(gi))
+			b.m.anyGlobs = append(b.m.anyGlobs, uint32(gi))
 			b.m.anyMask |= prefixBit(g.prefix)
 			continue
 		}
 		j := uint32(b.m.find([]byte(a)))
-		own[j] = append(own[j], uint16(gi))
+		own[j] = append(own[j], uint32(gi))
 	}
 	// In a small table each slot takes its parents' globs too: the walk
 	// reads the list of the first slot with globs it meets, and may stop
@@ -192,7 +193,14 @@ func (b *matcherBuilder) build() *Matcher {
 	b.m.propagated = b.used < smallTable
 	for j := range b.m.slots {
 		s := &b.m.slots[j]
-		if s.n == 0 || len(own) == 0 {
+		if s.n == 0 {
+			continue
+		}
+		if s.tails {
+			b.m.tailSlots = append(b.m.tailSlots, uint32(j))
+			b.m.tailLists = append(b.m.tailLists, b.m.tails[uint32(j)])
+		}
+		if len(own) == 0 {
 			continue
 		}
 		list := slices.Clone(own[uint32(j)])
@@ -211,10 +219,6 @@ func (b *matcherBuilder) build() *Matcher {
 			b.m.globSlots = append(b.m.globSlots, uint32(j))
 			b.m.globLists = append(b.m.globLists, slices.Compact(list))
 			s.globs = true
-		}
-		if s.tails {
-			b.m.tailSlots = append(b.m.tailSlots, uint32(j))
-			b.m.tailLists = append(b.m.tailLists, b.m.tails[uint32(j)])
 		}
 	}
 	b.m.tails = nil

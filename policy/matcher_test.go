@@ -179,3 +179,51 @@ func TestMatcherGrows(t *testing.T) {
 		t.Error("miss or size wrong")
 	}
 }
+
+// TestMatcherTailsWithoutGlobs: "*x.domain" patterns alone, with no glob to
+// file, as an override or a list may hold.
+func TestMatcherTailsWithoutGlobs(t *testing.T) {
+	r := &Rule{}
+	var b matcherBuilder
+	b.add("*ads.example.com", r)
+	b.add("*update.microsoft.com", r)
+	m := b.build()
+	for name, want := range map[string]bool{"xads.example.com": true, "ads.example.com": true, "x.example.com": false, "fe3update.microsoft.com": true} {
+		if got := m.Lookup(name).Rule == r; got != want {
+			t.Errorf("Lookup(%q) matched %v, want %v", name, got, want)
+		}
+	}
+}
+
+// TestMatcherBigTable runs the reference comparison on a table too big to
+// file globs under every key, with a name under more anchors than the
+// walk keeps, and with more globs than 16-bit indexes hold.
+func TestMatcherBigTable(t *testing.T) {
+	defer func(n int) { smallTable = n }(smallTable)
+	smallTable = 0 // every table is big
+	TestMatcherAgainstReference(t)
+
+	r := &Rule{}
+	var b matcherBuilder
+	globs := []string{"z1*.a.b.c.d.example.com", "z2*.b.c.d.example.com", "z3*.c.d.example.com", "z4*.d.example.com", "x*.example.com"}
+	for _, g := range globs {
+		b.add(g, r)
+	}
+	for i := range 70000 {
+		b.add(fmt.Sprintf("g%d*.example.net", i), r)
+	}
+	m := b.build()
+	if m.propagated {
+		t.Fatal("a big table files its globs under every key")
+	}
+	for name, want := range map[string]string{
+		"x.a.b.c.d.example.com":   "x*.example.com",
+		"z1q.a.b.c.d.example.com": "z1*.a.b.c.d.example.com",
+		"g5x.example.net":         "g5*.example.net",
+		"g69999.example.net":      "g69999*.example.net",
+	} {
+		if got := m.Lookup(name); got.Pattern() != want {
+			t.Errorf("Lookup(%q) = %q, want %q", name, got.Pattern(), want)
+		}
+	}
+}

@@ -494,3 +494,21 @@ func TestUDPBurst(t *testing.T) {
 		}
 	}
 }
+
+// TestSinkholeOutsideCatalog: a name no catalog entry matches, sinkholed
+// by the unlisted action or by an override, is answered with its reason,
+// not with a crash.
+func TestSinkholeOutsideCatalog(t *testing.T) {
+	up := dnstest.Start(t)
+	s := start(t, "policy:\n  default: {unlisted: sinkhole, overrides: {sinkhole: [ads.example.com, \"*tracker.example.net\"]}}\n", up)
+	for name, want := range map[string]string{
+		"www.example.com.":       "phonehome: unlisted ",
+		"ads.example.com.":       "phonehome: override ads.example.com",
+		"x.tracker.example.net.": "phonehome: override *tracker.example.net",
+	} {
+		r := s.ask(t, "udp", "", query(name, dns.TypeA, true))
+		if code, text := ede(r); answerText(r) != "0.0.0.0" || code != dns.ExtendedErrorCodeBlocked || text != want {
+			t.Errorf("%s: %v (EDE %d %q)", name, r, code, text)
+		}
+	}
+}
