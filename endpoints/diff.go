@@ -49,6 +49,21 @@ func (e *Entry) ViewAt(v Version, eds Edition) (View, bool) {
 	return w, true
 }
 
+// EditionsAt returns the editions that some document of version v lists
+// endpoints for: a diff against a version without a document for an
+// edition reports all of that edition's patterns as dropped or added.
+func (c *Catalog) EditionsAt(v Version) Edition {
+	var eds Edition
+	for _, e := range c.Entries {
+		for _, m := range e.Mentions {
+			if m.Versions&v != 0 {
+				eds |= m.Edition
+			}
+		}
+	}
+	return eds
+}
+
 // Change is one pattern that differs between two versions.
 type Change struct {
 	Pattern string

@@ -132,6 +132,7 @@ type parser struct {
 	headings   [7]Edition // the edition named by the open heading of each level
 	heading    string
 	headLine   int
+	headLevel  int
 	// sticky is the edition of a "part" heading ("## Windows 10 Enterprise
 	// connection endpoints") that has no table of its own: the headings of
 	// its level that follow ("## Apps", "## Cortana and Search") name areas
@@ -219,13 +220,16 @@ func (p *parser) versions() {
 			d.Version = p.applies
 		}
 	}
+	// An "Applies from" row runs to the newest version the document or
+	// any of its rows names.
+	top := max(p.applies, d.Version.Newest())
 	for i := range d.Sections {
 		for j := range d.Sections[i].Rows {
 			r := &d.Sections[i].Rows[j]
 			if r.Versions == 0 {
 				r.Versions = d.Version
-			} else if r.Versions <= p.applies {
-				r.Versions = p.applies<<1 - r.Versions // from the row's version to the newest named
+			} else if r.Versions <= top {
+				r.Versions = top<<1 - r.Versions // from the row's version to the newest named
 			}
 			d.Versions |= r.Versions
 		}
@@ -304,7 +308,7 @@ func (p *parser) openHeading(level int, text string) {
 	for l := level + 1; l < len(p.headings); l++ {
 		p.headings[l], p.sticky[l] = 0, 0
 	}
-	p.heading, p.headLine = text, p.i+1
+	p.heading, p.headLine, p.headLevel = text, p.i+1, level
 }
 
 // edition is the edition of the innermost heading that names one, else the
@@ -420,8 +424,12 @@ func (p *parser) table() {
 			p.doc.Sections = append(p.doc.Sections, Section{Heading: p.heading, Line: p.headLine, Edition: ed})
 			sec = &p.doc.Sections[len(p.doc.Sections)-1]
 		}
-		if !p.areaHead {
-			p.sticky = [7]Edition{} // an edition heading with a table of its own is no part heading
+		for l := range p.sticky {
+			// An edition heading with a table of its own, or with tables
+			// under deeper headings, is no part heading.
+			if !p.areaHead || l < p.headLevel {
+				p.sticky[l] = 0
+			}
 		}
 	}
 	rt := rowText{desc: p.paragraphSentence()}
@@ -454,17 +462,27 @@ func (p *parser) table() {
 		// one continues that row: a cell broken by a raw newline
 		// ("| fe3….nsatc.net | TLSv1.2/" then "HTTPS | Enables … |").
 		p.rowLine = p.i + 1
+		// At most maxContinued lines, joined with a space.
 		lead := strings.HasPrefix(strings.TrimSpace(line), "|") // a table written without pipes at its edges has no such rows
-		for lead && p.i+1 < len(p.lines) && !strings.HasSuffix(strings.TrimSpace(line), "|") {
-			next := strings.TrimSpace(p.lines[p.i+1])
-			if next == "" || strings.HasPrefix(next, "|") {
-				break
+		if lead && !strings.HasSuffix(strings.TrimSpace(line), "|") {
+			var b strings.Builder
+			b.WriteString(line)
+			for k := 0; k < maxContinued && p.i+1 < len(p.lines); k++ {
+				next := strings.TrimSpace(p.lines[p.i+1])
+				if next == "" || strings.HasPrefix(next, "|") {
+					break
+				}
+				if _, _, h := headingOf(next); h {
+					break
+				}
+				b.WriteString(" ")
+				b.WriteString(next)
+				p.i++
+				if strings.HasSuffix(next, "|") {
+					break
+				}
 			}
-			if _, _, h := headingOf(next); h {
-				break
-			}
-			line += next
-			p.i++
+			line = b.String()
 		}
 		cells := splitCells(line)
 		// Two rows run together on one line ("…Reporting ||tile-service…")
@@ -491,6 +509,9 @@ func (p *parser) table() {
 		p.row(sec, cols, cells, rt, &area, &desc, more)
 	}
 }
+
+// maxContinued bounds the lines that continue one table row.
+const maxContinued = 16
 
 // rowText is what a table without Area or Description columns takes from
 // around it: its heading as the area, its paragraph as the description.

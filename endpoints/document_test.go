@@ -265,3 +265,64 @@ func TestParseErrors(t *testing.T) {
 		t.Errorf("table without an edition: %v", err)
 	}
 }
+
+// TestParseUserShapes covers what a user's newer document may do with the
+// shapes the built-in ones taught the parser.
+func TestParseUserShapes(t *testing.T) {
+	// A part heading's edition carries to the area headings of its level
+	// only while its tables sit under them: here the Pro part has a table
+	// under a deeper heading, so the later "## Other products" names no
+	// edition and its table is skipped with a warning.
+	doc := "# Windows 11, version 21H2, connection endpoints\n\n## Windows 11 Pro\n\n### Apps\n\n" +
+		"The following endpoint is used by the Weather app. If you turn it off, nothing updates.\n\n" +
+		"| Source process | Protocol | Destination |\n|---|---|---|\n| svchost | HTTPS | a.example.com |\n\n" +
+		"## Other products\n\n| Destination | Protocol |\n|---|---|\n| b.example.com | HTTP |\n"
+	d, err := Parse("user.md", strings.NewReader(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := d.Rows()
+	if len(rows) != 1 || d.Sections[0].Edition != Pro || rows[0].Area != "Apps" || rows[0].Process != "svchost" ||
+		rows[0].Description != "The following endpoint is used by the Weather app." {
+		t.Errorf("rows: %+v", rows)
+	}
+	if len(d.Warnings) != 1 || !strings.Contains(d.Warnings[0].Msg, `"Other products" names no edition`) {
+		t.Errorf("warnings: %v", d.Warnings)
+	}
+	// "Windows 11, version 21H2" is Windows 11.
+	if d.Version != Windows11 {
+		t.Errorf("version %s, want 11", d.Version)
+	}
+
+	// An "Applies from" row runs to the document's own version; a cell
+	// broken over lines is one row, its pieces joined by a space.
+	doc = "---\ntitle: Connection endpoints for Windows 10 Enterprise, version 1903\n---\n## Windows 10 Enterprise connection endpoints\n\n## Apps\n\n" +
+		"| Source process | Protocol | Destination | Applies from Windows 10 version |\n|---|---|---|---|\n" +
+		"| | HTTP | c.example.com | 1709 |\n| searchui <br> backgroundtaskhost | TLSv1.2/\nHTTPS | d.example.com | 1803\n"
+	d, err = Parse("user.md", strings.NewReader(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows = d.Rows()
+	if len(rows) != 2 || rows[0].Versions.String() != "10-1709..10-1903" || rows[1].Versions.String() != "10-1803..10-1903" ||
+		rows[1].Protocol != "TLSv1.2/ HTTPS" || rows[1].Process != "searchui, backgroundtaskhost" || rows[1].Line != 11 {
+		t.Errorf("rows: %+v", rows)
+	}
+	if ps := protocols(rows[1].Protocol); strings.Join(ps, ",") != "TLSV1.2,HTTPS" && strings.Join(ps, ",") != "TLSv1.2,HTTPS" {
+		t.Errorf("protocols %q", ps)
+	}
+}
+
+// TestParseLongContinuation: a row without a trailing pipe followed by many
+// lines stops taking them after a few, so a hostile document stays linear.
+func TestParseLongContinuation(t *testing.T) {
+	doc := "# Windows 11\n\n## Windows 11 Home\n\n| Destination | Protocol | Description |\n|---|---|---|\n| a.example.com | HTTP | Used by" +
+		strings.Repeat("\nmore words", 40000) + "\n"
+	d, err := Parse("long.md", strings.NewReader(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := d.Rows(); len(r) != 1 || len(r[0].Description) > 400 {
+		t.Errorf("%d rows; description of %d bytes", len(r), len(r[0].Description))
+	}
+}

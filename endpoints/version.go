@@ -45,7 +45,7 @@ var versionAliases = map[string]string{"19h1": "1903"}
 func parseOne(s string) (Version, error) {
 	t := strings.ToLower(strings.TrimSpace(s))
 	t = strings.TrimPrefix(strings.TrimPrefix(t, "windows"), " ")
-	if r, ok := strings.CutPrefix(t, "10-"); ok {
+	if r, ok := strings.CutPrefix(t, "10-"); ok && r != "11" {
 		t = r
 	}
 	if a, ok := versionAliases[t]; ok {
@@ -73,6 +73,9 @@ func ParseVersion(s string) (Version, error) {
 	var v Version
 	for _, part := range strings.Split(s, ",") {
 		part = strings.TrimSpace(part)
+		if part == "" || part == ".." {
+			return 0, fmt.Errorf("%q: an empty version (valid: %s)", s, VersionWords())
+		}
 		if strings.EqualFold(part, "all") {
 			v |= AllVersions
 			continue
@@ -180,10 +183,15 @@ var (
 	// versionInText finds "version 1909", "version 20H2" or "version 19H1".
 	versionInText = regexp.MustCompile(`(?i)\bversion\s+(\d{4}|\d{2}h\d)\b`)
 	windows11     = regexp.MustCompile(`(?i)\bwindows\s+11\b`)
+	windows10     = regexp.MustCompile(`(?i)\bwindows\s+10\b`)
 )
 
 // versionOfText finds the Windows version a title or sentence names, or 0.
+// "Windows 11, version 21H2" is Windows 11, not Windows 10 21H2.
 func versionOfText(s string) Version {
+	if windows11.MatchString(s) && !windows10.MatchString(s) {
+		return Windows11
+	}
 	if m := versionInText.FindStringSubmatch(s); m != nil {
 		if v, err := parseOne(m[1]); err == nil {
 			return v

@@ -88,7 +88,10 @@ func compileGroup(cfg *Config, gc *GroupConfig, name string, cat *endpoints.Cata
 		}
 	}
 	if documented == 0 && len(cat.Entries) > 0 {
-		p := gc.KeyPos["windows"]
+		p, ok := gc.KeyPos["windows"]
+		if !ok {
+			p = gc.Pos
+		}
 		warns = append(warns, fmt.Sprintf("%s:%d:%d: group %s: no document lists endpoints for edition %s on Windows %s; documents for that edition cover %s",
 			cfg.File, p.Line, p.Col, name, g.Edition, g.Windows, forEdition))
 	}

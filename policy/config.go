@@ -613,7 +613,10 @@ func (d *decoder) decode(n *yaml.Node, v any, where string) {
 			}
 			all |= ver
 		})
-		if ok && all != 0 {
+		switch {
+		case ok && all == 0:
+			d.err(n, "%s: no Windows version given (valid: %s)", where, endpoints.VersionWords())
+		case ok:
 			*v = &all
 		}
 	default:

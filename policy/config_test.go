@@ -66,6 +66,7 @@ func TestConfigErrors(t *testing.T) {
 		{"policy: [a, b]\n", "p.yaml:1:9: policy: want a mapping of keys to values"},
 		{"policy:\n  default: {windows: 10-1910}\n", `p.yaml:2:22: policy.default.windows: unknown Windows version "10-1910" (valid: 10-1709, 10-1803, 10-1809, 10-1903, 10-1909, 10-2004, 10-20H2, 10-21H1, 10-21H2, 11, a range such as 10-1909..11, or all)`},
 		{"policy:\n  default: {windows: [11, 10-22h2]}\n", `p.yaml:2:27: policy.default.windows: unknown Windows version "10-22h2" (valid: 10-1709, 10-1803, 10-1809, 10-1903, 10-1909, 10-2004, 10-20H2, 10-21H1, 10-21H2, 11, a range such as 10-1909..11, or all); Microsoft published no endpoint document for 22H2, so choose 10-21H2, the newest Windows 10 one`},
+		{"policy:\n  default: {windows: []}\n", `p.yaml:2:22: policy.default.windows: no Windows version given (valid: 10-1709, 10-1803, 10-1809, 10-1903, 10-1909, 10-2004, 10-20H2, 10-21H1, 10-21H2, 11, a range such as 10-1909..11, or all)`},
 		{"policy:\n  default: {windows: 11..10-1909}\n", `p.yaml:2:22: policy.default.windows: version range "11..10-1909" runs backwards: 10-1909 is older than 11`},
 		{"listen: [a\n", "p.yaml:1: not valid YAML: did not find expected ',' or ']'"},
 		{"listen: [\":53\", \"localhost:53\"]\n", `p.yaml:1:17: listen: "localhost:53": "localhost" is not an IP address`},

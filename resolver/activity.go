@@ -28,8 +28,8 @@ type Activity struct {
 	clients   *lru.Cache[netip.Addr, *ClientCount]
 	started   time.Time
 
-	undocumented map[string]*UndocumentedHost // by name: lower case, no trailing dot
-	others       uint64                       // queries for names that found the table full
+	undocumented *lru.Cache[string, *UndocumentedHost] // by name: lower case, no trailing dot
+	others       uint64                                 // names forgotten to make room
 }
 
 // Event is one catalog match in the feed.
@@ -75,7 +75,7 @@ type UndocumentedHost struct {
 }
 
 // Undocumented is what /api/undocumented returns: the names kept, busiest
-// first, and Others, the queries for names that came once the table was full.
+// first, and Others, how many names were forgotten to make room.
 type Undocumented struct {
 	Hosts  []UndocumentedHost `json:"hosts"`
 	Others uint64             `json:"others"`
@@ -94,7 +94,8 @@ const (
 // NewActivity keeps the last events matches and up to clients clients.
 func NewActivity(events, clients int) *Activity {
 	a := &Activity{ring: make([]Event, 0, events), totals: map[catAction]uint64{}, endpoints: map[string]*EndpointCount{},
-		undocumented: map[string]*UndocumentedHost{}, started: time.Now()}
+		started: time.Now()}
+	a.undocumented, _ = lru.NewWithEvict(maxUndocumented, func(string, *UndocumentedHost) { a.others++ })
 	a.clients, _ = lru.New[netip.Addr, *ClientCount](clients)
 	return a
 }
@@ -138,18 +139,15 @@ func (a *Activity) add(client netip.Addr, r Record, description string) {
 }
 
 // addUndocumented counts a query for an undocumented name; a.mu is held.
-// The table stops growing at maxUndocumented names: the names already in it
-// are still counted, and queries for new ones go to a.others.
+// The table keeps the maxUndocumented names asked for most recently: a
+// flood of made-up names pushes out names nobody asks for any more, not
+// the ones machines keep asking for, and a.others counts what it forgot.
 func (a *Activity) addUndocumented(r Record) {
 	name := strings.ToLower(strings.TrimSuffix(r.Name, "."))
-	u, ok := a.undocumented[name]
+	u, ok := a.undocumented.Get(name)
 	if !ok {
-		if len(a.undocumented) >= maxUndocumented {
-			a.others++
-			return
-		}
 		u = &UndocumentedHost{Name: name, Domain: strings.TrimPrefix(r.Pattern, "*."), FirstSeen: r.Time}
-		a.undocumented[name] = u
+		a.undocumented.Add(name, u)
 	}
 	u.Count++
 	// Queries finish out of order: r.Time is when this one started.
@@ -247,8 +245,8 @@ func (a *Activity) Clients() []ClientCount {
 func (a *Activity) Undocumented() Undocumented {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := Undocumented{Hosts: make([]UndocumentedHost, 0, len(a.undocumented)), Others: a.others}
-	for _, u := range a.undocumented {
+	out := Undocumented{Hosts: make([]UndocumentedHost, 0, a.undocumented.Len()), Others: a.others}
+	for _, u := range a.undocumented.Values() {
 		c := *u
 		c.Clients = slices.Clone(u.Clients)
 		out.Hosts = append(out.Hosts, c)

@@ -236,7 +236,15 @@ func runDiff(args []string, stdout, stderr io.Writer) int {
 	if *format != "table" && *format != "json" {
 		return fail(2, "-format: unknown format %q (valid: table, json)", *format)
 	}
-	changes := endpoints.Builtin().Diff(vs[0], vs[1], ed)
+	cat := endpoints.Builtin()
+	changes := cat.Diff(vs[0], vs[1], ed)
+	// Say when a version has no document for an edition asked about:
+	// its patterns then all look dropped or added.
+	for _, v := range vs {
+		if missing := ed &^ cat.EditionsAt(v); missing != 0 {
+			fmt.Fprintf(stderr, "note: no document lists endpoints for %s on Windows %s\n", strings.Join(missing.Names(), ", "), v)
+		}
+	}
 	if *format == "json" {
 		err = writeDiffJSON(stdout, vs[0], vs[1], changes)
 	} else {

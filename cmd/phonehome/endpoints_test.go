@@ -276,6 +276,10 @@ func TestEndpointsDiff(t *testing.T) {
 	if code != 0 || !strings.HasPrefix(out, "Windows 10-21H2 → 11: ") || !strings.Contains(out, "added    definitionupdates.microsoft.com") {
 		t.Errorf("exit %d:\n%s", code, out)
 	}
+	// Against a version with no document for some editions, a note says so.
+	if _, errs, _ := phonehome(t, "endpoints", "diff", "10-21H1", "10-21H2"); !strings.Contains(errs, "note: no document lists endpoints for home, pro, education on Windows 10-21H2") {
+		t.Errorf("no note: %q", errs)
+	}
 	for _, bad := range [][]string{{"10-1909"}, {"10-1909", "10-1910"}, {"10-1909..11", "11"}, {"10-1909", "11", "-format", "xml"}} {
 		if _, errs, code := phonehome(t, append([]string{"endpoints", "diff"}, bad...)...); code != 2 || errs == "" {
 			t.Errorf("diff %v: exit %d, stderr %q", bad, code, errs)
