@@ -29,7 +29,7 @@ type Activity struct {
 	started   time.Time
 
 	undocumented *lru.Cache[string, *UndocumentedHost] // by name: lower case, no trailing dot
-	others       uint64                                 // names forgotten to make room
+	others       uint64                                // names forgotten to make room
 }
 
 // Event is one catalog match in the feed.
