@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"maps"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -263,6 +264,13 @@ func (c *Config) applyDefaults() {
 	if d.Actions.Map == nil {
 		d.Actions.Map = map[endpoints.Category]Action{"telemetry": Sinkhole, "*": Log}
 	}
+	if _, ok := d.Actions.Map["*"]; !ok {
+		d.Actions.Map["*"] = Log
+	}
+	if d.Unlisted == nil {
+		allow := Allow
+		d.Unlisted = &allow
+	}
 	for _, g := range append([]*GroupConfig{d}, c.groupPtrs()...) {
 		if g.Edition == nil {
 			all := endpoints.AllEditions
@@ -272,15 +280,18 @@ func (c *Config) applyDefaults() {
 			all := endpoints.AllVersions
 			g.Windows = &all
 		}
-		if g.Unlisted == nil {
-			allow := Allow
-			g.Unlisted = &allow
+		if g == d {
+			continue
 		}
-		if _, ok := g.Actions.Map["*"]; !ok {
-			if g.Actions.Map == nil {
-				g.Actions.Map = map[endpoints.Category]Action{}
-			}
-			g.Actions.Map["*"] = Log
+		// A group inherits what it does not say from the default group:
+		// each category's action (its own keys winning, "*" included) and
+		// the action for unlisted names. A group written only to give some
+		// machines another edition keeps sinkholing telemetry.
+		own := g.Actions.Map
+		g.Actions.Map = maps.Clone(d.Actions.Map)
+		maps.Copy(g.Actions.Map, own)
+		if g.Unlisted == nil {
+			g.Unlisted = d.Unlisted
 		}
 	}
 }

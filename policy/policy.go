@@ -48,6 +48,24 @@ func (g *Group) Action(c endpoints.Category) Action {
 	return g.actions["*"]
 }
 
+// ActionsString spells the group's effective actions, inherited ones
+// included, as validate prints them: "telemetry=sinkhole *=log", the
+// categories sorted and "*" last.
+func (g *Group) ActionsString() string {
+	var cats []string
+	for c := range g.actions {
+		if c != "*" {
+			cats = append(cats, string(c))
+		}
+	}
+	slices.Sort(cats)
+	var parts []string
+	for _, c := range append(cats, "*") {
+		parts = append(parts, c+"="+g.actions[endpoints.Category(c)].String())
+	}
+	return strings.Join(parts, " ")
+}
+
 // Decision is what to do with one query, and why.
 type Decision struct {
 	Action Action

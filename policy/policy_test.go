@@ -264,3 +264,35 @@ policy:
 		}
 	}
 }
+
+// TestGroupInherits: a group takes from the default group each category's
+// action it does not set ("*" included) and the unlisted action, so a group
+// written only to give machines another edition keeps sinkholing telemetry.
+func TestGroupInherits(t *testing.T) {
+	p, _ := compileText(t, `
+policy:
+  default: {actions: {telemetry: sinkhole, spotlight: log, "*": log}, unlisted: log}
+  groups:
+    - {name: pro-only, clients: [10.1.0.0/16], edition: pro}
+    - {name: own, clients: [10.2.0.0/16], actions: {spotlight: sinkhole, "*": allow}, unlisted: allow}
+`)
+	for _, c := range []struct {
+		client, name, action string
+	}{
+		{"10.1.0.1", "v10.events.data.microsoft.com", "sinkhole"}, // inherited telemetry
+		{"10.1.0.1", "arc.msn.com", "log"},                        // inherited spotlight
+		{"10.1.0.1", "www.example.com", "log"},                    // inherited unlisted
+		{"10.2.0.1", "v10.events.data.microsoft.com", "sinkhole"}, // inherited: its own "*" does not name telemetry
+		{"10.2.0.1", "arc.msn.com", "sinkhole"},                   // its own key wins
+		{"10.2.0.1", "tile-service.weather.microsoft.com", "allow"},
+		{"10.2.0.1", "www.example.com", "allow"},
+	} {
+		d := p.Decide(netip.MustParseAddr(c.client), c.name)
+		if d.Action.String() != c.action {
+			t.Errorf("%s %s: %s, want %s: %s", d.Group.Name, c.name, d.Action, c.action, d.Reason())
+		}
+	}
+	if got := p.Groups[0].ActionsString(); got != "spotlight=log telemetry=sinkhole *=log" {
+		t.Errorf("pro-only's actions: %s", got)
+	}
+}

@@ -175,9 +175,9 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 		len(p.Catalog.Entries), strings.Join(per, ", "), from, len(p.Catalog.Families), len(p.Catalog.Domains))
 	fmt.Fprintf(stdout, "listen: %s; upstreams: %s\n", strings.Join(cfg.Listen, ", "), orDefault(cfg.Upstreams, "from /etc/resolv.conf"))
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "GROUP\tCLIENTS\tEDITION\tWINDOWS\tPATTERNS\tUNLISTED")
+	fmt.Fprintln(tw, "GROUP\tCLIENTS\tEDITION\tWINDOWS\tPATTERNS\tUNLISTED\tACTIONS")
 	for _, g := range append([]*policy.Group{p.Default}, p.Groups...) {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\n", g.Name, len(g.Clients), g.Edition, g.Windows, g.Patterns, g.Unlisted)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%s\t%s\n", g.Name, len(g.Clients), g.Edition, g.Windows, g.Patterns, g.Unlisted, g.ActionsString())
 	}
 	tw.Flush()
 	return 0

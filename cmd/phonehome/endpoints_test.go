@@ -197,8 +197,8 @@ func TestCheckAndValidate(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rs); err != nil || len(rs) != 3 {
 		t.Fatalf("%v: %s", err, out)
 	}
-	if rs[0].Action != "log" || rs[0].Group != "kids" || rs[0].Category != "telemetry" || rs[0].Edition != "home" {
-		t.Errorf("tracker: %+v", rs[0]) // telemetry is not named in kids' actions: "*" is log
+	if rs[0].Action != "sinkhole" || rs[0].Group != "kids" || rs[0].Category != "telemetry" || rs[0].Edition != "home" {
+		t.Errorf("tracker: %+v", rs[0]) // telemetry is not named in kids' actions: the default group's sinkhole holds
 	}
 	if rs[1].Action != "sinkhole" || rs[1].Override != "*.windowsupdate.com" || !rs[1].Protected || !strings.Contains(rs[1].Reason, "this breaks Windows") {
 		t.Errorf("ctldl: %+v", rs[1])
@@ -208,7 +208,8 @@ func TestCheckAndValidate(t *testing.T) {
 	}
 
 	out, _, code = phonehome(t, "validate", "-config", cfg)
-	if code != 0 || !strings.Contains(out, cfg+": ok") || !strings.Contains(out, "kids     2        home") {
+	if code != 0 || !strings.Contains(out, cfg+": ok") || !strings.Contains(out, "kids     2        home") ||
+		!strings.Contains(out, "certificates=sinkhole telemetry=sinkhole *=log") {
 		t.Errorf("validate good file: exit %d\n%s", code, out)
 	}
 	bad := filepath.Join(dir, "bad.yaml")
