@@ -3,10 +3,10 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
-	"maps"
 	"path/filepath"
 	"slices"
 	"strconv"
