@@ -44,6 +44,16 @@ func lookupA(t *testing.T, addr, name string) string {
 // lookupFrom asks for name's A record from the client address from.
 func lookupFrom(t *testing.T, from, addr, name string) string {
 	t.Helper()
+	a, err := exchangeA(from, addr, name)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return a
+}
+
+// exchangeA asks for name's A record and returns the first address or the
+// rcode; it does not touch t, so other goroutines may call it.
+func exchangeA(from, addr, name string) (string, error) {
 	q := new(dns.Msg)
 	q.SetQuestion(name, dns.TypeA)
 	c := &dns.Client{Timeout: 3 * time.Second}
@@ -52,12 +62,12 @@ func lookupFrom(t *testing.T, from, addr, name string) string {
 	}
 	r, _, err := c.Exchange(q, addr)
 	if err != nil {
-		t.Fatalf("%s: %v", name, err)
+		return "", err
 	}
 	if len(r.Answer) == 0 {
-		return dns.RcodeToString[r.Rcode]
+		return dns.RcodeToString[r.Rcode], nil
 	}
-	return r.Answer[0].(*dns.A).A.String()
+	return r.Answer[0].(*dns.A).A.String(), nil
 }
 
 // running is phonehome serve, started in-process by startServe.
@@ -174,9 +184,17 @@ func TestServeReloadAndShutdown(t *testing.T) {
 	up.SetMode(dnstest.Delay)
 	up.SetDelay(300 * time.Millisecond)
 	answer := make(chan string, 1)
-	go func() { answer <- lookupA(t, addr, "slow.example.") }()
-	for up.Seen("slow.example") == 0 {
-		time.Sleep(5 * time.Millisecond)
+	go func() {
+		a, err := exchangeA("", addr, "slow.example.") // no t.Fatal off the test goroutine
+		if err != nil {
+			a = err.Error()
+		}
+		answer <- a
+	}()
+	for deadline := time.Now().Add(5 * time.Second); up.Seen("slow.example") == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the slow query never reached the upstream")
+		}
 	}
 	syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
 	if got := <-answer; got != dnstest.AnswerA {
