@@ -68,7 +68,7 @@ func Export(w io.Writer, format string, entries []*Entry, opts ExportOptions) er
 	var body, all []string
 	seen := map[string]bool{}
 	for _, e := range listed {
-		p := oneLine(e.Pattern)
+		p := OneLine(e.Pattern)
 		body = append(body, x.comment+" "+describe(e))
 		s, lit := PatternShape(e.Pattern)
 		var rules, notes []string
@@ -103,7 +103,7 @@ func Export(w io.Writer, format string, entries []*Entry, opts ExportOptions) er
 	if len(held) > 0 {
 		body = append(body, x.comment+" Protected endpoints, not listed because blocking them breaks Windows (ExportOptions.Protected, or phonehome endpoints -protected, lists them):")
 		for _, e := range held {
-			body = append(body, x.comment+" "+oneLine(e.Pattern)+": "+oneLine(e.Reason))
+			body = append(body, x.comment+" "+OneLine(e.Pattern)+": "+OneLine(e.Reason))
 		}
 	}
 
@@ -377,16 +377,16 @@ const maxDescription = 120
 func describe(e *Entry) string {
 	var tags []string
 	if e.Category != "" {
-		tags = append(tags, oneLine(string(e.Category)))
+		tags = append(tags, OneLine(string(e.Category)))
 	}
 	if e.Protected {
 		tags = append(tags, "protected")
 	}
-	s := oneLine(e.Pattern)
+	s := OneLine(e.Pattern)
 	if len(tags) > 0 {
 		s += " (" + strings.Join(tags, ", ") + ")"
 	}
-	d := oneLine(e.Description())
+	d := OneLine(e.Description())
 	if len(d) > maxDescription {
 		cut := maxDescription
 		for cut > 0 && !utf8.RuneStart(d[cut]) {
@@ -400,9 +400,9 @@ func describe(e *Entry) string {
 	return s
 }
 
-// oneLine folds runs of white space and control characters into one space,
-// so that text stays inside its comment line.
-func oneLine(s string) string {
+// OneLine folds runs of white space and control characters into one space,
+// so that text stays on its line: a comment line, a table cell, a TSV field.
+func OneLine(s string) string {
 	return strings.Join(strings.FieldsFunc(s, func(r rune) bool {
 		return unicode.IsSpace(r) || unicode.IsControl(r)
 	}), " ")

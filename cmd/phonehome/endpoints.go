@@ -111,14 +111,12 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-// oneLine keeps a cell on one line of a table or TSV.
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func writeTable(w io.Writer, entries []*endpoints.Entry) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PATTERN\tEDITIONS\tWINDOWS\tCATEGORY\tPROTECTED\tDESCRIPTION")
 	for _, e := range entries {
-		d := oneLine(e.Description())
+		d := endpoints.OneLine(e.Description())
 		if r := []rune(d); len(r) > 70 {
 			d = string(r[:69]) + "…"
 		}
@@ -132,7 +130,7 @@ func writeTSV(w io.Writer, entries []*endpoints.Entry) error {
 	fmt.Fprintln(w, "pattern\teditions\twindows\tcategory\tprotected\tprotocols\tdescription")
 	for _, e := range entries {
 		_, err := fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Pattern, strings.Join(e.Editions.Names(), ","),
-			strings.Join(e.Versions.Names(), ","), e.Category, yesNo(e.Protected), strings.Join(e.Protocols(), ","), oneLine(e.Description()))
+			strings.Join(e.Versions.Names(), ","), e.Category, yesNo(e.Protected), strings.Join(e.Protocols(), ","), endpoints.OneLine(e.Description()))
 		if err != nil {
 			return err
 		}
@@ -269,10 +267,10 @@ func writeDiffTable(w io.Writer, from, to endpoints.Version, changes []endpoints
 			if c.Kind != kind {
 				continue
 			}
-			v, what := c.To, oneLine(first(c.To.Descriptions))
+			v, what := c.To, endpoints.OneLine(first(c.To.Descriptions))
 			switch kind {
 			case "dropped":
-				v, what = c.From, oneLine(first(c.From.Descriptions))
+				v, what = c.From, endpoints.OneLine(first(c.From.Descriptions))
 			case "changed":
 				what = strings.Join(c.What, "; ")
 			}
