@@ -111,7 +111,6 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-
 func writeTable(w io.Writer, entries []*endpoints.Entry) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PATTERN\tEDITIONS\tWINDOWS\tCATEGORY\tPROTECTED\tDESCRIPTION")
