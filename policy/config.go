@@ -322,7 +322,7 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return nil, ConfigErrors{yamlSyntaxError(path, err)}
 	}
-	d := &decoder{file: path}
+	d := &decoder{file: path, badItems: map[string]bool{}}
 	if len(doc.Content) > 0 {
 		d.decode(doc.Content[0], c, "")
 	}
@@ -354,7 +354,7 @@ func yamlSyntaxError(file string, err error) ConfigError {
 // check finds the errors that need more than one key to see.
 func (c *Config) check(d *decoder) {
 	names := map[string]Pos{}
-	for _, g := range c.groupPtrs() {
+	for i, g := range c.groupPtrs() {
 		np, ok := g.KeyPos["name"]
 		if !ok {
 			np = g.Pos
@@ -371,7 +371,9 @@ func (c *Config) check(d *decoder) {
 				names[g.Name] = np
 			}
 		}
-		if _, ok := g.KeyPos["clients"]; !ok || len(g.Clients) == 0 && len(d.errs) == 0 {
+		// An empty clients list is an error of its own, unless its items
+		// were each reported already.
+		if _, ok := g.KeyPos["clients"]; !ok || len(g.Clients) == 0 && !d.badItems[fmt.Sprintf("policy.groups[%d].clients", i)] {
 			d.errAt(g.Pos, fmt.Sprintf("group %q has no clients", g.Name))
 		}
 	}
@@ -442,6 +444,9 @@ func (g *GroupConfig) check(d *decoder) {
 type decoder struct {
 	file string
 	errs ConfigErrors
+	// badItems names the lists (by place, "policy.groups[1].clients") with
+	// an item that was reported as an error.
+	badItems map[string]bool
 	// items is where each item of a list of strings was written, by
 	// path: "upstreams[1]".
 	items map[string]Pos
@@ -567,6 +572,8 @@ func (d *decoder) decode(n *yaml.Node, v any, where string) {
 			var p Prefix
 			if d.scalar(item, &p, where) {
 				*v = append(*v, p)
+			} else {
+				d.badItems[where] = true
 			}
 		})
 	case *[]string:

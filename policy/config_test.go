@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -89,6 +90,22 @@ func TestConfigErrorsAll(t *testing.T) {
 	if n := strings.Count(err.Error(), "\n") + 1; n != 3 {
 		t.Errorf("%d errors reported, want 3:\n%v", n, err)
 	}
+	// A group without clients is reported beside an earlier error; one whose
+	// only client is bad is reported once, at the client.
+	_, err = ParseConfig("p.yaml", []byte("lisen: x\npolicy:\n  groups:\n    - {name: a, clients: []}\n    - {name: b, clients: [10.0.0.300]}\n"))
+	want := "p.yaml:1:1: unknown key \"lisen\" in the top level (valid: access, cache, catalog, http, http_token, listen, policy, querylog, sinkhole, upstreams)\n" +
+		"p.yaml:4:7: group \"a\" has no clients\n" +
+		"p.yaml:5:27: policy.groups[1].clients: bad client address \"10.0.0.300\": want an address or CIDR such as 192.168.1.0/24"
+	if err == nil || !sameLines(err.Error(), want) {
+		t.Errorf("errors:\n%v\nwant (in any order):\n%s", err, want)
+	}
+}
+
+func sameLines(a, b string) bool {
+	x, y := strings.Split(a, "\n"), strings.Split(b, "\n")
+	slices.Sort(x)
+	slices.Sort(y)
+	return slices.Equal(x, y)
 }
 
 func TestCompileErrors(t *testing.T) {
