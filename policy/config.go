@@ -208,14 +208,21 @@ func (es ConfigErrors) Error() string {
 	return strings.Join(s, "\n")
 }
 
-// Defaults of the keys the daemon uses.
-var (
-	DefaultListen    = []string{"127.0.0.1:5353", "[::1]:5353"}
+// Defaults of the keys the daemon uses. They are constants, or lists that
+// applyDefaults copies, so that no config shares memory with another.
+const (
 	DefaultHTTP      = "127.0.0.1:8053"
-	DefaultAllow     = []string{"127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7", "fe80::/10"}
 	DefaultRateLimit = 200
 	DefaultCacheSize = 20000
 )
+
+var (
+	defaultListen = []string{"127.0.0.1:5353", "[::1]:5353"}
+	defaultAllow  = []string{"127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7", "fe80::/10"}
+)
+
+// ptr returns a pointer to a fresh copy of v.
+func ptr[T any](v T) *T { return &v }
 
 // DefaultConfig is the configuration with no file: every catalog endpoint is
 // logged, telemetry is sinkholed (protected endpoints never are), everything
@@ -228,18 +235,18 @@ func DefaultConfig() *Config {
 
 func (c *Config) applyDefaults() {
 	if len(c.Listen) == 0 {
-		c.Listen = DefaultListen
+		c.Listen = slices.Clone(defaultListen)
 	}
 	if c.HTTP == nil {
-		c.HTTP = &DefaultHTTP
+		c.HTTP = ptr(DefaultHTTP)
 	}
 	if c.Access.Allow == nil {
-		for _, s := range DefaultAllow {
+		for _, s := range defaultAllow {
 			c.Access.Allow = append(c.Access.Allow, Prefix{netip.MustParsePrefix(s)})
 		}
 	}
 	if c.Access.RateLimit == nil {
-		c.Access.RateLimit = &DefaultRateLimit
+		c.Access.RateLimit = ptr(DefaultRateLimit)
 	}
 	if c.Sinkhole.Mode == "" {
 		c.Sinkhole.Mode = "null_ip"
@@ -248,7 +255,7 @@ func (c *Config) applyDefaults() {
 		c.Sinkhole.TTL = 60 * time.Second
 	}
 	if c.Cache.Size == nil {
-		c.Cache.Size = &DefaultCacheSize
+		c.Cache.Size = ptr(DefaultCacheSize)
 	}
 	if c.Cache.MaxTTL == 0 {
 		c.Cache.MaxTTL = 24 * time.Hour
