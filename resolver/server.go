@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -117,25 +119,17 @@ func (s *Server) Listen(addrs []string) error {
 	}
 	invalid := func([]byte, error) { s.Handler.Counters.Malformed.Add(1) }
 	for _, a := range addrs {
-		pc, err := net.ListenPacket("udp", a)
+		pc, ln, err := listenPair(a)
 		if err != nil {
 			closeAll()
-			return fmt.Errorf("listening on %s/udp: %w", a, err)
+			return err
 		}
-		u, err := newUDPServer(s.Handler, pc.(*net.UDPConn))
+		u, err := newUDPServer(s.Handler, pc)
 		s.udp = append(s.udp, u)
 		if err != nil {
+			ln.Close()
 			closeAll()
 			return fmt.Errorf("listening on %s/udp: %w", a, err)
-		}
-		// TCP on the same port, also when the UDP port was chosen by the
-		// kernel (":0" in tests).
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		host, _, _ := net.SplitHostPort(a)
-		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("listening on %s/tcp: %w", a, err)
 		}
 		s.tcp = append(s.tcp, &dns.Server{Listener: ln, Handler: s.Handler, MsgInvalidFunc: invalid,
 			ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }})
@@ -160,6 +154,28 @@ func (s *Server) Listen(addrs []string) error {
 	}
 	started.Wait()
 	return nil
+}
+
+// listenPair binds a over UDP, then TCP on the same port. When the kernel
+// chose the UDP port (":0", as tests ask), that port may be taken over TCP
+// by some other socket: another port is tried then, a few times.
+func listenPair(a string) (*net.UDPConn, net.Listener, error) {
+	host, port, _ := net.SplitHostPort(a)
+	for try := 0; ; try++ {
+		pc, err := net.ListenPacket("udp", a)
+		if err != nil {
+			return nil, nil, fmt.Errorf("listening on %s/udp: %w", a, err)
+		}
+		p := pc.LocalAddr().(*net.UDPAddr).Port
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
+		if err == nil {
+			return pc.(*net.UDPConn), ln, nil
+		}
+		pc.Close()
+		if port != "0" || !errors.Is(err, syscall.EADDRINUSE) || try == 20 {
+			return nil, nil, fmt.Errorf("listening on %s/tcp: %w", a, err)
+		}
+	}
 }
 
 // Addrs returns the bound UDP addresses, in the order given to Listen.
