@@ -8,6 +8,7 @@
 #   PROFILE=1 bash bench/load.sh            # also CPU profiles of phonehome
 #   REV=HEAD~3 bash bench/load.sh           # phonehome as of a commit
 #   BARE=1 bash bench/load.sh               # phonehome without metrics, query log and activity
+#   UPSTREAM=tls bash bench/load.sh         # both servers forward over DNS over TLS (or tcp: over TCP)
 #
 # It needs root, 2 cores and Go; Debian's dnsperf, unbound, util-linux
 # (taskset, unshare) and iproute2 (ip) it installs with apt-get when they
@@ -35,6 +36,16 @@
 #   4. VmRSS from /proc/PID/status, then SIGTERM.
 # Rounds interleave: phonehome hot, unbound hot, phonehome cold, unbound cold.
 # The table gives the median over rounds of each figure.
+#
+# UPSTREAM says how both servers reach the stub: udp (the default: plain DNS,
+# TCP only after a truncated answer), tcp (tcp:// for phonehome,
+# forward-tcp-upstream for unbound) or tls (DNS over TLS: tls:// and
+# forward-tls-upstream). For tls the stub serves DNS over TLS on port 5303
+# with a self-signed certificate it makes at start and writes to
+# $work/stub-ca.pem; unbound trusts it through tls-cert-bundle, phonehome
+# through SSL_CERT_FILE, which Go's crypto/x509 reads instead of the system's
+# CA bundle (phonehome has no option for an upstream's CA yet; issue 15 adds
+# tls_ca). SSL_CERT_FILE works with any REV, so older commits can be measured.
 set -euo pipefail
 
 # Tunables (environment).
@@ -50,8 +61,18 @@ PROFILE=${PROFILE:-0}            # 1: run phonehome's request path under a CPU p
 REV=${REV:-}                     # build phonehome from this git revision, not the work tree
 BARE=${BARE:-0}                  # 1: phonehome without per-query metrics, query log and web page activity
 OUT=${OUT:-}                     # keep raw outputs (and profiles) here
+UPSTREAM=${UPSTREAM:-udp}        # how the servers forward to the stub: udp, tcp or tls
 
-STUB_PORT=5300 PH_PORT=5301 UB_PORT=5302 # only ever bound on 127.0.0.1 in the namespace
+STUB_PORT=5300 PH_PORT=5301 UB_PORT=5302 STUB_TLS_PORT=5303 # only ever bound on 127.0.0.1 in the namespace
+case $UPSTREAM in
+udp) PH_UPSTREAM=127.0.0.1:$STUB_PORT ;;
+tcp) PH_UPSTREAM=tcp://127.0.0.1:$STUB_PORT ;;
+tls) PH_UPSTREAM=tls://127.0.0.1:$STUB_TLS_PORT#stubdns.test ;;
+*)
+	echo "bench/load.sh: UPSTREAM=$UPSTREAM: want udp, tcp or tls" >&2
+	exit 1
+	;;
+esac
 
 # ---------------------------------------------------------------------------
 # Outside the namespace: check tools, build, generate inputs, re-execute.
@@ -139,11 +160,11 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 	fi
 
 	# The phonehome config: one loopback listener, the stub as its only
-	# upstream, no rate limit, no HTTP server, the default policy (telemetry
-	# sinkholed) and the default cache.
+	# upstream (over UPSTREAM), no rate limit, no HTTP server, the default
+	# policy (telemetry sinkholed) and the default cache.
 	cat >"$work/phonehome.yaml" <<-EOF
 		listen: ["127.0.0.1:$PH_PORT"]
-		upstreams: ["127.0.0.1:$STUB_PORT"]
+		upstreams: ["$PH_UPSTREAM"]
 		http: ""
 		access:
 		  rate_limit: 0
@@ -184,14 +205,19 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 			    logfile: ""
 			    verbosity: 0
 		EOF
+		[[ $UPSTREAM == tls ]] && printf '    tls-cert-bundle: "%s"\n' "$work/stub-ca.pem"
 		while read -r n; do printf '    local-zone: "%s." always_null\n' "$n"; done <"$work/sinkholed"
 		cat <<-EOF
 			remote-control:
 			    control-enable: no
 			forward-zone:
 			    name: "."
-			    forward-addr: 127.0.0.1@$STUB_PORT
 		EOF
+		case $UPSTREAM in
+		udp) printf '    forward-addr: 127.0.0.1@%s\n' "$STUB_PORT" ;;
+		tcp) printf '    forward-tcp-upstream: yes\n    forward-addr: 127.0.0.1@%s\n' "$STUB_PORT" ;;
+		tls) printf '    forward-tls-upstream: yes\n    forward-addr: 127.0.0.1@%s#stubdns.test\n' "$STUB_TLS_PORT" ;;
+		esac
 	} >"$work/unbound.conf"
 	unbound-checkconf "$work/unbound.conf" >/dev/null
 
@@ -231,7 +257,7 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 	limit=$((ROUNDS * 4 * (DURATION + LAT_DURATION + 20) + 60))
 	echo "running $ROUNDS round(s) of ${DURATION}s throughput + ${LAT_DURATION}s latency runs (at most ${limit}s)..." >&2
 	BENCH_INSIDE=1 BENCH_WORK=$work DURATION=$DURATION LAT_DURATION=$LAT_DURATION LAT_QPS=$LAT_QPS \
-		ROUNDS=$ROUNDS OUTSTANDING=$OUTSTANDING OUT=$OUT NICE=$NICE SERVER_CPU=$SERVER_CPU LOAD_CPU=$LOAD_CPU PROFILE=$PROFILE \
+		ROUNDS=$ROUNDS OUTSTANDING=$OUTSTANDING OUT=$OUT NICE=$NICE SERVER_CPU=$SERVER_CPU LOAD_CPU=$LOAD_CPU PROFILE=$PROFILE UPSTREAM=$UPSTREAM \
 		timeout --kill-after=10 "$limit" \
 		unshare --net --pid --fork --kill-child --mount-proc bash "${BASH_SOURCE[0]}" &
 	inner=$!
@@ -316,8 +342,12 @@ perf() {
 stat_of() { awk -v k="$2" 'index($0, k) { sub(/.*: */, ""); print $1 + 0; exit }' "$1"; }
 
 # The stub upstream, on the load core for the whole run. On SIGUSR1 it logs
-# how many queries it has answered, to count what each server forwards.
-"${on_load[@]}" "$bin/stubdns" -listen "127.0.0.1:$STUB_PORT" 2>"$work/logs/stub.log" &
+# how many queries it has answered, to count what each server forwards. With
+# UPSTREAM=tls it also serves DNS over TLS, with the certificate it writes to
+# stub-ca.pem, which both servers trust.
+stub_args=(-listen "127.0.0.1:$STUB_PORT")
+[[ $UPSTREAM == tls ]] && stub_args+=(-tls "127.0.0.1:$STUB_TLS_PORT" -ca "$work/stub-ca.pem")
+"${on_load[@]}" "$bin/stubdns" "${stub_args[@]}" 2>"$work/logs/stub.log" &
 stub=$!
 stub_count() {
 	local before
@@ -340,6 +370,7 @@ start_server() {
 		# Its query log (stdout by default) goes to a file of its own.
 		port=$PH_PORT
 		local penv=()
+		[[ $UPSTREAM == tls ]] && penv+=("SSL_CERT_FILE=$work/stub-ca.pem")
 		if [[ $PROFILE == 1 ]]; then
 			penv=("PHONEHOME_CPUPROFILE=$OUT/profiles/phonehome-$2-r$3.pprof"
 				"PHONEHOME_MEMPROFILE=$OUT/profiles/phonehome-$2-r$3.heap")
@@ -483,7 +514,7 @@ NR == 1 { next }
 	if ($NF + $(NF - 1) + $(NF - 2) > 0) lossy = lossy sprintf("  %s %s round %s: %d queries lost and %d UDP datagrams dropped in the throughput run, %d queries lost in the latency run\n", $2, $1, $3, $(NF - 1), $(NF - 2), $NF)
 }
 END {
-	printf "\nphonehome vs unbound: medians of %d round(s); throughput runs %d s, latency at %d q/s for %d s\n", rounds, dur, lq, ldur
+	printf "\nphonehome vs unbound: medians of %d round(s); throughput runs %d s, latency at %d q/s for %d s; upstream over %s\n", rounds, dur, lq, ldur, ENVIRON["UPSTREAM"]
 	printf "server on CPU %s, dnsperf and stub upstream on CPU %s; CPU us/q is the server utime+stime per answered query\n\n", ENVIRON["SERVER_CPU"], ENVIRON["LOAD_CPU"]
 	fmt = "%-8s %-17s %10s %9s %9s %8s %8s %7s %8s\n"
 	printf fmt, "", "", "max", "CPU us/q", "CPU us/q", "", "", "", "server"

@@ -23,6 +23,12 @@ type Forwarder struct {
 
 	inflight chan struct{} // bounds the queries waiting on upstreams
 
+	// ctx bounds every exchange of the request path; Close cancels it, so
+	// queries still waiting when the forwarder is retired or the server
+	// shuts down give up at once.
+	ctx  context.Context
+	stop context.CancelFunc
+
 	mu      sync.Mutex
 	pending map[string]*call // identical queries in flight go upstream once
 }
@@ -48,9 +54,11 @@ func (e *errNoUpstream) Error() string { return "every upstream failed: " + e.la
 // NewForwarder makes a forwarder with the usual bounds: 2 s per try, 5 s in
 // all, 30 s of backoff, at most max queries waiting.
 func NewForwarder(ups []*Upstream, max int, log *slog.Logger) *Forwarder {
+	ctx, stop := context.WithCancel(context.Background())
 	return &Forwarder{
 		Upstreams: ups, TryTimeout: 2 * time.Second, Timeout: 5 * time.Second, Backoff: 30 * time.Second,
 		Log: log, inflight: make(chan struct{}, max), pending: map[string]*call{},
+		ctx: ctx, stop: stop,
 	}
 }
 
@@ -128,11 +136,17 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 			r.Id = q.Id
 			return r, nil
 		}
+		if ctx.Err() != nil {
+			// Given up by the caller (or at shutdown): the upstream is
+			// not to blame.
+			last = &errNoUpstream{last: err}
+			break
+		}
 		var ne net.Error
 		last = &errNoUpstream{timeout: errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout(), last: err}
 		u.metrics.upstreamFailed(u, last.timeout)
 		f.markDown(u, err)
-		if ctx.Err() != nil || !time.Now().Before(deadline) {
+		if !time.Now().Before(deadline) {
 			break
 		}
 	}
@@ -159,8 +173,10 @@ func (f *Forwarder) markUp(u *Upstream) {
 	}
 }
 
-// Close releases the upstream sockets.
+// Close ends the exchanges still waiting and releases the upstream sockets
+// and connections.
 func (f *Forwarder) Close() {
+	f.stop()
 	for _, u := range f.Upstreams {
 		u.close()
 	}

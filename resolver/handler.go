@@ -1,7 +1,6 @@
 package resolver
 
 import (
-	"context"
 	"errors"
 	"log/slog"
 	"net"
@@ -222,7 +221,10 @@ func (h *Handler) done(client netip.Addr, q dns.Question, d policy.Decision, rc,
 // upstream fails it serves an expired answer (RFC 8767) or SERVFAIL with the
 // reason.
 func (h *Handler) resolve(st *State, key string, req *dns.Msg) (*dns.Msg, uint16, int) {
-	r, err := st.Forwarder.Forward(context.Background(), key, upstreamQuery(req))
+	// miekg/dns's ServeDNS carries no request context, so the exchange is
+	// bounded by the forwarder's: its own deadlines, and cancelled when a
+	// reload retires the forwarder or the server shuts down.
+	r, err := st.Forwarder.Forward(st.Forwarder.ctx, key, upstreamQuery(req))
 	if err == nil {
 		st.Cache.Put(key, r)
 		return r, 0, sourceUpstream

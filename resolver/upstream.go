@@ -3,7 +3,6 @@ package resolver
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -18,12 +17,14 @@ import (
 // Upstream is one resolver phonehome forwards to. Plain upstreams are asked
 // over UDP from a pool of sockets and again over TCP when the answer is
 // truncated; tcp:// and tls:// upstreams are asked over TCP or DNS over TLS.
+// TCP and TLS connections are kept open and shared by queries (conn.go).
 type Upstream struct {
-	Name string // as written in the config
-	addr string
-	net  string // "udp", "tcp" or "tcp-tls"
-	tls  *tls.Config
-	pool *udpPool
+	Name  string // as written in the config
+	addr  string
+	net   string // "udp", "tcp" or "tcp-tls"
+	tls   *tls.Config
+	pool  *udpPool  // plain upstreams
+	conns *connPool // TCP or TLS: all of a tcp:// or tls:// upstream's queries, a plain one's truncated answers
 
 	metrics *Metrics // set by Metrics.SetState
 
@@ -49,7 +50,9 @@ func ParseUpstream(s string) (*Upstream, error) {
 			if name == "" {
 				name, _, _ = net.SplitHostPort(host)
 			}
-			u.tls = &tls.Config{ServerName: name, MinVersion: tls.VersionTLS12}
+			// A session cache: a connection reopened after an idle close
+			// resumes the TLS session instead of a full handshake.
+			u.tls = &tls.Config{ServerName: name, MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(poolConns)}
 		default:
 			return nil, fmt.Errorf("upstream %q: unknown scheme %q", s, scheme)
 		}
@@ -59,6 +62,9 @@ func ParseUpstream(s string) (*Upstream, error) {
 	}
 	if u.net == "udp" {
 		u.pool = newUDPPool(u.addr)
+		u.conns = newConnPool("tcp", u.addr, nil)
+	} else {
+		u.conns = newConnPool(u.net, u.addr, u.tls)
 	}
 	return u, nil
 }
@@ -69,33 +75,26 @@ func (u *Upstream) healthy(now time.Time) bool {
 	return d == 0 || now.UnixNano() >= d
 }
 
-// exchange asks the upstream once.
+// exchange asks the upstream once, by the deadline or until ctx ends.
 func (u *Upstream) exchange(ctx context.Context, deadline time.Time, q *dns.Msg) (*dns.Msg, error) {
 	if u.net == "udp" {
 		r, err := u.pool.exchange(ctx, deadline, q)
 		if err != nil || !r.Truncated {
 			return r, err
 		}
-		// Truncated: ask again over TCP.
+		// Truncated: ask again over TCP, on the plain upstream's own
+		// pooled connections (rarely more than one).
 	}
-	network := u.net
-	if network == "udp" {
-		network = "tcp"
-	}
-	c := &dns.Client{Net: network, TLSConfig: u.tls, Timeout: time.Until(deadline)}
-	ctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	r, _, err := c.ExchangeContext(ctx, q, u.addr)
-	if err == nil && !sameQuestion(q, r) {
-		return nil, errors.New("answer does not match the question")
-	}
-	return r, err
+	return u.conns.exchange(ctx, deadline, q)
 }
 
+// close closes the upstream's sockets and connections; the readers of its
+// TCP and TLS connections have returned when it returns.
 func (u *Upstream) close() {
 	if u.pool != nil {
 		u.pool.close()
 	}
+	u.conns.close()
 }
 
 // sameQuestion reports whether r answers q: same ID and the same question,

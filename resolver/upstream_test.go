@@ -2,14 +2,8 @@ package resolver
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
+	"errors"
 	"fmt"
-	"math/big"
 	mrand "math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -21,66 +15,72 @@ import (
 	"github.com/phonehome/phonehome/internal/dnstest"
 )
 
-// startTLS runs a DNS-over-TLS server on 127.0.0.1 for the name dns.test
-// and returns its address and a pool that trusts its certificate.
-func startTLS(t *testing.T) (string, *x509.CertPool) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "dns.test"}, DNSNames: []string{"dns.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{Listener: ln, Net: "tcp-tls", Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
-		r := new(dns.Msg)
-		r.SetReply(q)
-		rr, _ := dns.NewRR(q.Question[0].Name + " 60 IN A 192.0.2.53")
-		r.Answer = []dns.RR{rr}
-		w.WriteMsg(r)
-	})}
-	go srv.ActivateAndServe()
-	t.Cleanup(func() { srv.Shutdown() })
-	return ln.Addr().String(), pool
-}
-
 func TestUpstreamTransports(t *testing.T) {
-	addr, pool := startTLS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	q := new(dns.Msg)
 	q.SetQuestion("dot.example.", dns.TypeA)
 
-	u, err := ParseUpstream("tls://" + addr + "#dns.test")
+	stub := dnstest.Start(t, dnstest.WithTLS())
+	u, err := ParseUpstream("tls://" + stub.Addr() + "#" + dnstest.TLSServerName)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.tls.RootCAs = pool
+	defer u.close()
+	u.tls.RootCAs = stub.RootCAs()
 	if r, err := u.exchange(ctx, time.Now().Add(5*time.Second), q.Copy()); err != nil || len(r.Answer) != 1 {
 		t.Errorf("DNS over TLS: %v %v", r, err)
 	}
 	// The certificate is verified against the servername.
-	u, _ = ParseUpstream("tls://" + addr + "#other.test")
-	u.tls.RootCAs = pool
+	u, _ = ParseUpstream("tls://" + stub.Addr() + "#other.test")
+	defer u.close()
+	u.tls.RootCAs = stub.RootCAs()
 	if _, err := u.exchange(ctx, time.Now().Add(5*time.Second), q.Copy()); err == nil {
 		t.Error("a certificate for another name was accepted")
 	}
 
-	stub := dnstest.Start(t)
-	u, _ = ParseUpstream("tcp://" + stub.Addr())
-	if r, err := u.exchange(ctx, time.Now().Add(5*time.Second), q.Copy()); err != nil || len(r.Answer) != 1 || stub.QueriesTCP() != 1 {
+	plain := dnstest.Start(t)
+	u, _ = ParseUpstream("tcp://" + plain.Addr())
+	defer u.close()
+	if r, err := u.exchange(ctx, time.Now().Add(5*time.Second), q.Copy()); err != nil || len(r.Answer) != 1 || plain.QueriesTCP() != 1 {
 		t.Errorf("tcp://: %v %v", r, err)
 	}
 	for _, bad := range []string{"https://1.1.1.1:443", "1.1.1.1"} {
 		if _, err := ParseUpstream(bad); err == nil {
 			t.Errorf("%s accepted", bad)
 		}
+	}
+}
+
+// TestForwarderCloseCancels: closing a forwarder ends the exchanges still
+// waiting at once, through the context the request path passes, without
+// blaming the upstream.
+func TestForwarderCloseCancels(t *testing.T) {
+	stub := dnstest.Start(t)
+	stub.SetMode(dnstest.Drop)
+	u, _ := ParseUpstream(stub.Addr())
+	f := NewForwarder([]*Upstream{u}, 8, nil)
+	f.TryTimeout, f.Timeout = time.Hour, time.Hour
+	q := new(dns.Msg)
+	q.SetQuestion("never.example.", dns.TypeA)
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.Forward(f.ctx, "never", q)
+		done <- err
+	}()
+	waitFor(t, "the query to arrive", func() bool { return stub.Queries() == 1 })
+	f.Close()
+	select {
+	case err := <-done:
+		var nu *errNoUpstream
+		if !errors.As(err, &nu) || !errors.Is(nu.last, context.Canceled) || nu.timeout {
+			t.Errorf("got %v, want context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Forward still waits 30 s after Close")
+	}
+	if !u.healthy(time.Now()) {
+		t.Error("the upstream was marked down for a query the forwarder gave up")
 	}
 }
 

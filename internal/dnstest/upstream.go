@@ -1,10 +1,14 @@
 // Package dnstest provides a stub upstream DNS server for tests: one per test,
 // on loopback, whose behaviour (answer, delay, drop, SERVFAIL, truncate,
 // garbage, REFUSED) the test sets and whose received queries it can inspect.
+// Options make it speak DNS over TLS and answer pipelined queries out of
+// order; it counts the connections it accepts and can close them.
 package dnstest
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -102,13 +106,36 @@ const (
 	listenAttempts = 10
 )
 
+// TLSServerName is the name in the certificate of an Upstream started
+// WithTLS, besides 127.0.0.1.
+const TLSServerName = "dnstest.test"
+
+// Option changes how Start serves the TCP port.
+type Option func(*options)
+
+type options struct {
+	tls, pipeline bool
+}
+
+// WithTLS makes the TCP port speak DNS over TLS instead of plain TCP (UDP
+// stays as it is), with a certificate for TLSServerName and 127.0.0.1 made
+// at start; RootCAs returns a pool that trusts it.
+func WithTLS() Option { return func(o *options) { o.tls = true } }
+
+// WithPipelining answers each query on a TCP or TLS connection in a
+// goroutine of its own, so that queries pipelined on one connection (RFC
+// 7766) are answered as each is ready, out of order when one is slower.
+// Without it, miekg/dns's server answers a connection's queries one after
+// another and closes it after 128.
+func WithPipelining() Option { return func(o *options) { o.pipeline = true } }
+
 // Upstream is a DNS server on 127.0.0.1, UDP and TCP on the same port, whose
 // behaviour a test sets. All methods are safe for concurrent use, also while
 // queries are being served; a change applies to queries that arrive after it.
 type Upstream struct {
 	addr string
 	udp  *dns.Server
-	tcp  *dns.Server
+	cert *Cert // WithTLS
 	// done is closed when the test ends, so delayed replies give up at once
 	// instead of holding Shutdown for the rest of their delay.
 	done chan struct{}
@@ -122,13 +149,19 @@ type Upstream struct {
 	queriesTCP int
 	last       *dns.Msg
 	seen       map[string]int
+	accepted   int                       // TCP or TLS connections
+	open       map[*trackedConn]struct{} // of those, not yet closed
 }
 
 // Start starts an Upstream on 127.0.0.1 with a free port, UDP and TCP on the
 // same number, and stops it when the test ends (t.Cleanup): both servers are
 // shut down and every goroutine they started has returned by then.
-func Start(t testing.TB) *Upstream {
+func Start(t testing.TB, opts ...Option) *Upstream {
 	t.Helper()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	pc, l, err := listenPair()
 	if err != nil {
 		t.Fatalf("dnstest: %v", err)
@@ -138,10 +171,19 @@ func Start(t testing.TB) *Upstream {
 		done: make(chan struct{}),
 		ttl:  DefaultTTL,
 		seen: make(map[string]int),
+		open: make(map[*trackedConn]struct{}),
 	}
 	h := dns.HandlerFunc(u.serveDNS)
 	u.udp = &dns.Server{PacketConn: pc, Handler: h}
-	u.tcp = &dns.Server{Listener: l, Handler: h}
+	var sl net.Listener = &trackListener{Listener: l, u: u}
+	if o.tls {
+		if u.cert, err = NewCert(TLSServerName); err != nil {
+			pc.Close()
+			l.Close()
+			t.Fatalf("dnstest: %v", err)
+		}
+		sl = tls.NewListener(sl, &tls.Config{Certificates: []tls.Certificate{u.cert.TLS}, MinVersion: tls.VersionTLS12})
+	}
 
 	var stops []func() error
 	t.Cleanup(func() {
@@ -152,7 +194,13 @@ func Start(t testing.TB) *Upstream {
 			}
 		}
 	})
-	for _, srv := range []*dns.Server{u.udp, u.tcp} {
+	servers := []*dns.Server{u.udp}
+	if o.pipeline {
+		stops = append(stops, serveStream(sl, h))
+	} else {
+		servers = append(servers, &dns.Server{Listener: sl, Handler: h})
+	}
+	for _, srv := range servers {
 		stop, err := serve(srv)
 		if err != nil {
 			// Closing twice is harmless; the server that did start, if
@@ -222,6 +270,45 @@ func serve(srv *dns.Server) (stop func() error, err error) {
 
 // Addr returns the address of both servers, "127.0.0.1:port".
 func (u *Upstream) Addr() string { return u.addr }
+
+// RootCAs returns a pool that trusts the certificate of an Upstream started
+// WithTLS, for a client's tls.Config; nil without TLS.
+func (u *Upstream) RootCAs() *x509.CertPool {
+	if u.cert == nil {
+		return nil
+	}
+	return u.cert.Pool
+}
+
+// Conns returns how many TCP (or TLS) connections the Upstream has accepted.
+func (u *Upstream) Conns() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.accepted
+}
+
+// OpenConns returns how many of those are still open: a connection the
+// client closes counts until the server has read to its end.
+func (u *Upstream) OpenConns() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.open)
+}
+
+// CloseConns closes every open TCP (or TLS) connection from the server's
+// side, as a server does at its idle timeout or when it restarts; the
+// listener stays open.
+func (u *Upstream) CloseConns() {
+	u.mu.Lock()
+	conns := make([]*trackedConn, 0, len(u.open))
+	for c := range u.open {
+		conns = append(conns, c)
+	}
+	u.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
 
 // SetMode sets how the Upstream replies; the default is Answer.
 func (u *Upstream) SetMode(m Mode) {

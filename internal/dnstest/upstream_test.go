@@ -1,6 +1,7 @@
 package dnstest
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -463,5 +464,124 @@ func TestModeString(t *testing.T) {
 	}
 	if got := Mode(99).String(); got != "Mode(99)" {
 		t.Errorf("Mode(99).String() = %q", got)
+	}
+}
+
+// TestTLS: WithTLS serves DNS over TLS on the TCP port with a certificate
+// that RootCAs trusts, for TLSServerName, and counts the connections.
+func TestTLS(t *testing.T) {
+	for _, pipelined := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pipelined=%v", pipelined), func(t *testing.T) {
+			opts := []Option{WithTLS()}
+			if pipelined {
+				opts = append(opts, WithPipelining())
+			}
+			u := Start(t, opts...)
+			if u.RootCAs() == nil {
+				t.Fatal("RootCAs() = nil")
+			}
+			c := &dns.Client{Net: "tcp-tls", Timeout: queryTimeout, TLSConfig: &tls.Config{RootCAs: u.RootCAs(), ServerName: TLSServerName}}
+			conn, err := c.Dial(u.Addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			for range 3 {
+				r, _, err := c.ExchangeWithConn(query("example.com.", dns.TypeA), conn)
+				if err != nil || len(r.Answer) != 1 {
+					t.Fatalf("over TLS: %v %v", r, err)
+				}
+			}
+			if u.Conns() != 1 || u.OpenConns() != 1 || u.QueriesTCP() != 3 {
+				t.Errorf("Conns %d OpenConns %d QueriesTCP %d, want 1, 1, 3", u.Conns(), u.OpenConns(), u.QueriesTCP())
+			}
+			// Another name is refused by the client, and plain TCP gets nothing.
+			bad := &dns.Client{Net: "tcp-tls", Timeout: queryTimeout, TLSConfig: &tls.Config{RootCAs: u.RootCAs(), ServerName: "other.test"}}
+			if _, _, err := bad.Exchange(query("example.com.", dns.TypeA), u.Addr()); err == nil {
+				t.Error("a client checking for another name accepted the certificate")
+			}
+			if _, err := exchange(t, "tcp", u, query("example.com.", dns.TypeA), 300*time.Millisecond); err == nil {
+				t.Error("plain TCP answered on the TLS port")
+			}
+			// UDP stays plain.
+			mustExchange(t, "udp", u, query("example.com.", dns.TypeA))
+		})
+	}
+	if Start(t).RootCAs() != nil {
+		t.Error("RootCAs() without TLS is not nil")
+	}
+}
+
+// TestPipelining: WithPipelining answers the queries on one connection as
+// each is ready, so a slow one does not hold up those behind it.
+func TestPipelining(t *testing.T) {
+	u := Start(t, WithPipelining())
+	release := make(chan struct{})
+	defer close(release) // before the cleanup stops the server
+	u.SetHandler(func(w dns.ResponseWriter, r *dns.Msg) {
+		if r.Question[0].Name == "slow.example." {
+			<-release
+		}
+		m := new(dns.Msg).SetReply(r)
+		answer(m, DefaultTTL)
+		w.WriteMsg(m)
+	})
+	conn, err := dns.DialTimeout("tcp", u.Addr(), queryTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(queryTimeout))
+	slow, fast := query("slow.example.", dns.TypeA), query("fast.example.", dns.TypeA)
+	fast.Id = slow.Id + 1
+	for _, m := range []*dns.Msg{slow, fast} {
+		if err := conn.WriteMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := conn.ReadMsg()
+	if err != nil || r.Id != fast.Id {
+		t.Fatalf("first answer %v %v, want the fast one's", r, err)
+	}
+	release <- struct{}{}
+	if r, err := conn.ReadMsg(); err != nil || r.Id != slow.Id {
+		t.Fatalf("second answer %v %v, want the slow one's", r, err)
+	}
+}
+
+// TestCloseConns: CloseConns closes the open connections from the server's
+// side; the listener still accepts new ones.
+func TestCloseConns(t *testing.T) {
+	for _, pipelined := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pipelined=%v", pipelined), func(t *testing.T) {
+			var opts []Option
+			if pipelined {
+				opts = append(opts, WithPipelining())
+			}
+			u := Start(t, opts...)
+			conn, err := dns.DialTimeout("tcp", u.Addr(), queryTimeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(queryTimeout))
+			if err := conn.WriteMsg(query("example.com.", dns.TypeA)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.ReadMsg(); err != nil {
+				t.Fatal(err)
+			}
+			u.CloseConns()
+			if u.OpenConns() != 0 {
+				t.Errorf("OpenConns() = %d after CloseConns", u.OpenConns())
+			}
+			if _, err := conn.ReadMsg(); err == nil {
+				t.Error("the connection still reads after CloseConns")
+			}
+			mustExchange(t, "tcp", u, query("example.com.", dns.TypeA))
+			if u.Conns() != 2 {
+				t.Errorf("Conns() = %d, want 2", u.Conns())
+			}
+		})
 	}
 }

@@ -5,6 +5,7 @@
 // measures is the resolver in front of it.
 //
 //	stubdns -listen 127.0.0.1:5300 [-sockets 1] [-batch 64]
+//	        [-tls 127.0.0.1:8530 [-ca FILE | -cert FILE -key FILE]]
 //
 // It is built to cost far less per query than any resolver it feeds. Over UDP
 // it never parses a message into structs: it reads the header and question
@@ -15,13 +16,24 @@
 // goroutine each, for when it has more than one core. TCP, which benchmarks
 // do not load, goes through a plain miekg/dns server and the same answer code.
 //
+// With -tls it also serves DNS over TLS on a second loopback address, through
+// a miekg/dns server like TCP's, for benchmarks of tls:// upstreams. Its
+// certificate comes from -cert and -key (PEM files), or else is made at
+// start: self-signed, for the name stubdns.test and 127.0.0.1, and written
+// (PEM) to -ca, by default a new file in the temporary directory, which it
+// names. A client trusts it through that file: Go programs with
+// SSL_CERT_FILE=FILE, unbound with tls-cert-bundle. Neither server closes a
+// connection after a number of queries, as miekg/dns does by default.
+//
 // It answers each query from the question alone: a query with EDNS0 gets an
 // OPT record (1232 bytes, the DO bit echoed) and nothing else of the client's
 // options. A response, or a message that does not parse, is dropped; a
 // non-QUERY opcode gets NOTIMP and a count of questions other than one
 // FORMERR.
 //
-// It prints "listening on ADDR" to stderr once it serves UDP and TCP, the
+// It prints "listening on ADDR" to stderr once it serves UDP and TCP (and
+// "listening for DNS over TLS on ADDR, certificate in FILE" before it with
+// -tls), the
 // number of queries answered so far on SIGUSR1, and the total on SIGINT or
 // SIGTERM, when it exits 0. It refuses addresses other than loopback: it is a
 // fake that must never answer anyone else.
@@ -29,6 +41,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"flag"
@@ -44,16 +57,23 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
+
+	"github.com/phonehome/phonehome/internal/dnstest"
 )
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "loopback address to serve on, UDP and TCP")
 	sockets := flag.Int("sockets", 1, "UDP sockets bound to the port with SO_REUSEPORT, each read by its own goroutine")
 	batch := flag.Int("batch", 64, "UDP packets read or written per system call at most")
+	var t tlsConfig
+	flag.StringVar(&t.listen, "tls", "", "loopback address to also serve DNS over TLS on")
+	flag.StringVar(&t.cert, "cert", "", "with -tls: the certificate to serve (PEM); without it one is made")
+	flag.StringVar(&t.key, "key", "", "with -cert: its private key (PEM)")
+	flag.StringVar(&t.ca, "ca", "", "with -tls and no -cert: where to write the certificate made (PEM); default a new file in the temporary directory")
 	flag.Parse()
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGINT, syscall.SIGTERM)
-	if err := run(*listen, *sockets, *batch, sigs, nil); err != nil {
+	if err := run(*listen, *sockets, *batch, t, sigs, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "stubdns:", err)
 		os.Exit(1)
 	}
@@ -65,18 +85,56 @@ const udpBuffer = 4 << 20
 // answered counts the queries answered over UDP and TCP.
 var answered atomic.Uint64
 
-// run serves until sigs delivers a signal other than SIGUSR1, after sending
-// the address it serves on to ready, if not nil.
-func run(listen string, sockets, batch int, sigs <-chan os.Signal, ready chan<- string) error {
-	ap, err := netip.ParseAddrPort(listen)
+// tlsConfig is what the -tls flags ask for.
+type tlsConfig struct {
+	listen        string // "" for no DNS over TLS
+	cert, key, ca string
+}
+
+// served is where run serves: UDP and TCP on addr, DNS over TLS on tls
+// ("" without -tls) with the certificate in ca ("" when given by -cert).
+type served struct {
+	addr, tls, ca string
+}
+
+// loopback checks that addr is a loopback address and port.
+func loopback(flag, addr string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
-		return fmt.Errorf("-listen: %w", err)
+		return ap, fmt.Errorf("-%s: %w", flag, err)
 	}
 	if !ap.Addr().IsLoopback() {
-		return fmt.Errorf("-listen %s: only loopback addresses are served", listen)
+		return ap, fmt.Errorf("-%s %s: only loopback addresses are served", flag, addr)
+	}
+	return ap, nil
+}
+
+// run serves until sigs delivers a signal other than SIGUSR1, after sending
+// where it serves to ready, if not nil.
+func run(listen string, sockets, batch int, tc tlsConfig, sigs <-chan os.Signal, ready chan<- served) error {
+	ap, err := loopback("listen", listen)
+	if err != nil {
+		return err
 	}
 	if sockets < 1 || batch < 1 {
 		return errors.New("-sockets and -batch must be at least 1")
+	}
+	var out served
+	var tl net.Listener
+	if tc.listen != "" {
+		if _, err := loopback("tls", tc.listen); err != nil {
+			return err
+		}
+		cert, ca, err := tc.certificate()
+		if err != nil {
+			return err
+		}
+		tl, err = tls.Listen("tcp", tc.listen, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		if err != nil {
+			return fmt.Errorf("listening on tls %s: %w", tc.listen, err)
+		}
+		defer tl.Close()
+		out.tls, out.ca = tl.Addr().String(), ca
 	}
 
 	// The UDP sockets share a port; the first one picks it when it is 0.
@@ -96,22 +154,35 @@ func run(listen string, sockets, batch int, sigs <-chan os.Signal, ready chan<- 
 		conns = append(conns, c)
 		addr = pc.LocalAddr().String()
 	}
-	tl, err := net.Listen("tcp", addr)
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listening on tcp %s: %w", addr, err)
 	}
-	tcp := &dns.Server{Listener: tl, Handler: dns.HandlerFunc(serveTCP)}
-	go func() {
-		if err := tcp.ActivateAndServe(); err != nil {
-			fmt.Fprintln(os.Stderr, "stubdns: tcp:", err)
-		}
-	}()
+	streams := []*dns.Server{{Listener: l, Handler: dns.HandlerFunc(serveTCP), MaxTCPQueries: -1}}
+	if tl != nil {
+		streams = append(streams, &dns.Server{Listener: tl, Net: "tcp-tls", Handler: dns.HandlerFunc(serveTCP), MaxTCPQueries: -1})
+	}
+	for _, srv := range streams {
+		go func() {
+			if err := srv.ActivateAndServe(); err != nil {
+				fmt.Fprintln(os.Stderr, "stubdns:", srv.Listener.Addr(), err)
+			}
+		}()
+	}
 	for _, c := range conns {
 		go serveUDP(c, ap.Addr().Is4(), batch)
 	}
+	if tl != nil {
+		where := out.ca
+		if where == "" {
+			where = tc.cert
+		}
+		fmt.Fprintf(os.Stderr, "listening for DNS over TLS on %s, certificate in %s\n", out.tls, where)
+	}
 	fmt.Fprintln(os.Stderr, "listening on", addr)
+	out.addr = addr
 	if ready != nil {
-		ready <- addr
+		ready <- out
 	}
 
 	for sig := range sigs {
@@ -120,11 +191,45 @@ func run(listen string, sockets, batch int, sigs <-chan os.Signal, ready chan<- 
 			break
 		}
 	}
-	tcp.Shutdown()
+	for _, srv := range streams {
+		srv.Shutdown()
+	}
 	for _, c := range conns {
 		c.Close()
 	}
 	return nil
+}
+
+// certificate returns the certificate to serve, from -cert and -key, or
+// made now and written to -ca (or a new temporary file), whose name it
+// returns.
+func (tc tlsConfig) certificate() (tls.Certificate, string, error) {
+	if tc.cert != "" || tc.key != "" {
+		c, err := tls.LoadX509KeyPair(tc.cert, tc.key)
+		if err != nil {
+			return c, "", fmt.Errorf("-cert and -key: %w", err)
+		}
+		return c, "", nil
+	}
+	c, err := dnstest.NewCert("stubdns.test")
+	if err != nil {
+		return tls.Certificate{}, "", err
+	}
+	f, err := os.CreateTemp("", "stubdns-ca-*.pem")
+	if tc.ca != "" {
+		f, err = os.Create(tc.ca)
+	}
+	if err != nil {
+		return tls.Certificate{}, "", fmt.Errorf("writing the certificate: %w", err)
+	}
+	_, err = f.Write(c.PEM)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return tls.Certificate{}, "", fmt.Errorf("writing the certificate: %w", err)
+	}
+	return c.TLS, f.Name(), nil
 }
 
 // reusePort sets SO_REUSEPORT so that several sockets can share one port and

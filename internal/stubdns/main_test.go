@@ -1,7 +1,11 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -13,10 +17,16 @@ import (
 // startStub runs the stub on a free loopback port and returns its address.
 func startStub(t *testing.T, sockets int) string {
 	t.Helper()
+	return startStubTLS(t, sockets, tlsConfig{}).addr
+}
+
+// startStubTLS is startStub with -tls options.
+func startStubTLS(t *testing.T, sockets int, tc tlsConfig) served {
+	t.Helper()
 	sigs := make(chan os.Signal, 1)
-	ready := make(chan string, 1)
+	ready := make(chan served, 1)
 	done := make(chan error, 1)
-	go func() { done <- run("127.0.0.1:0", sockets, 8, sigs, ready) }()
+	go func() { done <- run("127.0.0.1:0", sockets, 8, tc, sigs, ready) }()
 	t.Cleanup(func() {
 		sigs <- syscall.SIGTERM
 		select {
@@ -29,12 +39,12 @@ func startStub(t *testing.T, sockets int) string {
 		}
 	})
 	select {
-	case addr := <-ready:
-		return addr
+	case s := <-ready:
+		return s
 	case err := <-done:
 		t.Fatal(err)
 	}
-	return ""
+	return served{}
 }
 
 func TestAnswers(t *testing.T) {
@@ -77,6 +87,38 @@ func TestAnswers(t *testing.T) {
 			if tc.edns != (opt != nil) || opt != nil && (!opt.Do() || opt.UDPSize() != 1232) {
 				t.Errorf("%s %s: OPT %v, want EDNS %v with DO", proto, tc.name, opt, tc.edns)
 			}
+		}
+	}
+}
+
+// TestTLS: with -tls the stub answers DNS over TLS with a certificate it
+// makes and writes to -ca, many queries on one connection.
+func TestTLS(t *testing.T) {
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	s := startStubTLS(t, 1, tlsConfig{listen: "127.0.0.1:0", ca: ca})
+	if s.ca != ca || s.tls == "" {
+		t.Fatalf("served %+v, want DNS over TLS with the certificate in %s", s, ca)
+	}
+	pem, err := os.ReadFile(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		t.Fatalf("%s holds no certificate", ca)
+	}
+	c := &dns.Client{Net: "tcp-tls", Timeout: 2 * time.Second, TLSConfig: &tls.Config{RootCAs: pool, ServerName: "stubdns.test"}}
+	conn, err := c.Dial(s.tls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// More than miekg/dns's default of 128 queries per connection.
+	for i := range 200 {
+		m := new(dns.Msg).SetQuestion(fmt.Sprintf("r%d.cold.example.", i), dns.TypeA)
+		r, _, err := c.ExchangeWithConn(m, conn)
+		if err != nil || len(r.Answer) != 1 {
+			t.Fatalf("query %d: %v %v", i, r, err)
 		}
 	}
 }
@@ -127,9 +169,13 @@ func TestRejects(t *testing.T) {
 }
 
 func TestRefusesNonLoopback(t *testing.T) {
-	err := run("192.0.2.1:53", 1, 1, nil, nil)
+	err := run("192.0.2.1:53", 1, 1, tlsConfig{}, nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "only loopback") {
 		t.Errorf("got %v, want a refusal", err)
+	}
+	err = run("127.0.0.1:0", 1, 1, tlsConfig{listen: "192.0.2.1:853"}, nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "only loopback") {
+		t.Errorf("-tls: got %v, want a refusal", err)
 	}
 }
 
