@@ -753,27 +753,45 @@ func checkHostPort(s string) error {
 	return nil
 }
 
-// CheckUpstream accepts an upstream as written: "host:port" (UDP, with TCP
-// when an answer is truncated), "tcp://host:port", or
-// "tls://host:port#servername" for DNS over TLS.
-func CheckUpstream(u string) error {
-	rest := u
-	scheme := "udp"
+// UpstreamAddr is an upstream as written, read: the one reading of the
+// syntax, which the config check and the resolver share.
+type UpstreamAddr struct {
+	Scheme     string // "udp", "tcp" or "tls"
+	Addr       string // IP:port
+	ServerName string // tls:// only: after '#', else the address's host
+}
+
+// ParseUpstreamAddr reads an upstream as written: "host:port" (UDP, with
+// TCP when an answer is truncated), "udp://host:port", "tcp://host:port",
+// or "tls://host:port#servername" for DNS over TLS. The host is an IP
+// address: phonehome resolves no names to reach its upstreams.
+func ParseUpstreamAddr(u string) (UpstreamAddr, error) {
+	a := UpstreamAddr{Scheme: "udp", Addr: u}
 	if s, r, ok := strings.Cut(u, "://"); ok {
-		scheme, rest = s, r
+		a.Scheme, a.Addr = s, r
 	}
-	switch scheme {
+	switch a.Scheme {
 	case "udp", "tcp":
-		if strings.Contains(rest, "#") {
-			return fmt.Errorf("%q: #servername is for tls:// upstreams", u)
+		if strings.Contains(a.Addr, "#") {
+			return UpstreamAddr{}, fmt.Errorf("%q: #servername is for tls:// upstreams", u)
 		}
 	case "tls":
-		rest, _, _ = strings.Cut(rest, "#")
+		a.Addr, a.ServerName, _ = strings.Cut(a.Addr, "#")
 	default:
-		return fmt.Errorf("%q: unknown scheme %q (valid: host:port, tcp://host:port, tls://host:port#servername)", u, scheme)
+		return UpstreamAddr{}, fmt.Errorf("%q: unknown scheme %q (valid: host:port, tcp://host:port, tls://host:port#servername)", u, a.Scheme)
 	}
-	if err := checkHostPort(rest); err != nil {
-		return fmt.Errorf("upstream %v", err)
+	if err := checkHostPort(a.Addr); err != nil {
+		return UpstreamAddr{}, fmt.Errorf("upstream %v", err)
 	}
-	return nil
+	if a.Scheme == "tls" && a.ServerName == "" {
+		a.ServerName, _, _ = net.SplitHostPort(a.Addr)
+	}
+	return a, nil
+}
+
+// CheckUpstream reports whether u is an upstream as ParseUpstreamAddr reads
+// them.
+func CheckUpstream(u string) error {
+	_, err := ParseUpstreamAddr(u)
+	return err
 }

@@ -3,15 +3,15 @@ package resolver
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"math/rand/v2"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/phonehome/phonehome/policy"
 )
 
 // Upstream is one resolver phonehome forwards to. Plain upstreams are asked
@@ -33,32 +33,22 @@ type Upstream struct {
 	downUntil atomic.Int64
 }
 
-// ParseUpstream reads an upstream as written: "host:port",
-// "tcp://host:port" or "tls://host:port#servername".
+// ParseUpstream makes an upstream of one written as policy.ParseUpstreamAddr
+// reads them: "host:port", "tcp://host:port" or "tls://host:port#servername".
 func ParseUpstream(s string) (*Upstream, error) {
-	u := &Upstream{Name: s, net: "udp", addr: s}
-	if scheme, rest, ok := strings.Cut(s, "://"); ok {
-		u.addr = rest
-		switch scheme {
-		case "udp":
-		case "tcp":
-			u.net = "tcp"
-		case "tls":
-			u.net = "tcp-tls"
-			host, name, _ := strings.Cut(rest, "#")
-			u.addr = host
-			if name == "" {
-				name, _, _ = net.SplitHostPort(host)
-			}
-			// A session cache: a connection reopened after an idle close
-			// resumes the TLS session instead of a full handshake.
-			u.tls = &tls.Config{ServerName: name, MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(poolConns)}
-		default:
-			return nil, fmt.Errorf("upstream %q: unknown scheme %q", s, scheme)
-		}
+	a, err := policy.ParseUpstreamAddr(s)
+	if err != nil {
+		return nil, err
 	}
-	if _, _, err := net.SplitHostPort(u.addr); err != nil {
-		return nil, fmt.Errorf("upstream %q: %w", s, err)
+	u := &Upstream{Name: s, net: "udp", addr: a.Addr}
+	switch a.Scheme {
+	case "tcp":
+		u.net = "tcp"
+	case "tls":
+		u.net = "tcp-tls"
+		// A session cache: a connection reopened after an idle close
+		// resumes the TLS session instead of a full handshake.
+		u.tls = &tls.Config{ServerName: a.ServerName, MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(poolConns)}
 	}
 	if u.net == "udp" {
 		u.pool = newUDPPool(u.addr)

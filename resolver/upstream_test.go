@@ -13,6 +13,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/phonehome/phonehome/internal/dnstest"
+	"github.com/phonehome/phonehome/policy"
 )
 
 func TestUpstreamTransports(t *testing.T) {
@@ -170,5 +171,22 @@ func TestUDPReusedIDs(t *testing.T) {
 	wg.Wait()
 	if n := failed.Load(); n > 0 {
 		t.Errorf("%d of 2400 queries got no answer of their own", n)
+	}
+}
+
+// TestParseUpstreamAgreesWithConfig: the resolver reads upstreams with the
+// config check's own syntax, so validate and serve cannot disagree.
+func TestParseUpstreamAgreesWithConfig(t *testing.T) {
+	for _, s := range []string{"127.0.0.1:53", "udp://127.0.0.1:53", "tcp://[::1]:53", "tls://127.0.0.1:853#dns.example", "tls://127.0.0.1:853",
+		"tcp://127.0.0.1:53#name", "dns.example:53", "quic://127.0.0.1:853", "127.0.0.1", "tls://127.0.0.1:99999"} {
+		_, perr := ParseUpstream(s)
+		cerr := policy.CheckUpstream(s)
+		if (perr == nil) != (cerr == nil) {
+			t.Errorf("%s: ParseUpstream says %v, the config check %v", s, perr, cerr)
+		}
+	}
+	u, err := ParseUpstream("tls://127.0.0.1:853")
+	if err != nil || u.tls.ServerName != "127.0.0.1" || u.addr != "127.0.0.1:853" {
+		t.Errorf("tls without a name: %v %+v", err, u)
 	}
 }
