@@ -104,7 +104,7 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 
 	// 1. Access first: clients outside access.allow get REFUSED and
 	// nothing is forwarded or remembered for them.
-	if !allowed(st.Allow, client) {
+	if !st.Allowed(client) {
 		h.Counters.Refused.Add(1)
 		h.reply(w, req, rcode(req, dns.RcodeRefused), 0, "")
 		h.Metrics.answered(dns.RcodeRefused, sourceLocal, start)
@@ -331,8 +331,11 @@ func (h *Handler) allow(client netip.Addr, perSecond int) bool {
 	return l.AllowN(time.Now(), 1)
 }
 
-func allowed(allow []netip.Prefix, a netip.Addr) bool {
-	for _, p := range allow {
+// Allowed reports whether a (IPv4-mapped or not) is inside access.allow:
+// the one access check, for DNS and for the HTTP API's POST calls.
+func (st *State) Allowed(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range st.Allow {
 		if p.Contains(a) {
 			return true
 		}

@@ -82,7 +82,7 @@ func (a *api) guard(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		host, _, _ := net.SplitHostPort(r.RemoteAddr)
 		ip, err := netip.ParseAddr(host)
-		if err != nil || !allowedClient(a.h.State().Allow, ip.Unmap()) {
+		if err != nil || !a.h.State().Allowed(ip) {
 			http.Error(w, "forbidden: not an address in access.allow\n", http.StatusForbidden)
 			return
 		}
@@ -117,15 +117,6 @@ func (a *api) pause(w http.ResponseWriter, r *http.Request) {
 	p := &resolver.Pause{Until: time.Now().Add(d), Categories: req.Categories}
 	a.h.SetPause(p)
 	replyJSON(w, map[string]any{"paused": p})
-}
-
-func allowedClient(allow []netip.Prefix, a netip.Addr) bool {
-	for _, p := range allow {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
 }
 
 func replyJSON(w http.ResponseWriter, v any) {
