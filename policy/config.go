@@ -157,8 +157,17 @@ func (p *Prefix) UnmarshalText(b []byte) error {
 // SinkholeMode is how sinkholed names are answered.
 type SinkholeMode string
 
+// The sinkhole modes.
+const (
+	SinkholeNullIP   SinkholeMode = "null_ip"  // 0.0.0.0 and ::
+	SinkholeNXDomain SinkholeMode = "nxdomain" // NXDOMAIN with a SOA
+	SinkholeNoData   SinkholeMode = "nodata"   // NOERROR, no answer, a SOA
+	SinkholeRefused  SinkholeMode = "refused"  // REFUSED
+	SinkholeIP       SinkholeMode = "ip"       // the addresses sinkhole.ipv4 and ipv6 give
+)
+
 // SinkholeModes lists the modes.
-var SinkholeModes = []SinkholeMode{"null_ip", "nxdomain", "nodata", "refused", "ip"}
+var SinkholeModes = []SinkholeMode{SinkholeNullIP, SinkholeNXDomain, SinkholeNoData, SinkholeRefused, SinkholeIP}
 
 // UnmarshalText accepts one of SinkholeModes.
 func (m *SinkholeMode) UnmarshalText(b []byte) error {
@@ -249,7 +258,7 @@ func (c *Config) applyDefaults() {
 		c.Access.RateLimit = ptr(DefaultRateLimit)
 	}
 	if c.Sinkhole.Mode == "" {
-		c.Sinkhole.Mode = "null_ip"
+		c.Sinkhole.Mode = SinkholeNullIP
 	}
 	if c.Sinkhole.TTL == 0 {
 		c.Sinkhole.TTL = 60 * time.Second
@@ -395,7 +404,7 @@ func (c *Config) check(d *decoder) {
 	}
 	_, v4 := c.Sinkhole.KeyPos["ipv4"]
 	_, v6 := c.Sinkhole.KeyPos["ipv6"]
-	if c.Sinkhole.Mode == "ip" && !v4 && !v6 {
+	if c.Sinkhole.Mode == SinkholeIP && !v4 && !v6 {
 		d.errAt(c.Sinkhole.Pos, "sinkhole mode ip needs ipv4:, ipv6: or both")
 	}
 	for i, a := range c.Listen {

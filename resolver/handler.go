@@ -106,13 +106,13 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	// nothing is forwarded or remembered for them.
 	if !st.Allowed(client) {
 		h.Counters.Refused.Add(1)
-		h.reply(w, req, rcode(req, dns.RcodeRefused), 0, "")
+		h.reply(w, req, rcodeMsg(req, dns.RcodeRefused), 0, "")
 		h.Metrics.answered(dns.RcodeRefused, sourceLocal, start)
 		return
 	}
 	// 2. Rate limit per client address, after access, so that strangers
 	// cannot fill the limiter table. Over the limit, queries are dropped.
-	if st.RateLimit > 0 && !h.allow(client, st.RateLimit) {
+	if st.RateLimit > 0 && !h.withinRateLimit(client, st.RateLimit) {
 		h.Counters.RateLimited.Add(1)
 		return
 	}
@@ -181,7 +181,7 @@ type handOff interface {
 
 // done counts an answered query and writes the query log: catalog and list
 // matches that are logged or sinkholed, or every query with all_queries.
-func (h *Handler) done(client netip.Addr, q dns.Question, d policy.Decision, rc, source int, start time.Time) {
+func (h *Handler) done(client netip.Addr, q dns.Question, d policy.Decision, rc int, source answerSource, start time.Time) {
 	h.Metrics.answered(rc, source, start)
 	l := h.QueryLog
 	match := d.Match.Rule != nil && d.Action != policy.Allow
@@ -220,7 +220,7 @@ func (h *Handler) done(client netip.Addr, q dns.Question, d policy.Decision, rc,
 // resolve answers a query the cache missed from the upstreams; when every
 // upstream fails it serves an expired answer (RFC 8767) or SERVFAIL with the
 // reason.
-func (h *Handler) resolve(st *State, key string, req *dns.Msg) (*dns.Msg, uint16, int) {
+func (h *Handler) resolve(st *State, key string, req *dns.Msg) (*dns.Msg, uint16, answerSource) {
 	// miekg/dns's ServeDNS carries no request context, so the exchange is
 	// bounded by the forwarder's: its own deadlines, and cancelled when a
 	// reload retires the forwarder or the server shuts down.
@@ -231,7 +231,7 @@ func (h *Handler) resolve(st *State, key string, req *dns.Msg) (*dns.Msg, uint16
 	}
 	if errors.Is(err, ErrOverload) {
 		h.Counters.Overload.Add(1)
-		return rcode(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeOther, sourceLocal
+		return rcodeMsg(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeOther, sourceLocal
 	}
 	if stale := st.Cache.Stale(key); stale != nil {
 		h.Metrics.cacheLookup(cacheStale)
@@ -239,9 +239,9 @@ func (h *Handler) resolve(st *State, key string, req *dns.Msg) (*dns.Msg, uint16
 	}
 	var nu *errNoUpstream
 	if errors.As(err, &nu) && nu.timeout {
-		return rcode(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNoReachableAuthority, sourceLocal
+		return rcodeMsg(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNoReachableAuthority, sourceLocal
 	}
-	return rcode(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNetworkError, sourceLocal
+	return rcodeMsg(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNetworkError, sourceLocal
 }
 
 // upstreamQuery is the query phonehome sends on: the client's question, RD,
@@ -264,24 +264,25 @@ func upstreamQuery(req *dns.Msg) *dns.Msg {
 // protocol answers what phonehome does not forward, or returns nil.
 func protocol(req *dns.Msg) *dns.Msg {
 	if len(req.Question) != 1 {
-		return rcode(req, dns.RcodeFormatError)
+		return rcodeMsg(req, dns.RcodeFormatError)
 	}
 	if req.Opcode != dns.OpcodeQuery {
-		return rcode(req, dns.RcodeNotImplemented)
+		return rcodeMsg(req, dns.RcodeNotImplemented)
 	}
 	q := req.Question[0]
 	if q.Qclass == dns.ClassCHAOS {
-		return rcode(req, dns.RcodeRefused) // version.bind and friends
+		return rcodeMsg(req, dns.RcodeRefused) // version.bind and friends
 	}
 	if q.Qtype == dns.TypeANY {
-		m := rcode(req, dns.RcodeSuccess)
+		m := rcodeMsg(req, dns.RcodeSuccess)
 		m.Answer = []dns.RR{&dns.HINFO{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeHINFO, Class: q.Qclass, Ttl: 3600}, Cpu: "RFC8482"}}
 		return m
 	}
 	return nil
 }
 
-func rcode(req *dns.Msg, code int) *dns.Msg {
+// rcodeMsg makes an empty answer to req with the given rcode.
+func rcodeMsg(req *dns.Msg, code int) *dns.Msg {
 	m := new(dns.Msg)
 	m.SetRcode(req, code)
 	m.RecursionAvailable = true
@@ -322,7 +323,9 @@ func (h *Handler) reply(w dns.ResponseWriter, req, m *dns.Msg, ede uint16, text 
 	}
 }
 
-func (h *Handler) allow(client netip.Addr, perSecond int) bool {
+// withinRateLimit takes one token from client's bucket (perSecond a
+// second, bursts of perSecond), and reports whether there was one.
+func (h *Handler) withinRateLimit(client netip.Addr, perSecond int) bool {
 	l, ok := h.limiters.Get(client)
 	if !ok {
 		l = rate.NewLimiter(rate.Limit(perSecond), perSecond)

@@ -20,9 +20,11 @@ const (
 	labelUpstream, labelResult                           = "upstream", "result"
 )
 
-// Where an answer came from.
+// answerSource is where an answer came from.
+type answerSource uint8
+
 const (
-	sourceCache = iota
+	sourceCache answerSource = iota
 	sourceUpstream
 	sourceSinkhole
 	sourceStale
@@ -156,21 +158,23 @@ type endpointKey struct {
 	a policy.Action
 }
 
-// Cache lookup results.
+// cacheResult is what a cache lookup found.
+type cacheResult uint8
+
 const (
-	cacheHit = iota
+	cacheHit cacheResult = iota
 	cacheMiss
 	cacheStale
 )
 
-func (m *Metrics) cacheLookup(result int) {
+func (m *Metrics) cacheLookup(result cacheResult) {
 	if m != nil {
 		m.cache[result].Add(1)
 	}
 }
 
 // answered counts an answer and how long it took.
-func (m *Metrics) answered(rcode int, source int, start time.Time) {
+func (m *Metrics) answered(rcode int, source answerSource, start time.Time) {
 	if m == nil {
 		return
 	}

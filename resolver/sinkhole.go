@@ -29,15 +29,15 @@ func (s Sinkhole) answer(req *dns.Msg) *dns.Msg {
 	}
 	var v4, v6 netip.Addr
 	switch s.Mode {
-	case "refused":
+	case policy.SinkholeRefused:
 		m.Rcode = dns.RcodeRefused
 		return m
-	case "nxdomain":
+	case policy.SinkholeNXDomain:
 		m.Rcode = dns.RcodeNameError
-	case "ip":
+	case policy.SinkholeIP:
 		v4, v6 = s.IPv4, s.IPv6
-	case "nodata":
-	default: // null_ip
+	case policy.SinkholeNoData:
+	default: // policy.SinkholeNullIP
 		v4, v6 = netip.IPv4Unspecified(), netip.IPv6Unspecified()
 	}
 	switch {
