@@ -236,12 +236,7 @@ func (p *connPool) add(conn *dns.Conn) *streamConn {
 func (c *streamConn) register(w *waiter) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for {
-		w.q.Id = queryID()
-		if _, taken := c.waiting[w.q.Id]; !taken {
-			break
-		}
-	}
+	w.q.Id = freeID(c.waiting)
 	c.waiting[w.q.Id] = w
 	c.idle.Stop()
 }

@@ -176,16 +176,20 @@ func (p *udpPool) sock(w *waiter) (*udpSock, error) {
 // cryptographically random. (Tests narrow it to make IDs collide.)
 var queryID = func() uint16 { return uint16(rand.Uint32()) }
 
+// freeID returns a random query ID that no query in waiting has.
+func freeID(waiting map[uint16]*waiter) uint16 {
+	for {
+		if id := queryID(); waiting[id] == nil {
+			return id
+		}
+	}
+}
+
 // register gives w's query an ID no other query waiting on s has.
 func (s *udpSock) register(w *waiter) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for {
-		w.q.Id = queryID()
-		if _, taken := s.waiting[w.q.Id]; !taken {
-			break
-		}
-	}
+	w.q.Id = freeID(s.waiting)
 	s.waiting[w.q.Id] = w
 }
 
