@@ -283,6 +283,13 @@ func (c *Config) applyDefaults() {
 	if _, ok := d.Actions.Map["*"]; !ok {
 		d.Actions.Map["*"] = Log
 	}
+	// Undocumented Microsoft hosts are logged unless the config says
+	// otherwise: "*" does not reach them, since sinkholing every
+	// unexplained Microsoft host would break Windows in ways no document
+	// warns of. Groups inherit this as any other action.
+	if _, ok := d.Actions.Map[endpoints.Undocumented]; !ok {
+		d.Actions.Map[endpoints.Undocumented] = Log
+	}
 	if d.Unlisted == nil {
 		allow := Allow
 		d.Unlisted = &allow

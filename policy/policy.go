@@ -34,16 +34,10 @@ type Group struct {
 	overrides *Matcher
 }
 
-// Action returns what the group does with endpoints of category c. The
-// undocumented category is logged unless the group names it: "*" does not
-// reach it, since sinkholing every unexplained Microsoft host would break
-// Windows in ways no document warns of.
+// Action returns what the group does with endpoints of category c.
 func (g *Group) Action(c endpoints.Category) Action {
 	if a, ok := g.actions[c]; ok {
 		return a
-	}
-	if c == endpoints.Undocumented {
-		return Log
 	}
 	return g.actions["*"]
 }

@@ -292,7 +292,7 @@ policy:
 			t.Errorf("%s %s: %s, want %s: %s", d.Group.Name, c.name, d.Action, c.action, d.Reason())
 		}
 	}
-	if got := p.Groups[0].ActionsString(); got != "spotlight=log telemetry=sinkhole *=log" {
+	if got := p.Groups[0].ActionsString(); got != "spotlight=log telemetry=sinkhole undocumented=log *=log" {
 		t.Errorf("pro-only's actions: %s", got)
 	}
 }

@@ -209,7 +209,7 @@ func TestCheckAndValidate(t *testing.T) {
 
 	out, _, code = phonehome(t, "validate", "-config", cfg)
 	if code != 0 || !strings.Contains(out, cfg+": ok") || !strings.Contains(out, "kids     2        home") ||
-		!strings.Contains(out, "certificates=sinkhole telemetry=sinkhole *=log") {
+		!strings.Contains(out, "certificates=sinkhole telemetry=sinkhole undocumented=log *=log") {
 		t.Errorf("validate good file: exit %d\n%s", code, out)
 	}
 	bad := filepath.Join(dir, "bad.yaml")
