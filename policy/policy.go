@@ -104,6 +104,20 @@ func (p *Policy) Decide(client netip.Addr, name string) Decision {
 	return d
 }
 
+// BlockedText is the Extended DNS Error text of a sinkhole answer:
+// "phonehome: telemetry v10.events.data.microsoft.com (Windows 10-1809..11)".
+// A catalog entry's was spelled when the policy was compiled; a list
+// line's or an override's is spelled here.
+func (d Decision) BlockedText() string {
+	switch {
+	case d.Match.Rule != nil && d.Match.Rule.Answer != "":
+		return d.Match.Rule.Answer
+	case d.Override.Rule != nil && d.Match.Rule == nil:
+		return "phonehome: override " + d.Override.Pattern()
+	}
+	return "phonehome: " + string(d.Category()) + " " + d.Match.Pattern()
+}
+
 // Reason says in one sentence why the decision was taken, as `phonehome
 // check` prints it.
 func (d Decision) Reason() string {

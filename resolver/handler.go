@@ -135,17 +135,7 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	// 5. Sinkholed names are answered here and never reach an upstream.
 	if d.Action == policy.Sinkhole {
 		m := st.Sinkhole.answer(req)
-		text := "" // an entry's is spelled when the policy was compiled
-		if d.Match.Rule != nil {
-			text = d.Match.Rule.Answer
-		}
-		switch {
-		case d.Override.Rule != nil && d.Match.Rule == nil:
-			text = "phonehome: override " + d.Override.Pattern()
-		case text == "":
-			text = "phonehome: " + string(d.Category()) + " " + d.Match.Pattern()
-		}
-		h.reply(w, req, m, dns.ExtendedErrorCodeBlocked, text)
+		h.reply(w, req, m, dns.ExtendedErrorCodeBlocked, d.BlockedText())
 		h.done(client, q, d, m.Rcode, sourceSinkhole, start)
 		return
 	}
