@@ -212,13 +212,11 @@ func firstSentence(text string) string {
 func (p *parser) versions() {
 	d := p.doc
 	if d.Version == 0 {
-		if p.applies == 0 {
-			p.warn(1, "the document names no Windows version phonehome knows (%s); its rows count for every version", VersionWords())
-		}
+		d.Version = p.applies // the newest its rows name, if they name any
+	}
+	if d.Version == 0 {
+		p.warn(1, "the document names no Windows version phonehome knows (%s); its rows count for every version", VersionWords())
 		d.Version = AllVersions
-		if p.applies != 0 {
-			d.Version = p.applies
-		}
 	}
 	// An "Applies from" row runs to the newest version the document or
 	// any of its rows names.
