@@ -167,3 +167,21 @@ func TestEditions(t *testing.T) {
 		t.Errorf("String = %q", s)
 	}
 }
+
+// TestSourceProcess: the source process a per-area Enterprise document
+// names is kept for its edition and shown before the description.
+func TestSourceProcess(t *testing.T) {
+	e := Builtin().Lookup("tile-service.weather.microsoft.com")
+	if e == nil {
+		t.Fatal("tile-service.weather.microsoft.com is not in the catalog")
+	}
+	if u := e.Use(Enterprise); u == nil || !slices.Contains(u.Processes, "explorer") {
+		t.Errorf("enterprise use: %+v", u)
+	}
+	if u := e.Use(Home); u == nil || len(u.Processes) != 0 {
+		t.Errorf("home use has processes: %+v", u)
+	}
+	if d := e.Description(); !strings.HasPrefix(d, "explorer: ") || strings.Count(d, ". ") > 0 {
+		t.Errorf("description %q: want the process, then one sentence", d)
+	}
+}

@@ -94,7 +94,7 @@ func TestEndpointsJSONAndFilters(t *testing.T) {
 		if e.Category != "telemetry" && e.Category != "spotlight" {
 			t.Errorf("%s: category %s", e.Pattern, e.Category)
 		}
-		if !strings.Contains(strings.Join(e.Editions, ","), "pro") || len(e.Uses) == 0 || len(e.Uses[0].Sources) == 0 {
+		if !strings.Contains(strings.Join(e.Editions, ","), "pro") || len(e.Windows) == 0 || len(e.Uses) == 0 || len(e.Uses[0].Sources) == 0 || len(e.Uses[0].Windows) == 0 {
 			t.Errorf("%s: %+v", e.Pattern, e)
 		}
 	}
