@@ -2,7 +2,7 @@ package deploy
 
 import (
 	"debug/elf"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -17,109 +17,109 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/linter"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"github.com/moby/buildkit/frontend/dockerfile/shell"
+	"github.com/moby/patternmatcher"
+	"github.com/moby/patternmatcher/ignorefile"
 )
 
-// instruction is one Dockerfile instruction, continuation lines joined.
-type instruction struct {
-	cmd  string // upper case
-	args string
-	line int
-}
-
-// stage is one FROM and what follows it.
-type stage struct {
-	image, name string
-	instrs      []instruction
-}
-
-// dockerfile is the top-level Dockerfile, parsed as far as these tests need:
-// global ARG defaults substituted in FROM, stages and their instructions.
+// dockerfile is a Dockerfile as BuildKit's own parser reads it: its stages,
+// each FROM's image with the global ARGs' defaults substituted, and what
+// the parser and BuildKit's build checks warn about.
 type dockerfile struct {
-	args   map[string]string
-	stages []stage
+	stages   []instructions.Stage
+	warnings []string
 }
 
 func parseDockerfile(text string) (*dockerfile, error) {
-	d := &dockerfile{args: map[string]string{}}
-	var cur strings.Builder
-	start := 0
-	for i, line := range strings.Split(text, "\n") {
-		trimmed := strings.TrimSpace(line)
-		if trimmed == "" || strings.HasPrefix(trimmed, "#") {
-			continue // comments may also sit between continuation lines
-		}
-		if cur.Len() == 0 {
-			start = i + 1
-		}
-		if s, ok := strings.CutSuffix(trimmed, `\`); ok {
-			cur.WriteString(s + " ")
-			continue
-		}
-		cur.WriteString(trimmed)
-		cmd, args, _ := strings.Cut(cur.String(), " ")
-		cur.Reset()
-		in := instruction{strings.ToUpper(cmd), strings.TrimSpace(args), start}
-		switch {
-		case in.cmd == "FROM":
-			f := strings.Fields(in.args)
-			for len(f) > 0 && strings.HasPrefix(f[0], "--") {
-				f = f[1:]
+	res, err := parser.Parse(strings.NewReader(text))
+	if err != nil {
+		return nil, err
+	}
+	d := &dockerfile{}
+	for _, w := range res.Warnings {
+		d.warnings = append(d.warnings, fmt.Sprintf("Dockerfile:%d: %s", w.Location.Start.Line, w.Short))
+	}
+	lint := linter.New(&linter.Config{Warn: func(rule, _, _, msg string, loc []parser.Range) {
+		d.warnings = append(d.warnings, fmt.Sprintf("Dockerfile:%d: %s: %s", loc[0].Start.Line, rule, msg))
+	}})
+	stages, metaArgs, err := instructions.Parse(res.AST, lint)
+	if err != nil {
+		return nil, err
+	}
+	if len(stages) == 0 {
+		return nil, errors.New("no FROM")
+	}
+	lex := shell.NewLex(res.EscapeToken)
+	var env []string
+	for _, a := range metaArgs {
+		for _, kv := range a.Args {
+			v := ""
+			if kv.Value != nil {
+				if v, _, err = lex.ProcessWord(*kv.Value, shell.EnvsFromSlice(env)); err != nil {
+					return nil, fmt.Errorf("Dockerfile:%d: ARG %s: %w", line(&a), kv.Key, err)
+				}
 			}
-			if len(f) == 0 {
-				return nil, fmt.Errorf("line %d: FROM without an image", in.line)
-			}
-			st := stage{image: os.Expand(f[0], func(k string) string { return d.args[k] })}
-			if len(f) == 3 && strings.EqualFold(f[1], "AS") {
-				st.name = f[2]
-			}
-			d.stages = append(d.stages, st)
-		case len(d.stages) == 0:
-			if in.cmd != "ARG" {
-				return nil, fmt.Errorf("line %d: %s before the first FROM", in.line, in.cmd)
-			}
-			k, v, _ := strings.Cut(in.args, "=")
-			d.args[k] = v
-		default:
-			st := &d.stages[len(d.stages)-1]
-			st.instrs = append(st.instrs, in)
+			env = append(env, kv.Key+"="+v)
 		}
 	}
-	if cur.Len() > 0 {
-		return nil, fmt.Errorf("the Dockerfile ends in a continuation line")
+	for i, s := range stages {
+		if stages[i].BaseName, _, err = lex.ProcessWord(s.BaseName, shell.EnvsFromSlice(env)); err != nil {
+			return nil, fmt.Errorf("Dockerfile:%d: FROM %s: %w", s.Location[0].Start.Line, s.BaseName, err)
+		}
 	}
+	d.stages = stages
 	return d, nil
 }
 
-// all returns the instructions of a stage with this command.
-func (s stage) all(cmd string) []instruction {
-	var out []instruction
-	for _, in := range s.instrs {
-		if in.cmd == cmd {
-			out = append(out, in)
+func line(c instructions.Command) int {
+	return c.Location()[0].Start.Line
+}
+
+// all returns a stage's instructions of one kind (*instructions.UserCommand...).
+func all[T instructions.Command](s instructions.Stage) []T {
+	var out []T
+	for _, c := range s.Commands {
+		if c, ok := c.(T); ok {
+			out = append(out, c)
 		}
 	}
 	return out
 }
 
-// last returns the stage's last instruction with this command.
-func (s stage) last(t *testing.T, cmd string) instruction {
-	t.Helper()
-	all := s.all(cmd)
-	if len(all) == 0 {
-		t.Fatalf("the runtime stage has no %s", cmd)
+// last returns the stage's last instruction of one kind, the one in force.
+func last[T instructions.Command](s instructions.Stage) (T, error) {
+	cs := all[T](s)
+	if len(cs) == 0 {
+		var zero T
+		return zero, fmt.Errorf("the runtime stage has no %s", strings.TrimSuffix(strings.TrimPrefix(fmt.Sprintf("%T", zero), "*instructions."), "Command"))
 	}
-	return all[len(all)-1]
+	return cs[len(cs)-1], nil
 }
 
-// execForm parses ["a", "b"], the exec form of CMD, ENTRYPOINT and
-// HEALTHCHECK CMD; the shell form would need a shell, which distroless lacks.
-func execForm(t *testing.T, in instruction, s string) []string {
-	t.Helper()
-	var v []string
-	if err := json.Unmarshal([]byte(s), &v); err != nil || len(v) == 0 {
-		t.Fatalf("Dockerfile:%d: %s %s: want the exec form [\"...\"] (no shell in the image): %v", in.line, in.cmd, s, err)
+// runtimeStage is the last stage, the image; builder is the stage whose
+// output its COPY --from takes (the first stage when none does).
+func (d *dockerfile) runtimeStage() instructions.Stage { return d.stages[len(d.stages)-1] }
+
+func (d *dockerfile) builder() instructions.Stage {
+	for _, c := range all[*instructions.CopyCommand](d.runtimeStage()) {
+		if i, ok := instructions.HasStage(d.stages, c.From); ok && c.From != "" {
+			return d.stages[i]
+		}
 	}
-	return v
+	return d.stages[0]
+}
+
+// execForm is the command of CMD and ENTRYPOINT, which must be the exec
+// form ["a", "b"]: the shell form needs a shell, which distroless lacks.
+func execForm(c instructions.Command, cl instructions.ShellDependantCmdLine) ([]string, error) {
+	if cl.PrependShell || len(cl.CmdLine) == 0 {
+		return nil, fmt.Errorf("Dockerfile:%d: %s: want the exec form [\"...\"] (no shell in the image)", line(c), c)
+	}
+	return cl.CmdLine, nil
 }
 
 func readDockerfile(t *testing.T) *dockerfile {
@@ -127,9 +127,6 @@ func readDockerfile(t *testing.T) *dockerfile {
 	d, err := parseDockerfile(string(readFile(t, "Dockerfile")))
 	if err != nil {
 		t.Fatalf("Dockerfile: %v", err)
-	}
-	if len(d.stages) < 2 {
-		t.Fatalf("Dockerfile has %d stages, want a builder and a runtime stage", len(d.stages))
 	}
 	return d
 }
@@ -140,102 +137,188 @@ type imageConfig struct {
 	configPath                   string // the -config file CMD names, in the image
 }
 
-func runtimeConfig(t *testing.T, d *dockerfile) imageConfig {
-	t.Helper()
-	rt := d.stages[len(d.stages)-1]
+func (d *dockerfile) imageConfig() (imageConfig, error) {
 	var c imageConfig
-	c.entrypoint = execForm(t, rt.last(t, "ENTRYPOINT"), rt.last(t, "ENTRYPOINT").args)
-	c.cmd = execForm(t, rt.last(t, "CMD"), rt.last(t, "CMD").args)
-	hc := rt.last(t, "HEALTHCHECK")
-	f := strings.Fields(hc.args)
-	for len(f) > 0 && strings.HasPrefix(f[0], "--") {
-		f = f[1:]
+	rt := d.runtimeStage()
+	ep, err := last[*instructions.EntrypointCommand](rt)
+	if err != nil {
+		return c, err
 	}
-	if len(f) < 2 || f[0] != "CMD" {
-		t.Fatalf("Dockerfile:%d: HEALTHCHECK %s: want [options] CMD [...]", hc.line, hc.args)
+	if c.entrypoint, err = execForm(ep, ep.ShellDependantCmdLine); err != nil {
+		return c, err
 	}
-	c.healthcheck = execForm(t, hc, strings.Join(f[1:], " "))
+	cmd, err := last[*instructions.CmdCommand](rt)
+	if err != nil {
+		return c, err
+	}
+	if c.cmd, err = execForm(cmd, cmd.ShellDependantCmdLine); err != nil {
+		return c, err
+	}
+	hc, err := last[*instructions.HealthCheckCommand](rt)
+	if err != nil {
+		return c, err
+	}
+	if test := hc.Health.Test; len(test) < 2 || test[0] != "CMD" {
+		return c, fmt.Errorf("Dockerfile:%d: %s: want HEALTHCHECK [options] CMD [\"...\"] (no shell in the image)", line(hc), hc)
+	}
+	c.healthcheck = hc.Health.Test[1:]
 	args := append(slices.Clone(c.entrypoint), c.cmd...)
 	if i := slices.Index(args, "-config"); i >= 0 && i+1 < len(args) {
 		c.configPath = args[i+1]
 	}
+	if c.configPath == "" {
+		return c, fmt.Errorf("ENTRYPOINT %q CMD %q name no -config file", c.entrypoint, c.cmd)
+	}
+	return c, nil
+}
+
+func runtimeConfig(t *testing.T, d *dockerfile) imageConfig {
+	t.Helper()
+	c, err := d.imageConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
 	return c
 }
 
-func TestDockerfile(t *testing.T) {
-	d := readDockerfile(t)
-	builder, rt := d.stages[0], d.stages[len(d.stages)-1]
+// dockerfileWants is what the Dockerfile must agree with outside it.
+type dockerfileWants struct {
+	goVersion string       // go.mod's go line, major.minor
+	httpPort  string       // the sample config's http port
+	ignore    dockerignore // .dockerignore
+}
 
+func readDockerfileWants(t *testing.T) dockerfileWants {
+	t.Helper()
 	m := regexp.MustCompile(`(?m)^go (\d+\.\d+)`).FindStringSubmatch(string(readFile(t, "go.mod")))
 	if m == nil {
 		t.Fatal("go.mod has no go line")
 	}
-	goVersion := m[1]
-	if want := "golang:" + goVersion; !strings.HasPrefix(builder.image, want) {
-		t.Errorf("builder image %s, want %s (go.mod says go %s)", builder.image, want, goVersion)
-	}
-	if strings.HasPrefix(rt.image, "golang:") {
-		t.Errorf("the runtime stage is %s: want a minimal image, not the toolchain", rt.image)
-	}
-
-	user := rt.last(t, "USER").args
-	if u, _, _ := strings.Cut(user, ":"); u == "root" || u == "0" {
-		t.Errorf("the image runs as %s, want a non-root user", user)
-	}
-
-	var exposed []string
-	for _, in := range rt.all("EXPOSE") {
-		exposed = append(exposed, strings.Fields(in.args)...)
-	}
-	ic := runtimeConfig(t, d)
 	cfg := loadSampleConfig(t, "deploy/docker/phonehome.yaml")
-	_, httpPort, _ := net.SplitHostPort(*cfg.HTTP)
-	for _, want := range []string{"53/udp", "53/tcp", httpPort + "/tcp"} {
-		if !slices.Contains(exposed, want) {
-			t.Errorf("EXPOSE %s, want %s among them", strings.Join(exposed, " "), want)
-		}
-	}
 	if !slices.Equal(cfg.Listen, []string{":53"}) {
 		t.Errorf("the image's config listens on %q, want \":53\"", cfg.Listen)
 	}
-	if hc := strings.Join(ic.healthcheck, " "); !strings.Contains(hc, "127.0.0.1:"+httpPort+"/healthz") {
-		t.Errorf("HEALTHCHECK %s does not ask the config's http port %s for /healthz", hc, httpPort)
+	_, httpPort, err := net.SplitHostPort(*cfg.HTTP)
+	if err != nil {
+		t.Fatalf("deploy/docker/phonehome.yaml: http: %v", err)
 	}
-	if ic.configPath == "" {
-		t.Fatalf("ENTRYPOINT %q CMD %q name no -config file", ic.entrypoint, ic.cmd)
+	return dockerfileWants{goVersion: m[1], httpPort: httpPort, ignore: readDockerignore(t)}
+}
+
+// checkDockerfile returns what is wrong with a Dockerfile's text.
+func checkDockerfile(text string, w dockerfileWants) []string {
+	d, err := parseDockerfile(text)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	errs := slices.Clone(d.warnings)
+	if len(d.stages) < 2 {
+		return append(errs, fmt.Sprintf("%d stages, want a builder and a runtime stage", len(d.stages)))
+	}
+	builder, rt := d.builder(), d.runtimeStage()
+	if want := "golang:" + w.goVersion; !strings.HasPrefix(builder.BaseName, want) {
+		errs = append(errs, fmt.Sprintf("builder image %s, want %s (go.mod says go %s)", builder.BaseName, want, w.goVersion))
+	}
+	if strings.HasPrefix(rt.BaseName, "golang:") {
+		errs = append(errs, fmt.Sprintf("the runtime stage is %s: want a minimal image, not the toolchain", rt.BaseName))
+	}
+
+	if u, err := last[*instructions.UserCommand](rt); err != nil {
+		errs = append(errs, err.Error())
+	} else if name, _, _ := strings.Cut(u.User, ":"); name == "root" || name == "0" {
+		errs = append(errs, fmt.Sprintf("the image runs as %s, want a non-root user", u.User))
+	}
+
+	var exposed []string
+	for _, e := range all[*instructions.ExposeCommand](rt) {
+		exposed = append(exposed, e.Ports...)
+	}
+	for _, want := range []string{"53/udp", "53/tcp", w.httpPort + "/tcp"} {
+		if !slices.Contains(exposed, want) {
+			errs = append(errs, fmt.Sprintf("EXPOSE %s, want %s among them", strings.Join(exposed, " "), want))
+		}
+	}
+	ic, err := d.imageConfig()
+	if err != nil {
+		return append(errs, err.Error())
+	}
+	if hc := strings.Join(ic.healthcheck, " "); !strings.Contains(hc, "127.0.0.1:"+w.httpPort+"/healthz") {
+		errs = append(errs, fmt.Sprintf("HEALTHCHECK %s does not ask the config's http port %s for /healthz", hc, w.httpPort))
 	}
 
 	// Every file COPY takes from the context is there and not excluded by
 	// .dockerignore, and the config CMD names is copied in.
-	ignore := readDockerignore(t)
 	configCopied := false
-	for _, in := range rt.all("COPY") {
-		f := strings.Fields(in.args)
-		if strings.HasPrefix(f[0], "--from") {
+	for _, c := range all[*instructions.CopyCommand](rt) {
+		if c.From != "" {
 			continue
 		}
-		srcs, dst := f[:len(f)-1], f[len(f)-1]
-		for _, src := range srcs {
+		for _, src := range c.SourcePaths {
 			if _, err := os.Stat(filepath.Join(root, src)); err != nil {
-				t.Errorf("Dockerfile:%d: COPY %s: %v", in.line, src, err)
+				errs = append(errs, fmt.Sprintf("Dockerfile:%d: COPY %s: %v", line(c), src, err))
 			}
-			if ignore.excludes(src) {
-				t.Errorf("Dockerfile:%d: COPY %s, which .dockerignore leaves out of the context", in.line, src)
+			if ex, err := w.ignore.excludes(src); err != nil {
+				errs = append(errs, fmt.Sprintf("Dockerfile:%d: COPY %s: %v", line(c), src, err))
+			} else if ex {
+				errs = append(errs, fmt.Sprintf("Dockerfile:%d: COPY %s, which .dockerignore leaves out of the context", line(c), src))
 			}
-			if src == "deploy/docker/phonehome.yaml" && dst == ic.configPath {
+			if src == "deploy/docker/phonehome.yaml" && c.DestPath == ic.configPath {
 				configCopied = true
 			}
 		}
 	}
 	if !configCopied {
-		t.Errorf("the runtime stage does not COPY deploy/docker/phonehome.yaml to %s, the file CMD names", ic.configPath)
+		errs = append(errs, fmt.Sprintf("the runtime stage does not COPY deploy/docker/phonehome.yaml to %s, the file CMD names", ic.configPath))
+	}
+	return errs
+}
+
+func TestDockerfile(t *testing.T) {
+	for _, e := range checkDockerfile(string(readFile(t, "Dockerfile")), readDockerfileWants(t)) {
+		t.Error(e)
 	}
 }
 
-// dockerignore is .dockerignore's patterns. Docker matches each against the
-// path from the context root (and so against every directory above a file);
-// these tests support that much and refuse what they do not (! and **).
-type dockerignore []string
+// TestDockerfileChecks breaks the real Dockerfile one way at a time: each
+// check must catch its case.
+func TestDockerfileChecks(t *testing.T) {
+	text := string(readFile(t, "Dockerfile"))
+	w := readDockerfileWants(t)
+	for _, tc := range []struct {
+		name, old, new, wantErr string
+	}{
+		{"as is", "", "", ""},
+		{"syntax", "HEALTHCHECK --interval", "HEALTHCHECK --intervl", "unknown flag: --intervl"},
+		{"build check", " AS build", " as build", "FromAsCasing"},
+		{"old Go", "ARG GO_VERSION=1.", "ARG GO_VERSION=0.", "go.mod says go"},
+		{"toolchain at run time", "FROM gcr.io/distroless/static-debian12:nonroot", "FROM golang:1", "not the toolchain"},
+		{"root", "USER nonroot:nonroot", "USER root", "want a non-root user"},
+		{"no USER", "USER nonroot:nonroot", "", "has no User"},
+		{"port 53/udp", "EXPOSE 53/udp 53/tcp", "EXPOSE 53/tcp", "want 53/udp"},
+		{"shell form", `CMD ["serve", "-config", "/etc/phonehome/phonehome.yaml"]`, "CMD serve -config /etc/phonehome/phonehome.yaml", "want the exec form"},
+		{"health check port", "127.0.0.1:8053/healthz", "127.0.0.1:1/healthz", "does not ask the config's http port"},
+		{"health check shell", `CMD ["/usr/local/bin/healthcheck", "-url", "http://127.0.0.1:8053/healthz"]`, "CMD /usr/local/bin/healthcheck", "want HEALTHCHECK [options] CMD"},
+		{"missing file", "COPY deploy/docker/phonehome.yaml", "COPY deploy/docker/nosuch.yaml", "no such file"},
+		{"ignored file", "COPY deploy/docker/phonehome.yaml", "COPY deploy/prometheus/prometheus.yml", ".dockerignore leaves out"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			broken := strings.Replace(text, tc.old, tc.new, 1)
+			if tc.old != "" && broken == text {
+				t.Fatalf("the Dockerfile has no %q to break", tc.old)
+			}
+			errs := strings.Join(checkDockerfile(broken, w), "\n")
+			if tc.wantErr == "" && errs != "" || !strings.Contains(errs, tc.wantErr) {
+				t.Errorf("got %q, want %q", errs, tc.wantErr)
+			}
+		})
+	}
+}
+
+// dockerignore is .dockerignore, read and matched by the code Docker and
+// BuildKit use for it.
+type dockerignore struct {
+	pm *patternmatcher.PatternMatcher
+}
 
 func readDockerignore(t *testing.T) dockerignore {
 	t.Helper()
@@ -247,48 +330,52 @@ func readDockerignore(t *testing.T) dockerignore {
 }
 
 func parseDockerignore(text string) (dockerignore, error) {
-	var d dockerignore
-	for _, line := range strings.Split(text, "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		if strings.HasPrefix(line, "!") || strings.Contains(line, "**") {
-			return nil, fmt.Errorf(".dockerignore: %q: this test's copy of the build context does not support ! or **", line)
-		}
-		if _, err := path.Match(line, ""); err != nil {
-			return nil, fmt.Errorf(".dockerignore: %q: %w", line, err)
-		}
-		d = append(d, path.Clean(strings.TrimPrefix(line, "/")))
+	pats, err := ignorefile.ReadAll(strings.NewReader(text))
+	if err != nil {
+		return dockerignore{}, fmt.Errorf(".dockerignore: %w", err)
 	}
-	return d, nil
+	pm, err := patternmatcher.New(pats)
+	if err != nil {
+		return dockerignore{}, fmt.Errorf(".dockerignore: %w", err)
+	}
+	return dockerignore{pm}, nil
 }
 
-func (d dockerignore) excludes(p string) bool {
-	for p = path.Clean(p); p != "." && p != "/"; p = path.Dir(p) {
-		for _, pat := range d {
-			if ok, _ := path.Match(pat, p); ok {
-				return true
-			}
+// excludes tells whether a path from the context root is left out, as the
+// build's context walk decides it: directory by directory from the root.
+func (d dockerignore) excludes(p string) (bool, error) {
+	var (
+		info patternmatcher.MatchInfo
+		ex   bool
+		err  error
+	)
+	parts := strings.Split(path.Clean(filepath.ToSlash(p)), "/")
+	for i := range parts {
+		if ex, info, err = d.pm.MatchesUsingParentResults(path.Join(parts[:i+1]...), info); err != nil {
+			return false, err
 		}
 	}
-	return false
+	return ex, nil
 }
 
 func TestDockerignoreMatch(t *testing.T) {
-	d := dockerignore{".git", "deploy/compose", "*.test", "testdata"}
+	d, err := parseDockerignore("# comment\n.git\n/deploy/*\n!deploy/docker\n*.test\ntestdata\n**/*.out\n")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for p, want := range map[string]bool{
 		".git/config":                  true,
 		"deploy/compose/compose.yaml":  true,
-		"deploy/docker/phonehome.yaml": false,
+		"deploy/docker/phonehome.yaml": false, // brought back by !
 		"deploy.test":                  true,
 		"cmd/phonehome/phonehome.test": false, // * does not cross /
 		"testdata/x.md":                true,
 		"endpoints/testdata/x.md":      false, // patterns are anchored at the root
+		"bench/cpu.out":                true,  // but ** is any depth
 		"go.mod":                       false,
 	} {
-		if got := d.excludes(p); got != want {
-			t.Errorf("excludes(%s) = %v, want %v", p, got, want)
+		if got, err := d.excludes(p); err != nil || got != want {
+			t.Errorf("excludes(%s) = %v, %v, want %v", p, got, err, want)
 		}
 	}
 }
@@ -350,19 +437,17 @@ func buildImage() (string, error) {
 	env := append(os.Environ(), "TARGETOS="+runtime.GOOS, "TARGETARCH="+runtime.GOARCH, "VERSION=deploy-test",
 		"GOFLAGS=-mod=readonly", "GOTOOLCHAIN=local")
 	ran := 0
-	for _, in := range d.stages[0].instrs {
-		if in.cmd != "RUN" || !strings.Contains(in.args, "go build") && !strings.Contains(in.args, "go run") {
+	for _, r := range all[*instructions.RunCommand](d.builder()) {
+		// The parser has taken --mount=type=cache,... off the command.
+		script := strings.Join(r.CmdLine, " ")
+		if !r.PrependShell || !strings.Contains(script, "go build") && !strings.Contains(script, "go run") {
 			continue // go mod download only fills a cache layer, and would need the network
 		}
-		f := strings.Fields(in.args)
-		for len(f) > 0 && strings.HasPrefix(f[0], "--") {
-			f = f[1:] // --mount=type=cache,...
-		}
-		script := strings.ReplaceAll(strings.Join(f, " "), "/out/", out+"/")
+		script = strings.ReplaceAll(script, "/out/", out+"/")
 		cmd := exec.Command("sh", "-c", script)
 		cmd.Dir, cmd.Env = ctx, env
 		if b, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("Dockerfile:%d: RUN %s: %v\n%s", in.line, script, err, b)
+			return "", fmt.Errorf("Dockerfile:%d: RUN %s: %v\n%s", line(r), script, err, b)
 		}
 		ran++
 	}
@@ -384,12 +469,17 @@ func copyContext(dst string, ignore dockerignore) error {
 			return err
 		}
 		rel, _ := filepath.Rel(src, p)
-		rel = filepath.ToSlash(rel)
-		if rel != "." && ignore.excludes(rel) {
-			if e.IsDir() {
-				return filepath.SkipDir
+		if rel != "." {
+			ex, err := ignore.excludes(rel)
+			if err != nil {
+				return err
 			}
-			return nil
+			if ex {
+				if e.IsDir() && !ignore.pm.Exclusions() {
+					return filepath.SkipDir // no !pattern can bring a file under it back
+				}
+				return nil
+			}
 		}
 		target := filepath.Join(dst, rel)
 		if e.IsDir() {
@@ -397,6 +487,9 @@ func copyContext(dst string, ignore dockerignore) error {
 		}
 		if !e.Type().IsRegular() {
 			return nil
+		}
+		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+			return err
 		}
 		in, err := os.Open(p)
 		if err != nil {
@@ -418,17 +511,15 @@ func copyContext(dst string, ignore dockerignore) error {
 func TestImageBinaries(t *testing.T) {
 	out := imageBinaries(t)
 	d := readDockerfile(t)
-	rt := d.stages[len(d.stages)-1]
 	// Everything the runtime stage copies from the builder was built.
-	for _, in := range rt.all("COPY") {
-		f := strings.Fields(in.args)
-		if !strings.HasPrefix(f[0], "--from") {
+	for _, c := range all[*instructions.CopyCommand](d.runtimeStage()) {
+		if c.From == "" {
 			continue
 		}
-		for _, src := range f[1 : len(f)-1] {
+		for _, src := range c.SourcePaths {
 			p := strings.Replace(src, "/out/", out+"/", 1)
 			if p == src {
-				t.Errorf("Dockerfile:%d: COPY %s: this test only knows the builder's /out", in.line, src)
+				t.Errorf("Dockerfile:%d: COPY %s: this test only knows the builder's /out", line(c), src)
 				continue
 			}
 			checkStatic(t, p)
