@@ -10,7 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/phonehome/phonehome/policy"
+	"github.com/phonehome/phonehome/internal/configfile"
+	"github.com/phonehome/phonehome/resolver"
 )
 
 // root is the repository, one level up from this package.
@@ -61,14 +62,14 @@ func readFile(t *testing.T, path string) []byte {
 }
 
 // loadSampleConfig parses a phonehome config under the repository and
-// compiles its policy, as phonehome validate does; a warning is a failure.
-func loadSampleConfig(t *testing.T, p string) *policy.Config {
+// checks it as phonehome validate does; a warning is a failure.
+func loadSampleConfig(t *testing.T, p string) *configfile.File {
 	t.Helper()
-	cfg, err := policy.ParseConfig(filepath.Join(root, p), readFile(t, p))
+	cfg, err := configfile.Parse(filepath.Join(root, p), readFile(t, p))
 	if err != nil {
 		t.Fatalf("%s does not load:\n%v", p, err)
 	}
-	_, warns, err := policy.Compile(cfg)
+	_, warns, err := resolver.Validate(&cfg.Config, "/nonexistent")
 	if err != nil {
 		t.Fatalf("%s: %v", p, err)
 	}

@@ -198,7 +198,7 @@ func readDockerfileWants(t *testing.T) dockerfileWants {
 	if !slices.Equal(cfg.Listen, []string{":53"}) {
 		t.Errorf("the image's config listens on %q, want \":53\"", cfg.Listen)
 	}
-	_, httpPort, err := net.SplitHostPort(*cfg.HTTP)
+	_, httpPort, err := net.SplitHostPort(*cfg.Web.HTTP)
 	if err != nil {
 		t.Fatalf("deploy/docker/phonehome.yaml: http: %v", err)
 	}

@@ -108,7 +108,7 @@ func TestScrapeConfig(t *testing.T) {
 		t.Errorf("rule_files %q does not load alerts.yml", pc.RuleFiles)
 	}
 	cfg := loadSampleConfig(t, "deploy/docker/phonehome.yaml")
-	_, port, _ := net.SplitHostPort(*cfg.HTTP)
+	_, port, _ := net.SplitHostPort(*cfg.Web.HTTP)
 	want := "phonehome:" + port
 	for _, sc := range pc.ScrapeConfigs {
 		if sc.JobName != "phonehome" {

@@ -184,7 +184,7 @@ func decideMix() []string {
 }
 
 func BenchmarkDecideBuiltin(b *testing.B) {
-	p, _, err := Compile(DefaultConfig())
+	p, _, err := Compile(DefaultConfig(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/phonehome/phonehome/endpoints"
+	"github.com/phonehome/phonehome/internal/config"
 )
 
 // Compile builds the Policy of a checked config: it reads the endpoint
@@ -12,29 +13,30 @@ import (
 // matchers. Warnings are worth showing (rows and list lines skipped, and
 // overrides that sinkhole protected endpoints, naming what will break); an
 // error means nothing was built, and the running policy should stay.
-func Compile(cfg *Config) (*Policy, []string, error) {
+func Compile(cfg *Config, src *config.Source) (*Policy, []string, error) {
 	var docs []string
 	for _, d := range cfg.Catalog.Docs {
-		docs = append(docs, cfg.resolve(d))
+		docs = append(docs, src.Resolve(d))
 	}
 	cat, docWarns, err := endpoints.Load(*cfg.Catalog.Builtin, docs...)
 	if err != nil {
-		return nil, nil, ConfigErrors{{File: cfg.File, Line: cfg.Catalog.Pos.Line, Col: cfg.Catalog.Pos.Col, Msg: err.Error()}}
+		r := config.NewReport(src)
+		r.Value("catalog", "%v", err)
+		return nil, nil, r.Err()
 	}
 	var warns []string
 	for _, w := range docWarns {
 		warns = append(warns, w.String())
 	}
 	p := &Policy{Catalog: cat}
-	var errs ConfigErrors
-	for i, gc := range append([]*GroupConfig{&cfg.Policy.Default}, cfg.groupPtrs()...) {
+	errs := config.NewReport(src)
+	for i, gc := range cfg.groups() {
 		name := gc.Name
 		if i == 0 {
 			name = "default"
 		}
-		g, w, e := compileGroup(cfg, gc, name, cat)
+		g, w := compileGroup(gc, name, groupPath(i), cat, errs)
 		warns = append(warns, w...)
-		errs = append(errs, e...)
 		if i == 0 {
 			p.Default = g
 			continue
@@ -44,19 +46,24 @@ func Compile(cfg *Config) (*Policy, []string, error) {
 			p.clients.add(c, g)
 		}
 	}
-	if len(errs) > 0 {
-		return nil, warns, errs
+	if err := errs.Err(); err != nil {
+		return nil, warns, err
 	}
 	return p, warns, nil
 }
 
-func compileGroup(cfg *Config, gc *GroupConfig, name string, cat *endpoints.Catalog) (*Group, []string, ConfigErrors) {
-	g := &Group{Name: name, Edition: *gc.Edition, Windows: *gc.Windows, Unlisted: *gc.Unlisted, actions: gc.Actions.Map}
+// compileGroup builds one group's matchers; gp is where the group sits in
+// the file, for errors (reported to errs) and warnings.
+func compileGroup(gc *GroupConfig, name, gp string, cat *endpoints.Catalog, errs *config.Report) (*Group, []string) {
+	src := errs.Source()
+	g := &Group{Name: name, Edition: *gc.Edition, Windows: endpoints.Version(*gc.Windows), Unlisted: *gc.Unlisted, actions: gc.Actions}
 	for _, c := range gc.Clients {
 		g.Clients = append(g.Clients, c.Prefix)
 	}
 	var warns []string
-	var errs ConfigErrors
+	warn := func(p config.Pos, format string, args ...any) {
+		warns = append(warns, config.Error{File: src.FileName(), Line: p.Line, Col: p.Col, Msg: fmt.Sprintf(format, args...)}.Error())
+	}
 
 	// The catalog first, so that a list repeating a documented endpoint
 	// keeps Microsoft's description: the entries documented for the
@@ -88,25 +95,21 @@ func compileGroup(cfg *Config, gc *GroupConfig, name string, cat *endpoints.Cata
 		}
 	}
 	if documented == 0 && len(cat.Entries) > 0 {
-		p, ok := gc.KeyPos["windows"]
-		if !ok {
-			p = gc.Pos
-		}
-		warns = append(warns, fmt.Sprintf("%s:%d:%d: group %s: no document lists endpoints for edition %s on Windows %s; documents for that edition cover %s",
-			cfg.File, p.Line, p.Col, name, g.Edition, g.Windows, forEdition))
+		warn(src.KeyOr(gp+".windows", gp), "group %s: no document lists endpoints for edition %s on Windows %s; documents for that edition cover %s",
+			name, g.Edition, g.Windows, forEdition)
 	}
 	for _, e := range cat.Families {
 		b.add(e.Pattern, entryRule(e))
 	}
-	for _, l := range gc.Lists {
+	for i, l := range gc.Lists {
+		lp := fmt.Sprintf("%s.lists[%d]", gp, i)
 		c := endpoints.Category(strings.ToLower(l.Category))
 		if l.File != "" {
-			path := cfg.resolve(l.File)
+			path := src.Resolve(l.File)
 			r := &Rule{Category: c, Source: path, Action: g.Action(c)}
 			_, w, err := b.listFile(path, r)
 			if err != nil {
-				p := l.KeyPos["file"]
-				errs = append(errs, ConfigError{File: cfg.File, Line: p.Line, Col: p.Col, Msg: err.Error()})
+				errs.Key(lp+".file", "%v", err)
 			}
 			warns = append(warns, w...)
 			continue
@@ -115,7 +118,7 @@ func compileGroup(cfg *Config, gc *GroupConfig, name string, cat *endpoints.Cata
 		for _, pat := range l.Patterns {
 			np, err := endpoints.NormalizePattern(pat)
 			if err != nil {
-				errs = append(errs, ConfigError{File: cfg.File, Line: l.Pos.Line, Col: l.Pos.Col, Msg: err.Error()})
+				errs.Value(lp, "%v", err)
 				continue
 			}
 			b.add(np, r)
@@ -131,10 +134,10 @@ func compileGroup(cfg *Config, gc *GroupConfig, name string, cat *endpoints.Cata
 	g.matcher = b.build()
 	g.Patterns = g.matcher.Len()
 
-	if len(gc.Overrides.Map) > 0 {
+	if len(gc.Overrides) > 0 {
 		var ob matcherBuilder
 		for _, a := range []Action{Allow, Log, Sinkhole} {
-			for _, pat := range gc.Overrides.Map[a] {
+			for _, pat := range gc.Overrides[a] {
 				ob.add(pat, &Rule{Action: a, Source: "override"})
 			}
 		}
@@ -145,13 +148,12 @@ func compileGroup(cfg *Config, gc *GroupConfig, name string, cat *endpoints.Cata
 				continue
 			}
 			if o := g.overrides.Lookup(representative(e.Pattern)); o.Rule != nil && o.Rule.Action == Sinkhole {
-				p := gc.Overrides.Pos[o.Pattern()]
-				warns = append(warns, fmt.Sprintf("%s:%d:%d: group %s: override sinkhole %s sinkholes protected endpoint %s: %s",
-					cfg.File, p.Line, p.Col, name, o.Pattern(), e.Pattern, e.Reason))
+				warn(src.Value(gp+".overrides."+o.Pattern()), "group %s: override sinkhole %s sinkholes protected endpoint %s: %s",
+					name, o.Pattern(), e.Pattern, e.Reason)
 			}
 		}
 	}
-	return g, warns, errs
+	return g, warns
 }
 
 // representative is a name a pattern matches: its '*'s filled in.

@@ -16,11 +16,11 @@ func compileText(t *testing.T, yml string) (*Policy, []string) {
 	os.WriteFile(filepath.Join(dir, "extra.txt"), []byte("# community list\n0.0.0.0 tracker.example.com other.example.com\n||ads.example.net^\nplain.example.org\n*.wild.example.org\n"), 0o644)
 	path := filepath.Join(dir, "phonehome.yaml")
 	os.WriteFile(path, []byte(yml), 0o644)
-	cfg, err := LoadConfig(path)
+	cfg, src, err := loadConfig(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, warns, err := Compile(cfg)
+	p, warns, err := Compile(cfg, src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestDecide(t *testing.T) {
 }
 
 func TestDefaultPolicy(t *testing.T) {
-	p, warns, err := Compile(DefaultConfig())
+	p, warns, err := Compile(DefaultConfig(), nil)
 	if err != nil || len(warns) != 0 {
 		t.Fatal(err, warns)
 	}
@@ -195,7 +195,7 @@ policy:
 // first-party domain is, unless a documented wildcard or a family covers
 // the whole domain for that group.
 func TestUndocumentedLosesToDocumented(t *testing.T) {
-	p, _, err := Compile(DefaultConfig())
+	p, _, err := Compile(DefaultConfig(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

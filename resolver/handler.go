@@ -13,7 +13,6 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/time/rate"
 
-	"github.com/phonehome/phonehome/endpoints"
 	"github.com/phonehome/phonehome/policy"
 )
 
@@ -36,18 +35,16 @@ type Counters struct {
 
 // Handler is the request path. ServeDNS reads from top to bottom: access →
 // rate limit → protocol checks → policy decision → sinkhole, or cache →
-// upstream → answer.
+// upstream → answer; then every observer is told.
 type Handler struct {
 	state    atomic.Pointer[State]
 	limiters *lru.Cache[netip.Addr, *rate.Limiter]
-	Counters Counters
-	Log      *slog.Logger
-	// Metrics, if set, counts every decision and answer.
-	Metrics *Metrics
-	// QueryLog, if set, records catalog matches (or every query).
-	QueryLog *QueryLog
-	// Activity, if set, keeps recent matches for the web page.
-	Activity *Activity
+	counters Counters
+	log      *slog.Logger
+	// metrics counts cache lookups and is the first observer; nil
+	// without a registry.
+	metrics   *Metrics
+	observers []Observer
 
 	pause atomic.Pointer[Pause]
 }
@@ -55,12 +52,12 @@ type Handler struct {
 // Pause turns sinkholing into logging until a time, for some categories or
 // (with none named) for all.
 type Pause struct {
-	Until      time.Time `json:"until"`
-	Categories []string  `json:"categories,omitempty"`
+	Until      time.Time
+	Categories []string // none: every category
 }
 
-// SetPause pauses sinkholing; nil resumes it.
-func (h *Handler) SetPause(p *Pause) { h.pause.Store(p) }
+// State returns the state in use.
+func (h *Handler) State() *State { return h.state.Load() }
 
 // Paused returns the pause in force, or nil.
 func (h *Handler) Paused() *Pause {
@@ -77,20 +74,24 @@ func (h *Handler) paused(category string) bool {
 	return p != nil && (len(p.Categories) == 0 || slices.Contains(p.Categories, category))
 }
 
-// NewHandler makes the request path for an initial state.
-func NewHandler(st *State, log *slog.Logger) *Handler {
-	h := &Handler{Log: log}
+// newHandler makes the request path for an initial state.
+func newHandler(st *State, log *slog.Logger) *Handler {
+	h := &Handler{log: log}
 	// Bounded memory however many addresses a flood comes from.
 	h.limiters, _ = lru.New[netip.Addr, *rate.Limiter](65536)
 	h.state.Store(st)
 	return h
 }
 
-// Swap installs a new state and returns the old one.
-func (h *Handler) Swap(st *State) *State { return h.state.Swap(st) }
-
-// State returns the state in use.
-func (h *Handler) State() *State { return h.state.Load() }
+// swap installs a new state and returns the old one. Clients' rate
+// buckets start afresh when the rate changed.
+func (h *Handler) swap(st *State) *State {
+	old := h.state.Swap(st)
+	if old.RateLimit != st.RateLimit {
+		h.limiters.Purge()
+	}
+	return old
+}
 
 // maxUDP is the largest UDP answer phonehome sends or asks for (DNS Flag
 // Day 2020).
@@ -105,22 +106,22 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	// 1. Access first: clients outside access.allow get REFUSED and
 	// nothing is forwarded or remembered for them.
 	if !st.Allowed(client) {
-		h.Counters.Refused.Add(1)
+		h.counters.Refused.Add(1)
 		h.reply(w, req, rcodeMsg(req, dns.RcodeRefused), 0, "")
-		h.Metrics.answered(dns.RcodeRefused, sourceLocal, start)
+		h.done(Answer{Start: start, Client: client, Rcode: dns.RcodeRefused, Source: SourceLocal})
 		return
 	}
 	// 2. Rate limit per client address, after access, so that strangers
 	// cannot fill the limiter table. Over the limit, queries are dropped.
 	if st.RateLimit > 0 && !h.withinRateLimit(client, st.RateLimit) {
-		h.Counters.RateLimited.Add(1)
+		h.counters.RateLimited.Add(1)
 		return
 	}
 	// 3. Protocol: one question, QUERY only, no CHAOS, ANY gets the
 	// minimal RFC 8482 answer.
 	if m := protocol(req); m != nil {
 		h.reply(w, req, m, 0, "")
-		h.Metrics.answered(m.Rcode, sourceLocal, start)
+		h.done(Answer{Start: start, Client: client, Rcode: m.Rcode, Source: SourceLocal})
 		return
 	}
 	// 4. The policy decides before the cache: one cache serves every
@@ -130,31 +131,30 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	if d.Action == policy.Sinkhole && h.pause.Load() != nil && h.paused(string(d.Category())) {
 		d.Action = policy.Log // paused from the web page or the API
 	}
-	h.Metrics.decided(d)
 
 	// 5. Sinkholed names are answered here and never reach an upstream.
 	if d.Action == policy.Sinkhole {
 		m := st.Sinkhole.answer(req)
 		h.reply(w, req, m, dns.ExtendedErrorCodeBlocked, d.BlockedText())
-		h.done(client, q, d, m.Rcode, sourceSinkhole, start)
+		h.done(Answer{Start: start, Client: client, Question: q, Decision: d, Rcode: m.Rcode, Source: SourceSinkhole})
 		return
 	}
 	// 6. The cache answers most queries at once.
 	key := Key(req)
 	if m := st.Cache.Get(key); m != nil {
-		h.Metrics.cacheLookup(cacheHit)
+		h.metrics.cacheLookup(cacheHit)
 		h.reply(w, req, m, 0, "")
-		h.done(client, q, d, m.Rcode, sourceCache, start)
+		h.done(Answer{Start: start, Client: client, Question: q, Decision: d, Rcode: m.Rcode, Source: SourceCache})
 		return
 	}
-	h.Metrics.cacheLookup(cacheMiss)
+	h.metrics.cacheLookup(cacheMiss)
 	// 7. A miss waits for an upstream. The UDP server answers a batch of
 	// queries between two system calls and must not wait, so its writer
 	// runs the rest in a goroutine of its own (see udp.go).
 	upstream := func(w dns.ResponseWriter) {
 		m, ede, source := h.resolve(st, key, req)
 		h.reply(w, req, m, ede, "")
-		h.done(client, q, d, m.Rcode, source, start)
+		h.done(Answer{Start: start, Client: client, Question: q, Decision: d, Rcode: m.Rcode, Source: source})
 	}
 	if a, ok := w.(handOff); ok {
 		a.HandOff(upstream)
@@ -169,69 +169,39 @@ type handOff interface {
 	HandOff(f func(dns.ResponseWriter))
 }
 
-// done counts an answered query and writes the query log: catalog and list
-// matches that are logged or sinkholed, or every query with all_queries.
-func (h *Handler) done(client netip.Addr, q dns.Question, d policy.Decision, rc int, source answerSource, start time.Time) {
-	h.Metrics.answered(rc, source, start)
-	l := h.QueryLog
-	match := d.Match.Rule != nil && d.Action != policy.Allow
-	if h.Activity == nil && (l == nil || !l.All && !match) {
-		return
-	}
-	if l != nil && l.Anonymize {
-		client = anonymize(client)
-	}
-	r := Record{Time: start, Client: client.String(), Group: d.Group.Name, Name: q.Name, Type: dns.TypeToString[q.Qtype],
-		Action: d.Action.String(), Category: string(d.Category()), Edition: d.Group.Edition.String(),
-		Rcode: dns.RcodeToString[rc], Source: sourceNames[source], Duration: time.Since(start).Seconds()}
-	if d.Match.Rule != nil {
-		r.Pattern = d.Match.Pattern()
-		if e := d.Match.Rule.Entry; e != nil {
-			switch e.Kind {
-			case endpoints.Documented:
-				r.Windows = d.Match.Rule.Versions
-			case endpoints.Family:
-				r.Family = e.Members[0]
-			}
-		}
-	}
-	if l != nil && (l.All || match) {
-		l.Add(r)
-	}
-	if d.Match.Rule != nil && h.Activity != nil {
-		desc := ""
-		if e := d.Match.Rule.Entry; e != nil {
-			desc = e.Description()
-		}
-		h.Activity.add(client, r, desc)
+// done tells every observer of an answered query.
+func (h *Handler) done(a Answer) {
+	a.Duration = time.Since(a.Start)
+	for _, o := range h.observers {
+		o.Answered(a)
 	}
 }
 
 // resolve answers a query the cache missed from the upstreams; when every
 // upstream fails it serves an expired answer (RFC 8767) or SERVFAIL with the
 // reason.
-func (h *Handler) resolve(st *State, key string, req *dns.Msg) (*dns.Msg, uint16, answerSource) {
+func (h *Handler) resolve(st *State, key string, req *dns.Msg) (*dns.Msg, uint16, AnswerSource) {
 	// miekg/dns's ServeDNS carries no request context, so the exchange is
 	// bounded by the forwarder's: its own deadlines, and cancelled when a
 	// reload retires the forwarder or the server shuts down.
 	r, err := st.Forwarder.Forward(st.Forwarder.ctx, key, upstreamQuery(req))
 	if err == nil {
 		st.Cache.Put(key, r)
-		return r, 0, sourceUpstream
+		return r, 0, SourceUpstream
 	}
 	if errors.Is(err, ErrOverload) {
-		h.Counters.Overload.Add(1)
-		return rcodeMsg(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeOther, sourceLocal
+		h.counters.Overload.Add(1)
+		return rcodeMsg(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeOther, SourceLocal
 	}
 	if stale := st.Cache.Stale(key); stale != nil {
-		h.Metrics.cacheLookup(cacheStale)
-		return stale, dns.ExtendedErrorCodeStaleAnswer, sourceStale
+		h.metrics.cacheLookup(cacheStale)
+		return stale, dns.ExtendedErrorCodeStaleAnswer, SourceStale
 	}
 	var nu *errNoUpstream
 	if errors.As(err, &nu) && nu.timeout {
-		return rcodeMsg(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNoReachableAuthority, sourceLocal
+		return rcodeMsg(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNoReachableAuthority, SourceLocal
 	}
-	return rcodeMsg(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNetworkError, sourceLocal
+	return rcodeMsg(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNetworkError, SourceLocal
 }
 
 // upstreamQuery is the query phonehome sends on: the client's question, RD,
@@ -308,8 +278,8 @@ func (h *Handler) reply(w dns.ResponseWriter, req, m *dns.Msg, ede uint16, text 
 	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
 		m.Truncate(size)
 	}
-	if err := w.WriteMsg(m); err != nil && h.Log != nil {
-		h.Log.Debug("writing answer", "err", err)
+	if err := w.WriteMsg(m); err != nil && h.log != nil {
+		h.log.Debug("writing answer", "err", err)
 	}
 }
 

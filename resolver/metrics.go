@@ -20,24 +20,13 @@ const (
 	labelUpstream, labelResult                           = "upstream", "result"
 )
 
-// answerSource is where an answer came from.
-type answerSource uint8
-
-const (
-	sourceCache answerSource = iota
-	sourceUpstream
-	sourceSinkhole
-	sourceStale
-	sourceLocal
-	numSources
-)
-
-var sourceNames = [numSources]string{"cache", "upstream", "sinkhole", "stale", "local"}
-
-// Metrics are phonehome's Prometheus metrics. They are registered on the
-// registry main creates and passes down (no global registry), and the query
-// path only adds to atomic counters or to counter children it has looked up
-// once, so counting costs next to nothing. Never the query name or the
+// Metrics are the resolver's Prometheus metrics. They are registered on the
+// registry main creates and passes down (no global registry). The query
+// path adds to atomic counters, to histogram children looked up at start,
+// and to counter children it looks up once per group, category and action
+// (or endpoint and action) and keeps, so counting costs next to nothing;
+// only the rare demotion of a protected endpoint looks its counter up each
+// time. Never the query name or the
 // client address as a label: every label has a bounded set of values.
 type Metrics struct {
 	queries   *prometheus.CounterVec
@@ -50,15 +39,15 @@ type Metrics struct {
 	upstreamDur     *prometheus.HistogramVec
 	upstreamHealthy *prometheus.GaugeVec
 
-	Reloads    *prometheus.CounterVec
-	LastReload prometheus.Gauge
+	reloads    *prometheus.CounterVec
+	lastReload prometheus.Gauge
 	catalog    *prometheus.GaugeVec
 
 	// responses[rcode][source]; rcodes past 15 count as 15.
 	responses [16][numSources]atomic.Uint64
 	cache     [3]atomic.Uint64 // by cacheHit, cacheMiss, cacheStale
 
-	children sync.Map // queryKey → prometheus.Counter, endpointKey → [2]prometheus.Counter
+	children sync.Map // queryKey → prometheus.Counter, endpointKey → prometheus.Counter
 }
 
 type queryKey struct {
@@ -67,10 +56,8 @@ type queryKey struct {
 	action policy.Action
 }
 
-// NewMetrics registers the metrics on reg. counters are the handler's
-// refusal counters, cacheLen reports the cache size and queryLog the query
-// log in use (or nil).
-func NewMetrics(reg prometheus.Registerer, version string, counters *Counters, cacheLen func() int, queryLog func() *QueryLog) *Metrics {
+// newMetrics registers the metrics of h on reg.
+func newMetrics(reg prometheus.Registerer, version string, h *Handler) *Metrics {
 	m := &Metrics{
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_queries_total",
 			Help: "Queries decided, by client group, its edition, the endpoint category (unlisted outside the catalog) and the action."},
@@ -89,9 +76,9 @@ func NewMetrics(reg prometheus.Registerer, version string, counters *Counters, c
 			Help: "Time for an upstream to answer.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{labelUpstream}),
 		upstreamHealthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "phonehome_upstream_healthy",
 			Help: "1 while an upstream is answering, 0 while it is backed off."}, []string{labelUpstream}),
-		Reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_config_reloads_total",
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_config_reloads_total",
 			Help: "Config reloads, by result (success, failure)."}, []string{labelResult}),
-		LastReload: prometheus.NewGauge(prometheus.GaugeOpts{Name: "phonehome_config_last_reload_success_timestamp_seconds",
+		lastReload: prometheus.NewGauge(prometheus.GaugeOpts{Name: "phonehome_config_last_reload_success_timestamp_seconds",
 			Help: "When the config was last loaded successfully, in Unix seconds."}),
 		catalog: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "phonehome_catalog_endpoints",
 			Help: "Catalog patterns documented for each edition, by category."}, []string{labelEdition, labelCategory}),
@@ -105,16 +92,41 @@ func NewMetrics(reg prometheus.Registerer, version string, counters *Counters, c
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "phonehome_build_info",
 		Help: "Always 1; the labels say which phonehome this is."}, []string{"version", "goversion"})
 	build.WithLabelValues(version, runtime.Version()).Set(1)
-	m.Reloads.WithLabelValues("success")
-	m.Reloads.WithLabelValues("failure")
+	m.reloads.WithLabelValues("success")
+	m.reloads.WithLabelValues("failure")
 	reg.MustRegister(m.queries, m.endpoint, m.protected, dur, m.upstreamReqs, m.upstreamErrs, m.upstreamDur,
-		m.upstreamHealthy, m.Reloads, m.LastReload, m.catalog, build,
-		&funcCollector{m: m, counters: counters, cacheLen: cacheLen, queryLog: queryLog})
+		m.upstreamHealthy, m.reloads, m.lastReload, m.catalog, build, &funcCollector{m: m, h: h})
 	return m
 }
 
-// SetState publishes what a newly loaded state holds.
-func (m *Metrics) SetState(st *State) {
+// Answered counts a decision (for queries the policy decided) and an
+// answer: the metrics are the request path's first observer.
+func (m *Metrics) Answered(a Answer) {
+	if a.Decided() {
+		m.decided(a.Decision)
+	}
+	m.responses[min(a.Rcode, 15)][a.Source].Add(1)
+	m.duration[a.Source].Observe(a.Duration.Seconds())
+}
+
+// reloaded counts a reload (or the first load) and its result.
+func (m *Metrics) reloaded(err error) {
+	if m == nil {
+		return
+	}
+	if err != nil {
+		m.reloads.WithLabelValues("failure").Inc()
+		return
+	}
+	m.reloads.WithLabelValues("success").Inc()
+	m.lastReload.SetToCurrentTime()
+}
+
+// setState publishes what a newly loaded state holds.
+func (m *Metrics) setState(st *State) {
+	if m == nil {
+		return
+	}
 	m.catalog.Reset()
 	for _, e := range st.Policy.Catalog.Entries {
 		for _, ed := range e.Editions.Each() {
@@ -130,9 +142,6 @@ func (m *Metrics) SetState(st *State) {
 
 // decided counts one policy decision.
 func (m *Metrics) decided(d policy.Decision) {
-	if m == nil {
-		return
-	}
 	k := queryKey{d.Group, d.Category(), d.Action}
 	c, ok := m.children.Load(k)
 	if !ok {
@@ -173,15 +182,6 @@ func (m *Metrics) cacheLookup(result cacheResult) {
 	}
 }
 
-// answered counts an answer and how long it took.
-func (m *Metrics) answered(rcode int, source answerSource, start time.Time) {
-	if m == nil {
-		return
-	}
-	m.responses[min(rcode, 15)][source].Add(1)
-	m.duration[source].Observe(time.Since(start).Seconds())
-}
-
 func (m *Metrics) upstreamAnswered(u *Upstream, r *dns.Msg, took time.Duration) {
 	if m == nil {
 		return
@@ -214,10 +214,8 @@ func (m *Metrics) upstreamHealth(u *Upstream, up bool) {
 
 // funcCollector reports the counters the query path keeps as plain atomics.
 type funcCollector struct {
-	m        *Metrics
-	counters *Counters
-	cacheLen func() int
-	queryLog func() *QueryLog
+	m *Metrics
+	h *Handler
 }
 
 var (
@@ -225,7 +223,6 @@ var (
 	descRefused   = prometheus.NewDesc("phonehome_refused_total", "Queries turned away, by reason (access, rate_limit, malformed, overload).", []string{labelReason}, nil)
 	descCacheReqs = prometheus.NewDesc("phonehome_cache_requests_total", "Cache lookups, by result (hit, miss, stale).", []string{labelResult}, nil)
 	descCacheLen  = prometheus.NewDesc("phonehome_cache_entries", "Answers held in the cache.", nil, nil)
-	descDropped   = prometheus.NewDesc("phonehome_querylog_dropped_total", "Query log records dropped because the writer fell behind.", nil, nil)
 )
 
 func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -233,7 +230,6 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRefused
 	ch <- descCacheReqs
 	ch <- descCacheLen
-	ch <- descDropped
 }
 
 func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
@@ -244,17 +240,13 @@ func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	for reason, v := range map[string]*atomic.Uint64{"access": &c.counters.Refused, "rate_limit": &c.counters.RateLimited,
-		"malformed": &c.counters.Malformed, "overload": &c.counters.Overload} {
+	cs := &c.h.counters
+	for reason, v := range map[string]*atomic.Uint64{"access": &cs.Refused, "rate_limit": &cs.RateLimited,
+		"malformed": &cs.Malformed, "overload": &cs.Overload} {
 		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(v.Load()), reason)
 	}
 	for i, result := range []string{"hit", "miss", "stale"} {
 		ch <- prometheus.MustNewConstMetric(descCacheReqs, prometheus.CounterValue, float64(c.m.cache[i].Load()), result)
 	}
-	ch <- prometheus.MustNewConstMetric(descCacheLen, prometheus.GaugeValue, float64(c.cacheLen()))
-	var dropped uint64
-	if l := c.queryLog(); l != nil {
-		dropped = l.Dropped.Load()
-	}
-	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(dropped))
+	ch <- prometheus.MustNewConstMetric(descCacheLen, prometheus.GaugeValue, float64(c.h.state.Load().Cache.Len()))
 }

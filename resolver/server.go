@@ -1,44 +1,41 @@
 package resolver
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/phonehome/phonehome/internal/config"
 	"github.com/phonehome/phonehome/policy"
 )
 
-// NewState builds everything a config makes for the request path: the
-// policy, the upstreams (from resolvConf when the config names none), the
-// cache (kept from prev when its size is unchanged), access and sinkhole.
-// Nothing is swapped in here; an error leaves the running state alone.
-func NewState(cfg *policy.Config, prev *State, resolvConf string, log *slog.Logger) (*State, []string, error) {
-	p, warns, err := policy.Compile(cfg)
+// newState builds everything a config makes for the request path: the
+// policy, the upstreams (from opts.ResolvConf when the config names none), the
+// cache (kept from prev when its bounds are unchanged), access and
+// sinkhole. Nothing is swapped in here; an error leaves the running state
+// alone. cfg has been checked and given its defaults.
+func newState(cfg *Config, prev *State, opts *Options) (*State, []string, error) {
+	p, warns, err := policy.Compile(&cfg.Policy, cfg.Source)
 	if err != nil {
 		return nil, warns, err
 	}
-	names := cfg.Upstreams
-	if len(names) == 0 {
-		cc, err := dns.ClientConfigFromFile(resolvConf)
-		if err != nil {
-			return nil, warns, fmt.Errorf("no upstreams in the config, and reading %s: %w", resolvConf, err)
-		}
-		for _, s := range cc.Servers {
-			names = append(names, net.JoinHostPort(s, cc.Port))
-		}
-		if len(names) == 0 {
-			return nil, warns, fmt.Errorf("no upstreams in the config nor in %s", resolvConf)
-		}
+	names, err := cfg.upstreamNames(opts.ResolvConf)
+	if err != nil {
+		return nil, warns, err
 	}
 	if err := checkLoop(cfg.Listen, names); err != nil {
 		return nil, warns, err
@@ -54,12 +51,14 @@ func NewState(cfg *policy.Config, prev *State, resolvConf string, log *slog.Logg
 	st := &State{
 		Policy:    p,
 		Sinkhole:  Sinkhole{Mode: cfg.Sinkhole.Mode, TTL: cfg.Sinkhole.TTL, IPv4: cfg.Sinkhole.IPv4, IPv6: cfg.Sinkhole.IPv6},
-		Forwarder: NewForwarder(ups, 2048, log),
+		Forwarder: NewForwarder(ups, 2048, opts.Log),
 		RateLimit: *cfg.Access.RateLimit,
 	}
 	for _, a := range cfg.Access.Allow {
 		st.Allow = append(st.Allow, a.Prefix)
 	}
+	st.Forwarder.TryTimeout = cmp.Or(opts.TryTimeout, st.Forwarder.TryTimeout)
+	st.Forwarder.Timeout = cmp.Or(opts.Timeout, st.Forwarder.Timeout)
 	if prev != nil && prev.Cache != nil && prev.Cache.size == *cfg.Cache.Size && prev.Cache.minTTL == cfg.Cache.MinTTL && prev.Cache.maxTTL == cfg.Cache.MaxTTL {
 		st.Cache = prev.Cache
 	} else {
@@ -68,46 +67,195 @@ func NewState(cfg *policy.Config, prev *State, resolvConf string, log *slog.Logg
 	return st, warns, nil
 }
 
-// checkLoop refuses an upstream that is one of phonehome's own listen
-// addresses: every query would go round until it timed out.
-func checkLoop(listen, upstreams []string) error {
-	for _, l := range listen {
-		lh, lp, err := net.SplitHostPort(l)
-		if err != nil {
-			continue
-		}
-		la, _ := netip.ParseAddr(lh)
-		for _, u := range upstreams {
-			pu, err := ParseUpstream(u)
-			if err != nil || pu.net == "tcp-tls" {
-				continue
-			}
-			uh, up, _ := net.SplitHostPort(pu.addr)
-			ua, err := netip.ParseAddr(uh)
-			if err != nil || up != lp {
-				continue
-			}
-			if ua == la || (lh == "" || la.IsUnspecified()) && (ua.IsLoopback() || ua.IsUnspecified()) {
-				return fmt.Errorf("upstream %s is phonehome's own listen address %s: queries would loop", u, l)
-			}
-		}
+// Options are what a Server needs besides its config.
+type Options struct {
+	Log *slog.Logger
+	// ResolvConf is where to find upstreams when the config names none
+	// (default /etc/resolv.conf).
+	ResolvConf string
+	// Registry, if set, gets the resolver's metrics; Version is the
+	// build's, for phonehome_build_info.
+	Registry prometheus.Registerer
+	Version  string
+	// Observers watch every answered query, after the metrics.
+	Observers []Observer
+	// TryTimeout bounds one upstream's answer, Timeout a query's over all
+	// upstreams (defaults 2 s and 5 s).
+	TryTimeout, Timeout time.Duration
+}
+
+// withDefaults returns opts with what was left out filled in.
+func (opts Options) withDefaults() Options {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
 	}
+	opts.ResolvConf = cmp.Or(opts.ResolvConf, "/etc/resolv.conf")
+	return opts
+}
+
+// Server is a running resolver: the request path, its listeners, and the
+// state a reload replaces.
+type Server struct {
+	handler *Handler
+	opts    Options
+	log     *slog.Logger
+	listen  []string // as the running listeners were asked for
+
+	reloading sync.Mutex
+	// retired are forwarders replaced by a reload, still finishing the
+	// queries they had; each closes retireAfter later, or at Close.
+	retired map[*Forwarder]*time.Timer
+
+	udp    []*udpServer
+	tcp    []*dns.Server
+	wg     sync.WaitGroup
+	closed atomic.Bool
+}
+
+// retireAfter is how long a forwarder replaced by a reload lives on, so
+// that queries it had sent finish on its sockets (each gives up within
+// five seconds).
+const retireAfter = 10 * time.Second
+
+// New checks cfg, builds the state it describes and listens on its
+// addresses. A config that does not check is refused with every error,
+// each at its place in the file. Warnings (rows and list lines skipped,
+// overrides that sinkhole protected endpoints) are logged.
+func New(cfg *Config, opts Options) (*Server, error) {
+	opts = opts.withDefaults()
+	s := &Server{opts: opts, log: opts.Log, retired: map[*Forwarder]*time.Timer{}}
+	st, err := s.build(cfg, nil)
+	if err != nil {
+		return nil, err
+	}
+	h := newHandler(st, s.log)
+	if opts.Registry != nil {
+		h.metrics = newMetrics(opts.Registry, opts.Version, h)
+		h.observers = append(h.observers, h.metrics)
+	}
+	h.observers = append(h.observers, opts.Observers...)
+	s.handler = h
+	h.metrics.setState(st)
+	if err := s.listenOn(cfg.Listen); err != nil {
+		st.Forwarder.Close()
+		return nil, err
+	}
+	s.listen = slices.Clone(cfg.Listen)
+	h.metrics.reloaded(nil)
+	return s, nil
+}
+
+// build checks cfg and builds its state, logging warnings.
+func (s *Server) build(cfg *Config, prev *State) (*State, error) {
+	st, warns, err := prepare(cfg, prev, &s.opts)
+	for _, w := range warns {
+		s.log.Warn(w)
+	}
+	return st, err
+}
+
+// prepare checks cfg, gives it its defaults and builds its state: the one
+// validation of New, Reload and Validate.
+func prepare(cfg *Config, prev *State, opts *Options) (*State, []string, error) {
+	r := config.NewReport(cfg.Source)
+	cfg.Check(r)
+	if err := r.Err(); err != nil {
+		return nil, nil, err
+	}
+	cfg.SetDefaults()
+	return newState(cfg, prev, opts)
+}
+
+// Validate checks cfg as New and Reload would, the documents, lists and
+// upstreams it names included, without listening or sending anything:
+// what "phonehome validate" runs. It returns the compiled policy and the
+// warnings.
+func Validate(cfg *Config, resolvConf string) (*policy.Policy, []string, error) {
+	opts := Options{ResolvConf: resolvConf}.withDefaults()
+	st, warns, err := prepare(cfg, nil, &opts)
+	if err != nil {
+		return nil, warns, err
+	}
+	st.Forwarder.Close()
+	return st.Policy, warns, nil
+}
+
+// Reload builds the state cfg describes and swaps it in with one atomic
+// store: a query sees the old state or the new one, never half of each.
+// The cache is kept when its bounds are unchanged. A config that does not
+// check, or whose documents or lists cannot be read, keeps the running
+// state; every error is logged and returned. Listen addresses are bound at
+// start: a change is logged as needing a restart.
+func (s *Server) Reload(cfg *Config) error {
+	s.reloading.Lock()
+	defer s.reloading.Unlock()
+	st, err := s.build(cfg, s.handler.State())
+	if err != nil {
+		s.ReloadFailed(err)
+		return err
+	}
+	s.handler.metrics.setState(st)
+	s.handler.metrics.reloaded(nil)
+	if !slices.Equal(cfg.Listen, s.listen) {
+		s.log.Warn("listen addresses changed; they take effect after a restart", "running", s.listen, "config", cfg.Listen)
+	}
+	old := s.handler.swap(st)
+	// Queries already forwarded by the old state finish on its sockets.
+	s.retired[old.Forwarder] = time.AfterFunc(retireAfter, func() {
+		s.reloading.Lock()
+		defer s.reloading.Unlock()
+		if _, ok := s.retired[old.Forwarder]; ok {
+			delete(s.retired, old.Forwarder)
+			old.Forwarder.Close()
+		}
+	})
+	s.log.Info("reloaded", "groups", len(st.Policy.Groups)+1, "endpoints", len(st.Policy.Catalog.Entries))
 	return nil
 }
 
-// Server listens on UDP and TCP on each address and hands queries to the
-// Handler: UDP through phonehome's own batching loop (udp.go), TCP through
-// miekg/dns.
-type Server struct {
-	Handler *Handler
-	udp     []*udpServer
-	tcp     []*dns.Server
-	wg      sync.WaitGroup
+// ReloadFailed counts and logs a reload that failed before Reload could be
+// called: a config file that could not be read or parsed.
+func (s *Server) ReloadFailed(err error) {
+	for _, line := range strings.Split(err.Error(), "\n") {
+		s.log.Error("reload failed; the running config stays", "err", line)
+	}
+	s.handler.metrics.reloaded(err)
 }
 
-// Listen binds every address over UDP and TCP, or binds none and says which
-// address failed (a port that is taken, say).
-func (s *Server) Listen(addrs []string) error {
+// State returns the state in use.
+func (s *Server) State() *State { return s.handler.State() }
+
+// Ready reports whether at least one upstream is answering.
+func (s *Server) Ready() bool { return s.State().Forwarder.Healthy() > 0 }
+
+// SetPause pauses sinkholing; nil resumes it.
+func (s *Server) SetPause(p *Pause) { s.handler.pause.Store(p) }
+
+// Paused returns the pause in force, or nil.
+func (s *Server) Paused() *Pause { return s.handler.Paused() }
+
+// Close stops listening, lets queries in flight finish until ctx ends, and
+// closes the upstream connections, retired forwarders' included.
+func (s *Server) Close(ctx context.Context) error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	err := s.shutdown(ctx)
+	s.reloading.Lock()
+	defer s.reloading.Unlock()
+	for f, t := range s.retired {
+		t.Stop()
+		f.Close()
+	}
+	clear(s.retired)
+	s.State().Forwarder.Close()
+	return err
+}
+
+// listenOn binds every address over UDP and TCP, or binds none and says
+// which address failed (a port that is taken, say). UDP goes through
+// phonehome's own batching loop (udp.go), TCP through miekg/dns.
+func (s *Server) listenOn(addrs []string) error {
 	closeAll := func() {
 		for _, u := range s.udp {
 			u.conn.Close()
@@ -117,21 +265,21 @@ func (s *Server) Listen(addrs []string) error {
 		}
 		s.udp, s.tcp = nil, nil
 	}
-	invalid := func([]byte, error) { s.Handler.Counters.Malformed.Add(1) }
+	invalid := func([]byte, error) { s.handler.counters.Malformed.Add(1) }
 	for _, a := range addrs {
 		pc, ln, err := listenPair(a)
 		if err != nil {
 			closeAll()
 			return err
 		}
-		u, err := newUDPServer(s.Handler, pc)
+		u, err := newUDPServer(s.handler, pc)
 		s.udp = append(s.udp, u)
 		if err != nil {
 			ln.Close()
 			closeAll()
 			return fmt.Errorf("listening on %s/udp: %w", a, err)
 		}
-		s.tcp = append(s.tcp, &dns.Server{Listener: ln, Handler: s.Handler, MsgInvalidFunc: invalid,
+		s.tcp = append(s.tcp, &dns.Server{Listener: ln, Handler: s.handler, MsgInvalidFunc: invalid,
 			ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }})
 	}
 	for _, u := range s.udp {
@@ -187,8 +335,8 @@ func (s *Server) Addrs() []string {
 	return out
 }
 
-// Shutdown stops listening and lets queries in flight finish until ctx ends.
-func (s *Server) Shutdown(ctx context.Context) error {
+// shutdown stops listening and lets queries in flight finish until ctx ends.
+func (s *Server) shutdown(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, u := range s.udp {
 		wg.Go(func() { u.shutdown(ctx) })

@@ -12,15 +12,28 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/phonehome/phonehome/internal/config"
 	"github.com/phonehome/phonehome/internal/dnstest"
-	"github.com/phonehome/phonehome/policy"
 )
 
 // testServer is a real phonehome resolver on 127.0.0.1:0 with its state.
 type testServer struct {
 	addr string
+	srv  *Server
 	h    *Handler
 	st   *State
+}
+
+// parseConfig reads a config text holding the resolver's sections.
+func parseConfig(t testing.TB, text string) *Config {
+	t.Helper()
+	cfg := &Config{}
+	src, err := config.Decode("test.yaml", []byte(text), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Source = src
+	return cfg
 }
 
 // start runs a server from a config text whose upstreams are the stubs.
@@ -32,32 +45,23 @@ func start(t testing.TB, config string, ups ...*dnstest.Upstream) *testServer {
 // startOn is start on another listen address.
 func startOn(t testing.TB, listen, config string, ups ...*dnstest.Upstream) *testServer {
 	t.Helper()
-	cfg, err := policy.ParseConfig("test.yaml", []byte(config))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := parseConfig(t, config)
 	cfg.Listen = []string{listen}
 	cfg.Upstreams = nil
 	for _, u := range ups {
 		cfg.Upstreams = append(cfg.Upstreams, u.Addr())
 	}
-	st, _, err := NewState(cfg, nil, "/nonexistent", nil)
+	srv, err := New(cfg, Options{ResolvConf: "/nonexistent", TryTimeout: 300 * time.Millisecond, Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.Forwarder.TryTimeout, st.Forwarder.Timeout = 300*time.Millisecond, time.Second
-	h := NewHandler(st, nil)
-	srv := &Server{Handler: h}
-	if err := srv.Listen(cfg.Listen); err != nil {
-		t.Fatal(err)
-	}
+	st := srv.State()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		srv.Shutdown(ctx)
-		st.Forwarder.Close()
+		srv.Close(ctx)
 	})
-	return &testServer{addr: srv.Addrs()[0], h: h, st: st}
+	return &testServer{addr: srv.Addrs()[0], srv: srv, h: srv.handler, st: st}
 }
 
 // ask sends one query over net ("udp" or "tcp") from the client address
@@ -228,14 +232,14 @@ func TestRateLimit(t *testing.T) {
 	}
 	answered := 0
 	buf := make([]byte, 512)
-	for deadline := time.Now().Add(10 * time.Second); answered+int(s.h.Counters.RateLimited.Load()) < 20 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(10 * time.Second); answered+int(s.h.counters.RateLimited.Load()) < 20 && time.Now().Before(deadline); {
 		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 		if _, err := c.Read(buf); err == nil {
 			answered++
 		}
 	}
 	refills := 1 + int(5*time.Since(start).Seconds())
-	if dropped := int(s.h.Counters.RateLimited.Load()); answered < 5 || answered > 5+refills || answered+dropped != 20 {
+	if dropped := int(s.h.counters.RateLimited.Load()); answered < 5 || answered > 5+refills || answered+dropped != 20 {
 		t.Errorf("%d of 20 answered, %d dropped, in %v", answered, dropped, time.Since(start))
 	}
 }
@@ -394,8 +398,8 @@ func TestProtocol(t *testing.T) {
 			t.Errorf("packet %x got a %d-byte reply", p, n)
 		}
 	}
-	if s.h.Counters.Malformed.Load() != 2 {
-		t.Errorf("malformed counted %d, want 2", s.h.Counters.Malformed.Load())
+	if s.h.counters.Malformed.Load() != 2 {
+		t.Errorf("malformed counted %d, want 2", s.h.counters.Malformed.Load())
 	}
 	// And the server still answers.
 	if r := s.ask(t, "udp", "", query("www.example.com.", dns.TypeA, false)); r.Rcode != dns.RcodeSuccess {
@@ -404,14 +408,12 @@ func TestProtocol(t *testing.T) {
 }
 
 func TestRefuseToStart(t *testing.T) {
-	cfg := policy.DefaultConfig()
-	cfg.Listen = []string{"127.0.0.1:5353"}
-	cfg.Upstreams = []string{"127.0.0.1:5353"}
-	if _, _, err := NewState(cfg, nil, "", nil); err == nil || !strings.Contains(err.Error(), "loop") {
+	cfg := &Config{Listen: []string{"127.0.0.1:5353"}, Upstreams: []string{"127.0.0.1:5353"}}
+	if _, err := New(cfg, Options{}); err == nil || !strings.Contains(err.Error(), "loop") {
 		t.Errorf("loop: %v", err)
 	}
 	cfg.Listen = []string{":5353"}
-	if _, _, err := NewState(cfg, nil, "", nil); err == nil || !strings.Contains(err.Error(), "loop") {
+	if _, err := New(cfg, Options{}); err == nil || !strings.Contains(err.Error(), "loop") {
 		t.Errorf("loop through the wildcard address: %v", err)
 	}
 	// A port that is taken.
@@ -420,8 +422,8 @@ func TestRefuseToStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pc.Close()
-	srv := &Server{Handler: NewHandler(&State{}, nil)}
-	if err := srv.Listen([]string{pc.LocalAddr().String()}); err == nil || !strings.Contains(err.Error(), pc.LocalAddr().String()+"/udp") {
+	cfg = &Config{Listen: []string{pc.LocalAddr().String()}, Upstreams: []string{"127.0.0.1:9"}}
+	if _, err := New(cfg, Options{}); err == nil || !strings.Contains(err.Error(), pc.LocalAddr().String()+"/udp") {
 		t.Errorf("taken port: %v", err)
 	}
 }

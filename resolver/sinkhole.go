@@ -5,13 +5,11 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-
-	"github.com/phonehome/phonehome/policy"
 )
 
 // Sinkhole says how sinkholed names are answered.
 type Sinkhole struct {
-	Mode       policy.SinkholeMode // null_ip, nxdomain, nodata, refused, ip
+	Mode       SinkholeMode // null_ip, nxdomain, nodata, refused, ip
 	TTL        time.Duration
 	IPv4, IPv6 netip.Addr // for mode ip
 }
@@ -29,15 +27,15 @@ func (s Sinkhole) answer(req *dns.Msg) *dns.Msg {
 	}
 	var v4, v6 netip.Addr
 	switch s.Mode {
-	case policy.SinkholeRefused:
+	case SinkholeRefused:
 		m.Rcode = dns.RcodeRefused
 		return m
-	case policy.SinkholeNXDomain:
+	case SinkholeNXDomain:
 		m.Rcode = dns.RcodeNameError
-	case policy.SinkholeIP:
+	case SinkholeIP:
 		v4, v6 = s.IPv4, s.IPv6
-	case policy.SinkholeNoData:
-	default: // policy.SinkholeNullIP
+	case SinkholeNoData:
+	default: // SinkholeNullIP
 		v4, v6 = netip.IPv4Unspecified(), netip.IPv6Unspecified()
 	}
 	switch {

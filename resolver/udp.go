@@ -129,7 +129,7 @@ func (s *udpServer) serve() {
 // response is dropped, as answering it could start a loop between servers.
 func (s *udpServer) handle(w *batchWriter, b []byte) {
 	if len(b) == udpQuery || len(b) < 12 {
-		s.h.Counters.Malformed.Add(1)
+		s.h.counters.Malformed.Add(1)
 		return
 	}
 	if b[2]&0x80 != 0 { // QR: a response
@@ -137,7 +137,7 @@ func (s *udpServer) handle(w *batchWriter, b []byte) {
 	}
 	req := new(dns.Msg)
 	if err := req.Unpack(b); err != nil {
-		s.h.Counters.Malformed.Add(1)
+		s.h.counters.Malformed.Add(1)
 		return
 	}
 	s.h.ServeDNS(w, req)

@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-
-	"github.com/phonehome/phonehome/policy"
 )
 
 // Upstream is one resolver phonehome forwards to. Plain upstreams are asked
@@ -33,10 +31,10 @@ type Upstream struct {
 	downUntil atomic.Int64
 }
 
-// ParseUpstream makes an upstream of one written as policy.ParseUpstreamAddr
+// ParseUpstream makes an upstream of one written as ParseUpstreamAddr
 // reads them: "host:port", "tcp://host:port" or "tls://host:port#servername".
 func ParseUpstream(s string) (*Upstream, error) {
-	a, err := policy.ParseUpstreamAddr(s)
+	a, err := ParseUpstreamAddr(s)
 	if err != nil {
 		return nil, err
 	}

@@ -12,8 +12,8 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/phonehome/phonehome/internal/config"
 	"github.com/phonehome/phonehome/internal/dnstest"
-	"github.com/phonehome/phonehome/policy"
 )
 
 func TestUpstreamTransports(t *testing.T) {
@@ -180,7 +180,9 @@ func TestParseUpstreamAgreesWithConfig(t *testing.T) {
 	for _, s := range []string{"127.0.0.1:53", "udp://127.0.0.1:53", "tcp://[::1]:53", "tls://127.0.0.1:853#dns.example", "tls://127.0.0.1:853",
 		"tcp://127.0.0.1:53#name", "dns.example:53", "quic://127.0.0.1:853", "127.0.0.1", "tls://127.0.0.1:99999"} {
 		_, perr := ParseUpstream(s)
-		cerr := policy.CheckUpstream(s)
+		r := config.NewReport(nil)
+		(&Config{Upstreams: []string{s}}).Check(r)
+		cerr := r.Err()
 		if (perr == nil) != (cerr == nil) {
 			t.Errorf("%s: ParseUpstream says %v, the config check %v", s, perr, cerr)
 		}

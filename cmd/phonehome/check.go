@@ -10,24 +10,35 @@ import (
 	"text/tabwriter"
 
 	"github.com/phonehome/phonehome/endpoints"
+	"github.com/phonehome/phonehome/internal/configfile"
 	"github.com/phonehome/phonehome/policy"
+	"github.com/phonehome/phonehome/resolver"
 )
 
-// loadPolicy reads the config at path (the defaults when path is "") and
-// compiles it. Warnings go to stderr.
-func loadPolicy(path string, stderr io.Writer) (*policy.Config, *policy.Policy, error) {
-	cfg := policy.DefaultConfig()
-	if path != "" {
-		var err error
-		if cfg, err = policy.LoadConfig(path); err != nil {
-			return nil, nil, err
-		}
+// loadConfig reads the config at path (the defaults when path is "").
+func loadConfig(path string) (*configfile.File, error) {
+	if path == "" {
+		return configfile.Default(), nil
 	}
-	p, warns, err := policy.Compile(cfg)
+	return configfile.Load(path)
+}
+
+// loadPolicy reads the config at path (the defaults when path is "") and
+// compiles its policy. Warnings go to stderr.
+func loadPolicy(path string, stderr io.Writer) (*configfile.File, *policy.Policy, error) {
+	cfg, err := loadConfig(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, warns, err := policy.Compile(&cfg.Policy, cfg.Source)
+	printWarnings(stderr, warns)
+	return cfg, p, err
+}
+
+func printWarnings(stderr io.Writer, warns []string) {
 	for _, w := range warns {
 		fmt.Fprintf(stderr, "warning: %s\n", w)
 	}
-	return cfg, p, err
 }
 
 func runCheck(args []string, stdout, stderr io.Writer) int {
@@ -137,6 +148,7 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("phonehome validate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	config := fs.String("config", "", "the config file to check (required)")
+	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "where serve finds upstreams when the config names none")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: phonehome validate -config FILE")
 		fmt.Fprintln(stderr, "\nChecks a config file, the documents and lists it names, and prints a summary.")
@@ -149,7 +161,15 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	cfg, p, err := loadPolicy(*config, stderr)
+	// The same checks as serve and a reload: the file, the documents and
+	// lists it names, the upstreams (or resolv.conf's).
+	cfg, err := configfile.Load(*config)
+	var p *policy.Policy
+	if err == nil {
+		var warns []string
+		p, warns, err = resolver.Validate(&cfg.Config, *resolvConf)
+		printWarnings(stderr, warns)
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -164,7 +184,7 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	from := strings.Join(p.Catalog.Sources, ", ")
-	if *cfg.Catalog.Builtin {
+	if *cfg.Policy.Catalog.Builtin {
 		n := endpoints.BuiltinCount()
 		from = fmt.Sprintf("%d built-in documents (Windows 10 1709 to Windows 11)", n)
 		if extra := p.Catalog.Sources[n:]; len(extra) > 0 {

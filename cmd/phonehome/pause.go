@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/phonehome/phonehome/policy"
+	"github.com/phonehome/phonehome/internal/web"
 )
 
 // runPause asks a running phonehome to log instead of sinkhole for a while:
@@ -18,7 +18,7 @@ import (
 func runPause(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("phonehome pause", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("http", policy.DefaultHTTP, "the running phonehome's http address")
+	addr := fs.String("http", web.DefaultHTTP, "the running phonehome's http address")
 	token := fs.String("token", "", "its http_token, if it has one")
 	cats := fs.String("category", "", "pause only these categories, comma-separated (default: all)")
 	fs.Usage = func() {
@@ -41,7 +41,7 @@ func runPause(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	req := pauseRequest{Duration: dur}
+	req := web.PauseRequest{Duration: dur}
 	for _, c := range strings.Split(*cats, ",") {
 		if c = strings.TrimSpace(c); c != "" {
 			req.Categories = append(req.Categories, c)

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -252,5 +254,60 @@ func TestServeReloadListenChange(t *testing.T) {
 	}
 	if got := lookupA(t, ph.dns[0], "www.example.com."); got != dnstest.AnswerA {
 		t.Errorf("the running listener after the reload: %s", got)
+	}
+}
+
+// TestServeReloadOverHTTP: POST /api/reload applies the file without any
+// signal, the HTTP token included; a bad file is refused with its errors
+// and changes nothing.
+func TestServeReloadOverHTTP(t *testing.T) {
+	up := dnstest.Start(t)
+	cfg := filepath.Join(t.TempDir(), "phonehome.yaml")
+	write := func(s string) {
+		if err := os.WriteFile(cfg, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const base = "access: {rate_limit: 0}\nquerylog: {output: \"off\"}\n"
+	write(base + "http_token: one\n")
+	ph := startServe(t, "-config", cfg, "-listen", "127.0.0.1:0", "-upstream", up.Addr(), "-http", "127.0.0.1:0")
+	reload := func(token string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", "http://"+ph.http+"/api/reload", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		r, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		b, _ := io.ReadAll(r.Body)
+		return r.StatusCode, string(b)
+	}
+	if got := lookupA(t, ph.dns[0], "arc.msn.com."); got != dnstest.AnswerA {
+		t.Fatalf("arc.msn.com before the reload: %s", got)
+	}
+
+	write(base + "http_token: two\npolicy:\n  default: {actions: {spotlight: sinkhole}}\n")
+	if code, body := reload("one"); code != 200 {
+		t.Fatalf("reload: %d %s", code, body)
+	}
+	if got := lookupA(t, ph.dns[0], "arc.msn.com."); got != "0.0.0.0" {
+		t.Errorf("arc.msn.com after the reload: %s", got)
+	}
+	if code, _ := reload("one"); code != http.StatusUnauthorized {
+		t.Errorf("the old token after rotating it: %d", code)
+	}
+
+	write(base + "http_token: two\npolicy:\n  default: {actions: {spotlite: sinkhole}}\n")
+	code, body := reload("two")
+	if code != http.StatusUnprocessableEntity || !strings.Contains(body, cfg+`:5:23: unknown category "spotlite"`) {
+		t.Errorf("bad file: %d %s", code, body)
+	}
+	if got := lookupA(t, ph.dns[0], "arc.msn.com."); got != "0.0.0.0" {
+		t.Errorf("after a bad reload the running policy should stay: %s", got)
+	}
+	if _, metrics := get(t, "http://"+ph.http+"/metrics"); !strings.Contains(metrics, `phonehome_config_reloads_total{result="failure"} 1`) ||
+		!strings.Contains(metrics, `phonehome_config_reloads_total{result="success"} 2`) {
+		t.Errorf("reloads counted wrong:\n%s", metrics)
 	}
 }

@@ -1,4 +1,4 @@
-package policy
+package configfile
 
 import (
 	"os"
@@ -9,7 +9,7 @@ import (
 // TestReadmeConfigs parses every YAML example of the README, so the
 // documentation cannot drift from what the parser takes.
 func TestReadmeConfigs(t *testing.T) {
-	b, err := os.ReadFile("../README.md")
+	b, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -18,7 +18,7 @@ func TestReadmeConfigs(t *testing.T) {
 		t.Fatal("no yaml examples in the README")
 	}
 	for i, blk := range blocks {
-		if _, err := ParseConfig("README.md example", blk[1]); err != nil {
+		if _, err := Parse("README.md example", blk[1]); err != nil {
 			t.Errorf("example %d: %v", i+1, err)
 		}
 	}

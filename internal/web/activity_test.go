@@ -1,4 +1,4 @@
-package resolver
+package web
 
 import (
 	"fmt"
@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/phonehome/phonehome/internal/querylog"
 )
 
 // askUndocumented adds to a a query for name from client at the time at,
@@ -15,15 +17,15 @@ func askUndocumented(a *Activity, client, name, pattern string, at time.Time) {
 	a.add(netip.MustParseAddr(client), undocumented(client, name, pattern, at), "")
 }
 
-func undocumented(client, name, pattern string, at time.Time) Record {
-	return Record{Time: at, Client: client, Name: name, Type: "A", Action: "log", Category: "undocumented", Pattern: pattern, Edition: "all"}
+func undocumented(client, name, pattern string, at time.Time) querylog.Record {
+	return querylog.Record{Time: at, Client: client, Name: name, Type: "A", Action: "log", Category: "undocumented", Pattern: pattern, Edition: "all"}
 }
 
 // TestActivityUndocumented: each undocumented name is counted once however
 // it is spelled, with its domain, first and last seen, and the machines
 // that asked; documented matches are not among them; the busiest come first.
 func TestActivityUndocumented(t *testing.T) {
-	a := NewActivity(10, 10)
+	a := NewActivity(10, 10, false)
 	t0 := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 	askUndocumented(a, "192.168.1.5", "foo.windows.com.", "*.windows.com", t0.Add(time.Second))
 	askUndocumented(a, "192.168.1.6", "FOO.Windows.COM.", "*.windows.com", t0) // finished after a later one
@@ -60,7 +62,7 @@ func TestActivityUndocumented(t *testing.T) {
 // machines keep asking for outlives a flood of new ones, and Others counts
 // the names forgotten.
 func TestActivityUndocumentedBounds(t *testing.T) {
-	a := NewActivity(10, 10)
+	a := NewActivity(10, 10, false)
 	t0 := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 	for i := range maxUndocumentedClients + 5 {
 		askUndocumented(a, fmt.Sprintf("10.0.0.%d", i+1), "busy.microsoft.com.", "*.microsoft.com", t0)
@@ -96,7 +98,7 @@ func TestActivityUndocumentedBounds(t *testing.T) {
 // TestActivityUndocumentedConcurrent: Undocumented may be called while add
 // goes on (run with -race).
 func TestActivityUndocumentedConcurrent(t *testing.T) {
-	a := NewActivity(10, 10)
+	a := NewActivity(10, 10, false)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {

@@ -1,4 +1,7 @@
-package resolver
+// Package querylog writes the query log: one JSON object per line for each
+// catalog or list match (or every query), from a goroutine of its own. It
+// is an observer of the resolver's request path.
+package querylog
 
 import (
 	"bufio"
@@ -11,7 +14,31 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/phonehome/phonehome/endpoints"
+	"github.com/phonehome/phonehome/resolver"
 )
+
+// Config is the querylog: section of the config file.
+type Config struct {
+	// Output is "stdout" (the default), "stderr", "off" or a file path.
+	Output string `yaml:"output"`
+	// AllQueries logs every query, not just catalog and list matches.
+	AllQueries bool `yaml:"all_queries"`
+	// AnonymizeClients zeroes the host part of client addresses, here
+	// and in every other view of clients.
+	AnonymizeClients bool `yaml:"anonymize_clients"`
+}
+
+// SetDefaults fills in what the file left out.
+func (c *Config) SetDefaults() {
+	if c.Output == "" {
+		c.Output = "stdout"
+	}
+}
 
 // Record is one line of the query log.
 type Record struct {
@@ -34,10 +61,10 @@ type Record struct {
 	Duration float64 `json:"duration"` // seconds
 }
 
-// QueryLog writes one JSON object per line, from its own goroutine. Add
-// never blocks answering: when the writer falls behind, records are dropped
-// and counted.
-type QueryLog struct {
+// Log writes one JSON object per line, from its own goroutine. Add never
+// blocks answering: when the writer falls behind, records are dropped and
+// counted.
+type Log struct {
 	All       bool // every query, not just catalog matches
 	Anonymize bool // zero the host part of client addresses
 
@@ -61,11 +88,12 @@ type reopenRequest struct {
 	done chan struct{}
 }
 
-// OpenQueryLog opens output: "stdout", "stderr", "off" (nil, no log) or a
-// file path (appended to).
-func OpenQueryLog(output string, all, anonymize bool) (*QueryLog, error) {
+// Open opens cfg.Output: "stdout", "stderr", "off" (nil, no log) or a file
+// path (appended to).
+func Open(cfg Config) (*Log, error) {
 	var w io.Writer
 	var file *os.File
+	output := cfg.Output
 	switch output {
 	case "off", "":
 		return nil, nil
@@ -80,22 +108,72 @@ func OpenQueryLog(output string, all, anonymize bool) (*QueryLog, error) {
 		}
 		w, file = f, f
 	}
-	l := newQueryLog(w, all, anonymize, 4096)
+	l := newLog(w, cfg.AllQueries, cfg.AnonymizeClients, 4096)
 	l.path, l.file = output, file
 	go l.run()
 	return l, nil
 }
 
-// NewQueryLogWriter logs to w; for tests and embedding.
-func NewQueryLogWriter(w io.Writer, all, anonymize bool, buffer int) *QueryLog {
-	l := newQueryLog(w, all, anonymize, buffer)
+// NewWriter logs to w; for tests and embedding.
+func NewWriter(w io.Writer, all, anonymize bool, buffer int) *Log {
+	l := newLog(w, all, anonymize, buffer)
 	go l.run()
 	return l
 }
 
-func newQueryLog(w io.Writer, all, anonymize bool, buffer int) *QueryLog {
-	return &QueryLog{All: all, Anonymize: anonymize, w: w, ch: make(chan Record, buffer),
+func newLog(w io.Writer, all, anonymize bool, buffer int) *Log {
+	return &Log{All: all, Anonymize: anonymize, w: w, ch: make(chan Record, buffer),
 		reopen: make(chan reopenRequest), done: make(chan struct{})}
+}
+
+// Answered logs a decided query that matched a catalog entry or a list and
+// was not allowed, or every decided query with all_queries.
+func (l *Log) Answered(a resolver.Answer) {
+	if !a.Decided() || !l.All && !a.Match() {
+		return
+	}
+	l.Add(NewRecord(&a, l.Anonymize))
+}
+
+// NewRecord spells an answered query as a query log line; anonymize zeroes
+// the client's host part.
+func NewRecord(a *resolver.Answer, anonymize bool) Record {
+	client, d, q := a.Client, &a.Decision, a.Question
+	if anonymize {
+		client = Anonymize(client)
+	}
+	r := Record{Time: a.Start, Client: client.String(), Group: d.Group.Name, Name: q.Name, Type: dns.TypeToString[q.Qtype],
+		Action: d.Action.String(), Category: string(d.Category()), Edition: d.Group.Edition.String(),
+		Rcode: dns.RcodeToString[a.Rcode], Source: a.Source.String(), Duration: a.Duration.Seconds()}
+	if d.Match.Rule != nil {
+		r.Pattern = d.Match.Pattern()
+		if e := d.Match.Rule.Entry; e != nil {
+			switch e.Kind {
+			case endpoints.Documented:
+				r.Windows = d.Match.Rule.Versions
+			case endpoints.Family:
+				r.Family = e.Members[0]
+			}
+		}
+	}
+	return r
+}
+
+var descDropped = prometheus.NewDesc("phonehome_querylog_dropped_total", "Query log records dropped because the writer fell behind.", nil, nil)
+
+// Collector reports the records dropped; it reports 0 for a nil (off) log.
+func (l *Log) Collector() prometheus.Collector { return droppedCollector{l} }
+
+type droppedCollector struct{ l *Log }
+
+func (c droppedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descDropped }
+
+func (c droppedCollector) Collect(ch chan<- prometheus.Metric) {
+	var n uint64
+	if c.l != nil {
+		n = c.l.Dropped.Load()
+	}
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n))
 }
 
 func openLogFile(path string) (*os.File, error) {
@@ -109,7 +187,7 @@ func openLogFile(path string) (*os.File, error) {
 // Reopen reopens a file output, so that logrotate can move the old one
 // away (phonehome does this on SIGUSR1). It returns once what was buffered
 // for the old file is written to it and the new file is in use.
-func (l *QueryLog) Reopen() error {
+func (l *Log) Reopen() error {
 	if l == nil || l.path == "" {
 		return nil
 	}
@@ -129,7 +207,7 @@ func (l *QueryLog) Reopen() error {
 
 // Add queues a record, or drops and counts it when the queue is full or
 // the log is closed.
-func (l *QueryLog) Add(r Record) {
+func (l *Log) Add(r Record) {
 	l.closing.RLock()
 	defer l.closing.RUnlock()
 	if l.closed {
@@ -146,7 +224,7 @@ func (l *QueryLog) Add(r Record) {
 // run writes records, and flushes what it has written ten times a second:
 // under load a write system call per record would take the server's core.
 // It alone touches the writer, so a reopen flushes to the old file first.
-func (l *QueryLog) run() {
+func (l *Log) run() {
 	defer close(l.done)
 	bw := bufio.NewWriterSize(l.w, 64<<10)
 	var buf []byte
@@ -228,7 +306,7 @@ func appendField(b []byte, key, s string) []byte {
 
 // Close writes what is queued and closes a file output. Records added
 // later are dropped and counted.
-func (l *QueryLog) Close() {
+func (l *Log) Close() {
 	if l == nil {
 		return
 	}
@@ -241,9 +319,9 @@ func (l *QueryLog) Close() {
 	<-l.done
 }
 
-// anonymize zeroes the host part of an address: the last octet of IPv4,
+// Anonymize zeroes the host part of an address: the last octet of IPv4,
 // the last 80 bits of IPv6.
-func anonymize(a netip.Addr) netip.Addr {
+func Anonymize(a netip.Addr) netip.Addr {
 	if a.Is4() {
 		b := a.As4()
 		b[3] = 0

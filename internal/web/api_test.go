@@ -1,20 +1,28 @@
-package main
+package web
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
 
+	"github.com/phonehome/phonehome/policy"
 	"github.com/phonehome/phonehome/resolver"
 )
 
 // TestAPIGuard: state-changing calls need an address in access.allow and,
 // when http_token is set, the token.
 func TestAPIGuard(t *testing.T) {
-	h := resolver.NewHandler(&resolver.State{Allow: []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24")}}, nil)
-	a := &api{h: h, token: "s3cret"}
+	cfg := &resolver.Config{Listen: []string{"127.0.0.1:0"}, Upstreams: []string{"127.0.0.1:9"},
+		Access: resolver.AccessConfig{Allow: []policy.Prefix{{Prefix: netip.MustParsePrefix("192.168.1.0/24")}}}}
+	s, err := resolver.New(cfg, resolver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	a := NewAPI(s, NewActivity(10, 10, false), nil, "s3cret", nil)
 	ok := func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }
 	for _, c := range []struct {
 		remote, auth string

@@ -1,4 +1,4 @@
-package main
+package web
 
 import (
 	_ "embed"
@@ -8,7 +8,7 @@ import (
 // page is the live web page: one file, no external assets, so it works
 // offline and on a phone. It reads the JSON API.
 //
-//go:embed web/index.html
+//go:embed index.html
 var page []byte
 
 func pageHandler() http.Handler {

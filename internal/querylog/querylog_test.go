@@ -1,4 +1,4 @@
-package resolver
+package querylog
 
 import (
 	"bytes"
@@ -33,7 +33,7 @@ func (s *stalled) Write(p []byte) (int, error) {
 // never blocks.
 func TestQueryLogDropsWhenBehind(t *testing.T) {
 	w := &stalled{release: make(chan struct{})}
-	l := NewQueryLogWriter(w, true, false, 8)
+	l := NewWriter(w, true, false, 8)
 	r := Record{Name: "x.example."}
 	const n = 2000
 	held := 64<<10/(len(r.appendJSON(nil))+1) + 1 + 8 // buffer, the record in hand, queue
@@ -57,7 +57,7 @@ func TestAnonymize(t *testing.T) {
 		"2001:db8:1:2:3:4:5:6":   "2001:db8:1::",
 		"fd00:1234:5678:9abc::1": "fd00:1234:5678::",
 	} {
-		if got := anonymize(netip.MustParseAddr(in)).String(); got != want {
+		if got := Anonymize(netip.MustParseAddr(in)).String(); got != want {
 			t.Errorf("anonymize(%s) = %s, want %s", in, got, want)
 		}
 	}
@@ -96,7 +96,7 @@ func TestRecordJSON(t *testing.T) {
 func TestQueryLogReopen(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "q.log")
-	l, err := OpenQueryLog(path, true, false)
+	l, err := Open(Config{Output: path, AllQueries: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestQueryLogReopen(t *testing.T) {
 // TestQueryLogAddAfterClose: an answer that finishes after shutdown closed
 // the log is dropped and counted, not a panic.
 func TestQueryLogAddAfterClose(t *testing.T) {
-	l := NewQueryLogWriter(io.Discard, true, false, 8)
+	l := NewWriter(io.Discard, true, false, 8)
 	l.Close()
 	l.Add(Record{Name: "late.example."})
 	l.Close()

@@ -1,4 +1,4 @@
-package resolver
+package web
 
 import (
 	"cmp"
@@ -12,13 +12,20 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/phonehome/phonehome/endpoints"
+	"github.com/phonehome/phonehome/internal/querylog"
+	"github.com/phonehome/phonehome/resolver"
 )
 
 // Activity is the bounded in-memory history the web page shows: a ring of
 // recent catalog matches, totals per category and action, counts per
 // endpoint, per-client counters in an LRU, and the undocumented Microsoft
 // names asked for. Memory stays flat however long phonehome runs.
+// It is an observer of the resolver's request path.
 type Activity struct {
+	// anonymize zeroes the host part of client addresses
+	// (querylog.anonymize_clients), set before queries flow.
+	anonymize bool
+
 	mu        sync.Mutex
 	ring      []Event
 	next      int
@@ -32,10 +39,10 @@ type Activity struct {
 	others       uint64                                // names forgotten to make room
 }
 
-// Event is one catalog match in the feed.
+// Event is one catalog match in the feed: its query log line and an ID.
 type Event struct {
 	ID uint64 `json:"id"`
-	Record
+	querylog.Record
 }
 
 type catAction struct{ category, action string }
@@ -91,20 +98,36 @@ const (
 	maxUndocumentedClients = 16
 )
 
-// NewActivity keeps the last events matches and up to clients clients.
-func NewActivity(events, clients int) *Activity {
+// NewActivity keeps the last events matches and up to clients clients;
+// anonymize zeroes the host part of their addresses.
+func NewActivity(events, clients int, anonymize bool) *Activity {
 	a := &Activity{ring: make([]Event, 0, events), totals: map[catAction]uint64{}, endpoints: map[string]*EndpointCount{},
-		started: time.Now()}
+		started: time.Now(), anonymize: anonymize}
 	a.undocumented, _ = lru.NewWithEvict(maxUndocumented, func(string, *UndocumentedHost) { a.others++ })
 	a.clients, _ = lru.New[netip.Addr, *ClientCount](clients)
 	return a
 }
 
-// add records one catalog or list match.
-func (a *Activity) add(client netip.Addr, r Record, description string) {
-	if a == nil {
+// Answered keeps a decided query that matched a catalog entry or a list,
+// whatever was done with it.
+func (a *Activity) Answered(ans resolver.Answer) {
+	rule := ans.Decision.Match.Rule
+	if !ans.Decided() || rule == nil {
 		return
 	}
+	client := ans.Client
+	if a.anonymize {
+		client = querylog.Anonymize(client)
+	}
+	desc := ""
+	if rule.Entry != nil {
+		desc = rule.Entry.Description()
+	}
+	a.add(client, querylog.NewRecord(&ans, a.anonymize), desc)
+}
+
+// add records one catalog or list match.
+func (a *Activity) add(client netip.Addr, r querylog.Record, description string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.seq++
@@ -142,7 +165,7 @@ func (a *Activity) add(client netip.Addr, r Record, description string) {
 // The table keeps the maxUndocumented names asked for most recently: a
 // flood of made-up names pushes out names nobody asks for any more, not
 // the ones machines keep asking for, and a.others counts what it forgot.
-func (a *Activity) addUndocumented(r Record) {
+func (a *Activity) addUndocumented(r querylog.Record) {
 	name := strings.ToLower(strings.TrimSuffix(r.Name, "."))
 	u, ok := a.undocumented.Get(name)
 	if !ok {

@@ -1,0 +1,61 @@
+package resolver
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/phonehome/phonehome/policy"
+)
+
+// An Observer watches the request path: the metrics, the query log, the
+// web page's activity and, next, the history store. Answered is called
+// once for every query answered (not for those the rate limit drops), on
+// the goroutine that answered it, after the answer was sent. It must not
+// block: an observer that writes somewhere slow queues and drops.
+//
+// Adding an observer touches nothing of the request path: pass it in
+// Options.Observers.
+type Observer interface {
+	Answered(a Answer)
+}
+
+// Answer is one answered query, as observers see it.
+type Answer struct {
+	Start    time.Time
+	Client   netip.Addr
+	Question dns.Question
+	// Decision is what the policy decided; its Group is nil for queries
+	// answered before the policy was asked (refused, malformed, ANY).
+	Decision policy.Decision
+	Rcode    int
+	Source   AnswerSource
+	Duration time.Duration // from Start until the answer was sent
+}
+
+// Decided reports whether the policy decided the query.
+func (a *Answer) Decided() bool { return a.Decision.Group != nil }
+
+// Match reports whether the query matched a catalog entry or a list and
+// was logged or sinkholed: what the query log records by default.
+func (a *Answer) Match() bool {
+	return a.Decision.Match.Rule != nil && a.Decision.Action != policy.Allow
+}
+
+// AnswerSource is where an answer came from.
+type AnswerSource uint8
+
+// The sources of answers.
+const (
+	SourceCache AnswerSource = iota
+	SourceUpstream
+	SourceSinkhole
+	SourceStale
+	SourceLocal // refused, malformed, ANY, or SERVFAIL when no upstream answered
+	numSources
+)
+
+var sourceNames = [numSources]string{"cache", "upstream", "sinkhole", "stale", "local"}
+
+func (s AnswerSource) String() string { return sourceNames[s] }

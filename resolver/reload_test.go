@@ -1,0 +1,100 @@
+package resolver
+
+import (
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/miekg/dns"
+
+	"github.com/phonehome/phonehome/internal/dnstest"
+)
+
+// TestReload calls Reload directly, with a good and a bad config, while a
+// bounded load runs: every query is answered, a good config takes effect
+// at once (the rate limit of a client already seen, policy, sinkhole
+// mode, upstreams), a bad one changes nothing and says why, and the cache
+// survives a reload that keeps its size.
+func TestReload(t *testing.T) {
+	up, other := dnstest.Start(t), dnstest.Start(t)
+	s := start(t, "access: {rate_limit: 1}\n", up)
+	reload := func(text string, ups ...*dnstest.Upstream) error {
+		cfg := parseConfig(t, text)
+		cfg.Listen = []string{s.addr} // as running: no restart warning
+		for _, u := range ups {
+			cfg.Upstreams = append(cfg.Upstreams, u.Addr())
+		}
+		return s.srv.Reload(cfg)
+	}
+
+	// A client seen before the reload goes over its limit of one a
+	// second: one of ten quick queries is dropped (unless each took more
+	// than a second), and the rest are not sent.
+	s.ask(t, "udp", "127.0.0.9", query("cached.example.", dns.TypeA, false))
+	for i := 0; ; i++ {
+		if _, err := s.exchange("udp", "127.0.0.9", query("cached.example.", dns.TypeA, false)); err != nil {
+			break
+		}
+		if i == 10 {
+			t.Fatal("ten quick queries within a limit of one a second")
+		}
+	}
+	if err := reload("access: {rate_limit: 1000}\n", up); err != nil {
+		t.Fatal(err)
+	}
+	// It has the new rate now: fifty quick queries pass.
+	for i := range 50 {
+		if _, err := s.exchange("udp", "127.0.0.9", query("cached.example.", dns.TypeA, false)); err != nil {
+			t.Fatalf("query %d of a client seen before raising its limit: %v", i, err)
+		}
+	}
+
+	// A bounded load runs through the next reloads.
+	var sent, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range 3000 {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			sent.Add(1)
+			if r, err := s.exchange("udp", "127.0.0.1", query("www.example.com.", dns.TypeA, false)); err != nil || r.Rcode != dns.RcodeSuccess {
+				failed.Add(1)
+			}
+		}
+	})
+
+	good := "access: {rate_limit: 1000}\nsinkhole: {mode: nxdomain}\npolicy:\n  default: {actions: {spotlight: sinkhole}}\n"
+	if err := reload(good, other); err != nil {
+		t.Fatalf("good config: %v", err)
+	}
+	if r := s.ask(t, "udp", "", query("arc.msn.com.", dns.TypeA, false)); r.Rcode != dns.RcodeNameError {
+		t.Errorf("spotlight after the reload: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
+	}
+	// The cache was kept: cached.example is not asked again, of either.
+	if up.Seen("cached.example") != 1 || other.Seen("cached.example") != 0 {
+		t.Errorf("cached.example asked again after the reload: %d, %d", up.Seen("cached.example"), other.Seen("cached.example"))
+	}
+	// New names go to the new upstream.
+	s.ask(t, "udp", "", query("new.example.", dns.TypeA, false))
+	if up.Seen("new.example") != 0 || other.Seen("new.example") != 1 {
+		t.Errorf("new.example went to the old upstream (%d) or not to the new (%d)", up.Seen("new.example"), other.Seen("new.example"))
+	}
+
+	err := reload("policy:\n  default: {actions: {spotlite: sinkhole}}\n", other)
+	if err == nil || !strings.Contains(err.Error(), `test.yaml:2:23: unknown category "spotlite"`) {
+		t.Errorf("bad config: %v", err)
+	}
+	if r := s.ask(t, "udp", "", query("arc.msn.com.", dns.TypeA, false)); r.Rcode != dns.RcodeNameError {
+		t.Errorf("after a bad reload the running config stays: %s", dns.RcodeToString[r.Rcode])
+	}
+	close(stop)
+	wg.Wait()
+	if sent.Load() == 0 || failed.Load() != 0 {
+		t.Errorf("%d of %d queries failed during reloads", failed.Load(), sent.Load())
+	}
+}
