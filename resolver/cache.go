@@ -2,7 +2,6 @@ package resolver
 
 import (
 	"strings"
-	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -16,8 +15,7 @@ type Cache struct {
 	lru            *lru.Cache[string, *cached]
 	size           int
 	minTTL, maxTTL time.Duration
-	// skew moves the cache's clock, for tests of expiry.
-	skew atomic.Int64
+	now            func() time.Time
 }
 
 // cached is an answer in wire format: a byte slice holds no pointers, so the
@@ -35,16 +33,18 @@ const (
 	staleTTL    = 30
 )
 
-// NewCache makes a cache of at most size answers; size 0 turns it off.
-func NewCache(size int, minTTL, maxTTL time.Duration) *Cache {
-	c := &Cache{size: size, minTTL: minTTL, maxTTL: maxTTL}
+// NewCache makes a cache of at most size answers; size 0 turns it off. now
+// is its clock (nil for time.Now).
+func NewCache(size int, minTTL, maxTTL time.Duration, now func() time.Time) *Cache {
+	if now == nil {
+		now = time.Now
+	}
+	c := &Cache{size: size, minTTL: minTTL, maxTTL: maxTTL, now: now}
 	if size > 0 {
 		c.lru, _ = lru.New[string, *cached](size)
 	}
 	return c
 }
-
-func (c *Cache) now() time.Time { return time.Now().Add(time.Duration(c.skew.Load())) }
 
 // Key is the cache key of a query: the lower-cased name, type, class and
 // the DO and CD bits.

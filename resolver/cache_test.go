@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,27 +20,36 @@ func answer(name string, ttls ...uint32) *dns.Msg {
 	return m
 }
 
+// testClock is a clock a test moves by hand.
+type testClock struct{ skew atomic.Int64 }
+
+func (c *testClock) now() time.Time { return time.Now().Add(time.Duration(c.skew.Load())) }
+
+func (c *testClock) set(d time.Duration) { c.skew.Store(int64(d)) }
+
 func TestCacheTTLs(t *testing.T) {
-	c := NewCache(10, 0, time.Hour)
+	clock := &testClock{}
+	c := NewCache(10, 0, time.Hour, clock.now)
 	key := Key(answer("a.example.", 0))
 	c.Put(key, answer("a.example.", 300, 100))
-	c.skew.Store(int64(40 * time.Second))
+	clock.set(40 * time.Second)
 	fresh := c.Get(key)
 	if fresh == nil || fresh.Answer[0].Header().Ttl != 60 || fresh.Answer[1].Header().Ttl != 60 { // both held to the entry's lifetime, the lowest TTL
 		t.Fatalf("TTLs after 40 s: %v", fresh)
 	}
 	// The entry lives as long as its lowest TTL, then turns stale.
-	c.skew.Store(int64(101 * time.Second))
+	clock.set(101 * time.Second)
 	if fresh, stale := c.Get(key), c.Stale(key); fresh != nil || stale == nil || stale.Answer[0].Header().Ttl != staleTTL {
 		t.Errorf("after 101 s: fresh %v stale %v", fresh, stale)
 	}
-	c.skew.Store(int64(25 * time.Hour))
+	clock.set(25 * time.Hour)
 	if fresh, stale := c.Get(key), c.Stale(key); fresh != nil || stale != nil {
 		t.Error("a day after expiry nothing is served")
 	}
 
 	// Clamping.
-	c = NewCache(10, time.Minute, 10*time.Minute)
+	clock = &testClock{}
+	c = NewCache(10, time.Minute, 10*time.Minute, clock.now)
 	c.Put("low", answer("low.example.", 5))
 	c.Put("high", answer("high.example.", 86400))
 	if m := c.Get("low"); m == nil || m.Answer[0].Header().Ttl != 60 {
@@ -52,7 +62,8 @@ func TestCacheTTLs(t *testing.T) {
 	// Negative answers: cached for min(SOA TTL, minimum); none without a SOA.
 	nx := answer("nx.example.")
 	nx.Rcode = dns.RcodeNameError
-	c = NewCache(10, 0, time.Hour)
+	clock = &testClock{}
+	c = NewCache(10, 0, time.Hour, clock.now)
 	c.Put("nosoa", nx)
 	if m := c.Get("nosoa"); m != nil {
 		t.Error("NXDOMAIN without SOA was cached")
@@ -60,25 +71,25 @@ func TestCacheTTLs(t *testing.T) {
 	soa, _ := dns.NewRR("example. 3600 IN SOA ns. host. 1 2 3 4 45")
 	nx.Ns = []dns.RR{soa}
 	c.Put("nx", nx)
-	c.skew.Store(int64(44 * time.Second))
+	clock.set(44 * time.Second)
 	if m := c.Get("nx"); m == nil || m.Rcode != dns.RcodeNameError {
 		t.Error("NXDOMAIN not cached for the SOA minimum")
 	}
-	c.skew.Store(int64(46 * time.Second))
+	clock.set(46 * time.Second)
 	if m := c.Get("nx"); m != nil {
 		t.Error("NXDOMAIN outlived the SOA minimum")
 	}
 	// SERVFAIL: at most 5 s.
 	sf := answer("sf.example.")
 	sf.Rcode = dns.RcodeServerFailure
-	c.skew.Store(0)
+	clock.set(0)
 	c.Put("sf", sf)
-	c.skew.Store(int64(6 * time.Second))
+	clock.set(6 * time.Second)
 	if m := c.Get("sf"); m != nil {
 		t.Error("SERVFAIL cached beyond 5 s")
 	}
 	// Size 0 turns the cache off; the key tells DO and CD apart.
-	off := NewCache(0, 0, 0)
+	off := NewCache(0, 0, 0, nil)
 	off.Put("k", answer("a.example.", 300))
 	if m := off.Get("k"); m != nil || off.Len() != 0 {
 		t.Error("cache size 0 still caches")

@@ -236,7 +236,7 @@ func (p *connPool) add(conn *dns.Conn) *streamConn {
 func (c *streamConn) register(w *waiter) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	w.q.Id = freeID(c.waiting)
+	w.q.Id = freeID(c.waiting, randomID)
 	c.waiting[w.q.Id] = w
 	c.idle.Stop()
 }

@@ -220,7 +220,7 @@ type funcCollector struct {
 
 var (
 	descResponses = prometheus.NewDesc("phonehome_responses_total", "Answers sent, by rcode and by where they came from (cache, upstream, sinkhole, stale, local).", []string{labelRcode, labelSource}, nil)
-	descRefused   = prometheus.NewDesc("phonehome_refused_total", "Queries turned away, by reason (access, rate_limit, malformed, overload).", []string{labelReason}, nil)
+	descRefused   = prometheus.NewDesc("phonehome_refused_total", "Queries turned away, by reason: access (answered REFUSED), rate_limit (dropped), malformed (not parsed), overload (answered SERVFAIL at once, too many queries waiting for upstreams).", []string{labelReason}, nil)
 	descCacheReqs = prometheus.NewDesc("phonehome_cache_requests_total", "Cache lookups, by result (hit, miss, stale).", []string{labelResult}, nil)
 	descCacheLen  = prometheus.NewDesc("phonehome_cache_entries", "Answers held in the cache.", nil, nil)
 )

@@ -62,7 +62,7 @@ func newState(cfg *Config, prev *State, opts *Options) (*State, []string, error)
 	if prev != nil && prev.Cache != nil && prev.Cache.size == *cfg.Cache.Size && prev.Cache.minTTL == cfg.Cache.MinTTL && prev.Cache.maxTTL == cfg.Cache.MaxTTL {
 		st.Cache = prev.Cache
 	} else {
-		st.Cache = NewCache(*cfg.Cache.Size, cfg.Cache.MinTTL, cfg.Cache.MaxTTL)
+		st.Cache = NewCache(*cfg.Cache.Size, cfg.Cache.MinTTL, cfg.Cache.MaxTTL, opts.Clock)
 	}
 	return st, warns, nil
 }
@@ -82,6 +82,8 @@ type Options struct {
 	// TryTimeout bounds one upstream's answer, Timeout a query's over all
 	// upstreams (defaults 2 s and 5 s).
 	TryTimeout, Timeout time.Duration
+	// Clock is the cache's clock (default time.Now).
+	Clock func() time.Time
 }
 
 // withDefaults returns opts with what was left out filled in.

@@ -106,6 +106,7 @@ func sameQuestion(q, r *dns.Msg) bool {
 // a connected socket only receives from the upstream's address.
 type udpPool struct {
 	addr   string
+	ids    func() uint16 // randomID; a test narrows it to make IDs collide
 	mu     sync.Mutex
 	socks  []*udpSock
 	next   int
@@ -119,6 +120,7 @@ const (
 
 type udpSock struct {
 	conn    *net.UDPConn
+	ids     func() uint16
 	mu      sync.Mutex
 	waiting map[uint16]*waiter
 	uses    int
@@ -130,7 +132,7 @@ type waiter struct {
 	ch chan *dns.Msg
 }
 
-func newUDPPool(addr string) *udpPool { return &udpPool{addr: addr} }
+func newUDPPool(addr string) *udpPool { return &udpPool{addr: addr, ids: randomID} }
 
 // sock returns a socket for one more query, dialling or renewing as needed,
 // with w registered on it under a fresh ID. Registering here, under the
@@ -170,14 +172,14 @@ func (p *udpPool) sock(w *waiter) (*udpSock, error) {
 	return s, nil
 }
 
-// queryID is a random query ID: math/rand/v2's global source is
-// cryptographically random. (Tests narrow it to make IDs collide.)
-var queryID = func() uint16 { return uint16(rand.Uint32()) }
+// randomID is a random query ID: math/rand/v2's global source is
+// cryptographically random.
+func randomID() uint16 { return uint16(rand.Uint32()) }
 
-// freeID returns a random query ID that no query in waiting has.
-func freeID(waiting map[uint16]*waiter) uint16 {
+// freeID returns a query ID from ids that no query in waiting has.
+func freeID(waiting map[uint16]*waiter, ids func() uint16) uint16 {
 	for {
-		if id := queryID(); waiting[id] == nil {
+		if id := ids(); waiting[id] == nil {
 			return id
 		}
 	}
@@ -187,7 +189,7 @@ func freeID(waiting map[uint16]*waiter) uint16 {
 func (s *udpSock) register(w *waiter) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	w.q.Id = freeID(s.waiting)
+	w.q.Id = freeID(s.waiting, s.ids)
 	s.waiting[w.q.Id] = w
 }
 
@@ -200,7 +202,7 @@ func (p *udpPool) dial() (*udpSock, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &udpSock{conn: c, waiting: map[uint16]*waiter{}}
+	s := &udpSock{conn: c, ids: p.ids, waiting: map[uint16]*waiter{}}
 	go s.read()
 	return s, nil
 }

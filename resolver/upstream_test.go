@@ -151,9 +151,7 @@ func TestUDPReusedIDs(t *testing.T) {
 	stub := dnstest.Start(t)
 	u, _ := ParseUpstream(stub.Addr())
 	defer u.close()
-	orig := queryID
-	queryID = func() uint16 { return uint16(mrand.IntN(16)) }
-	defer func() { queryID = orig }()
+	u.pool.ids = func() uint16 { return uint16(mrand.IntN(16)) }
 	var wg sync.WaitGroup
 	var failed atomic.Int32
 	for g := range 8 {
