@@ -131,8 +131,8 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 		git -C "$repo" archive "$REV" | tar -x -C "$src"
 	fi
 	# With BARE=1, serve.go is replaced (in the overlay too) by a copy that
-	# unsets the Handler's Metrics, QueryLog and Activity once they are
-	# made: the "before" of what counting costs (issue 5).
+	# gives the resolver no metrics registry and no observers (query log,
+	# activity): the "before" of what counting costs (issue 5).
 	overlay=()
 	if [[ $PROFILE == 1 ]]; then
 		printf 'package main\n\nimport _ "github.com/phonehome/phonehome/bench/profile"\n' >"$work/benchprofile.go"
@@ -140,9 +140,9 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 			"$src/bench/profile/profile.go" "$here/profile/profile.go")
 	fi
 	if [[ $BARE == 1 ]]; then
-		awk '{ print } /h\.Metrics\.LastReload\.SetToCurrentTime\(\)/ && !done { print "\th.Metrics, h.QueryLog, h.Activity = nil, nil, nil // bench/load.sh BARE=1"; done = 1 }' \
+		sed 's|Registry: reg, Version: version, Observers: observers|Version: version /* bench/load.sh BARE=1 */|' \
 			"$src/cmd/phonehome/serve.go" >"$work/serve.go"
-		grep -q 'BARE=1' "$work/serve.go" || { echo "bench/load.sh: BARE=1: serve.go has changed; update the awk line" >&2; exit 1; }
+		grep -q 'BARE=1' "$work/serve.go" || { echo "bench/load.sh: BARE=1: serve.go has changed; update the sed line" >&2; exit 1; }
 		overlay+=("$src/cmd/phonehome/serve.go" "$work/serve.go")
 	fi
 	if ((${#overlay[@]})); then
