@@ -26,8 +26,9 @@ type Forwarder struct {
 	// ctx bounds every exchange of the request path; Close cancels it, so
 	// queries still waiting when the forwarder is retired or the server
 	// shuts down give up at once.
-	ctx  context.Context
-	stop context.CancelFunc
+	ctx       context.Context
+	stop      context.CancelFunc
+	closeOnce sync.Once
 
 	mu      sync.Mutex
 	pending map[string]*call // identical queries in flight go upstream once
@@ -55,6 +56,9 @@ func (e *errNoUpstream) Error() string { return "every upstream failed: " + e.la
 // all, 30 s of backoff, at most max queries waiting.
 func NewForwarder(ups []*Upstream, max int, log *slog.Logger) *Forwarder {
 	ctx, stop := context.WithCancel(context.Background())
+	for _, u := range ups {
+		u.refs.Add(1)
+	}
 	return &Forwarder{
 		Upstreams: ups, TryTimeout: 2 * time.Second, Timeout: 5 * time.Second, Backoff: 30 * time.Second,
 		Log: log, inflight: make(chan struct{}, max), pending: map[string]*call{},
@@ -176,10 +180,12 @@ func (f *Forwarder) markUp(u *Upstream) {
 // Close ends the exchanges still waiting and releases the upstream sockets
 // and connections.
 func (f *Forwarder) Close() {
-	f.stop()
-	for _, u := range f.Upstreams {
-		u.close()
-	}
+	f.closeOnce.Do(func() {
+		f.stop()
+		for _, u := range f.Upstreams {
+			u.release()
+		}
+	})
 }
 
 // Healthy counts the upstreams not backing off.

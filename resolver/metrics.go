@@ -134,9 +134,12 @@ func (m *Metrics) setState(st *State) {
 		}
 	}
 	m.upstreamHealthy.Reset()
+	now := time.Now()
 	for _, u := range st.Forwarder.Upstreams {
-		m.upstreamHealthy.WithLabelValues(u.Name).Set(1)
-		u.metrics = m
+		m.upstreamHealth(u, u.healthy(now))
+		if u.metrics != m { // an upstream kept by a reload is in use
+			u.metrics = m
+		}
 	}
 }
 

@@ -98,3 +98,30 @@ func TestReload(t *testing.T) {
 		t.Errorf("%d of %d queries failed during reloads", failed.Load(), sent.Load())
 	}
 }
+
+// TestReloadKeepsUpstreams: an upstream named again by a reload keeps what
+// was learnt of it. One that is down stays backed off, so the queries after
+// a reload do not each wait for it again; its sockets stay open.
+func TestReloadKeepsUpstreams(t *testing.T) {
+	bad, good := dnstest.Start(t), dnstest.Start(t)
+	bad.SetMode(dnstest.Drop)
+	s := start(t, "", bad, good)
+	s.ask(t, "udp", "", query("one.example.", dns.TypeA, false)) // bad times out, backs off
+	if bad.Seen("one.example") != 1 || good.Seen("one.example") != 1 {
+		t.Fatalf("first query: bad saw %d, good %d", bad.Seen("one.example"), good.Seen("one.example"))
+	}
+	before := s.srv.State().Forwarder.Upstreams
+	cfg := parseConfig(t, "sinkhole: {mode: nxdomain}\n")
+	cfg.Listen, cfg.Upstreams = []string{s.addr}, []string{bad.Addr(), good.Addr()}
+	if err := s.srv.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	after := s.srv.State().Forwarder.Upstreams
+	if after[0] != before[0] || after[1] != before[1] {
+		t.Error("the reload made new upstreams for the same addresses")
+	}
+	s.ask(t, "udp", "", query("two.example.", dns.TypeA, false))
+	if bad.Seen("two.example") != 0 || good.Seen("two.example") != 1 {
+		t.Errorf("after the reload the backed-off upstream was asked again: bad %d, good %d", bad.Seen("two.example"), good.Seen("two.example"))
+	}
+}

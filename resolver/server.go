@@ -40,11 +40,21 @@ func newState(cfg *Config, prev *State, opts *Options) (*State, []string, error)
 	if err := checkLoop(cfg.Listen, names); err != nil {
 		return nil, warns, err
 	}
+	// An upstream the running state has already keeps its health and its
+	// open connections.
+	kept := map[string]*Upstream{}
+	if prev != nil {
+		for _, u := range prev.Forwarder.Upstreams {
+			kept[u.Name] = u
+		}
+	}
 	var ups []*Upstream
 	for _, n := range names {
-		u, err := ParseUpstream(n)
-		if err != nil {
-			return nil, warns, err
+		u, ok := kept[n]
+		if !ok {
+			if u, err = ParseUpstream(n); err != nil {
+				return nil, warns, err
+			}
 		}
 		ups = append(ups, u)
 	}

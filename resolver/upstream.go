@@ -29,6 +29,8 @@ type Upstream struct {
 	// downUntil is when a failed upstream may be tried again (UnixNano);
 	// zero while it is healthy.
 	downUntil atomic.Int64
+	// refs counts the forwarders using the upstream.
+	refs atomic.Int32
 }
 
 // ParseUpstream makes an upstream of one written as ParseUpstreamAddr
@@ -78,6 +80,15 @@ func (u *Upstream) exchange(ctx context.Context, deadline time.Time, q *dns.Msg)
 
 // close closes the upstream's sockets and connections; the readers of its
 // TCP and TLS connections have returned when it returns.
+// release drops one forwarder's hold on u, and closes its sockets and
+// connections when no forwarder holds it: a reload hands an unchanged
+// upstream, with its health and open connections, to the new forwarder.
+func (u *Upstream) release() {
+	if u.refs.Add(-1) == 0 {
+		u.close()
+	}
+}
+
 func (u *Upstream) close() {
 	if u.pool != nil {
 		u.pool.close()
