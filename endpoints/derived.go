@@ -134,7 +134,7 @@ func parseDomains(tsv string) ([]DomainRow, error) {
 	seen := map[string]bool{}
 	err := tsvLines("firstparty.tsv", tsv, 5, func(line int, f []string) error {
 		d := f[0]
-		if err := checkPattern(d); err != nil || strings.Contains(d, "*") || strings.ToLower(d) != d {
+		if !ValidHostname(d) {
 			return fmt.Errorf("%q is not a domain name", d)
 		}
 		if seen[d] {

@@ -72,7 +72,7 @@ func Export(w io.Writer, format string, entries []*Entry, opts ExportOptions) er
 		body = append(body, x.comment+" "+describe(e))
 		s, lit := PatternShape(e.Pattern)
 		var rules, notes []string
-		if hostName(strings.ReplaceAll(e.Pattern, "*", "x")) {
+		if ValidHostname(strings.ReplaceAll(e.Pattern, "*", "x")) {
 			rules, notes = x.rules(e.Pattern, s, lit)
 		} else {
 			notes = []string{"not a valid host name; not listed"}
@@ -225,7 +225,7 @@ func dnsmasqRules(p string, s Shape, lit string) ([]string, []string) {
 func unboundRules(entries []*Entry) func(string, Shape, string) ([]string, []string) {
 	nulls := map[string]bool{}
 	for _, e := range entries {
-		if s, lit := PatternShape(e.Pattern); (s == Subdomains || s == Suffix) && hostName(lit) {
+		if s, lit := PatternShape(e.Pattern); (s == Subdomains || s == Suffix) && ValidHostname(lit) {
 			nulls[lit] = true
 		}
 	}
@@ -312,27 +312,6 @@ func rpzShadowed(rules []string) (string, []string) {
 func parent(name string) string {
 	_, p, _ := strings.Cut(name, ".")
 	return p
-}
-
-// hostName reports whether s is a lower-case host name every format can
-// carry: labels of letters, digits, '-' and '_', at most 63 bytes each and 253
-// in all.
-func hostName(s string) bool {
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	for _, l := range strings.Split(s, ".") {
-		if l == "" || len(l) > 63 {
-			return false
-		}
-		for i := 0; i < len(l); i++ {
-			c := l[i]
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 func header(c, format string, entries []*Entry, rules int) []string {

@@ -354,7 +354,7 @@ func exportProbes(pattern string) []string {
 		_, up, _ := strings.Cut(n, ".")
 		out = append(out, n, "a."+n, "x"+n, up)
 	}
-	out = slices.DeleteFunc(out, func(n string) bool { return !hostName(n) })
+	out = slices.DeleteFunc(out, func(n string) bool { return !ValidHostname(n) })
 	slices.Sort(out)
 	return slices.Compact(out)
 }

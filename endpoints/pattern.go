@@ -5,7 +5,6 @@ import (
 	"html"
 	"regexp"
 	"strings"
-	"unicode/utf8"
 )
 
 // A pattern is a lower-case host name in which '*' matches any run of
@@ -165,33 +164,18 @@ func NormalizePattern(dest string) (string, error) {
 	return s, nil
 }
 
-// checkPattern accepts the characters of host names plus '*', and wants at
-// least two labels with no empty one.
+// checkPattern checks a pattern: a host name by the host-name rule (see
+// hostname.go) in which '*' may stand anywhere, that does not match every
+// name nor every name of a top-level domain.
 func checkPattern(s string) error {
-	if s == "" {
-		return fmt.Errorf("empty host name")
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c == '*') {
-			r, _ := utf8.DecodeRuneInString(s[i:])
-			return fmt.Errorf("not a host name: %q is not allowed", r)
-		}
-	}
-	if strings.Contains(s, "..") || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") {
-		return fmt.Errorf("not a host name: empty label")
-	}
-	if !strings.Contains(s, ".") {
-		return fmt.Errorf("not a host name: needs a dot")
+	if err := hostError(s, true); err != nil {
+		return err
 	}
 	if strings.Trim(s, "*.") == "" {
 		return fmt.Errorf("pattern matches every name")
 	}
 	if s[0] == '*' && !strings.Contains(strings.TrimLeft(s, "*."), ".") {
 		return fmt.Errorf("wildcard over a whole top-level domain")
-	}
-	if len(s) > 253 {
-		return fmt.Errorf("longer than a host name can be")
 	}
 	return nil
 }

@@ -138,8 +138,12 @@ func (l *listReader) add(line []byte) {
 	switch {
 	case bytes.HasPrefix(line, []byte("||")):
 		name, ok := bytes.CutSuffix(line[2:], []byte("^"))
-		if !ok || !hostBytes(name) {
+		if !ok {
 			l.warn(fmt.Sprintf("%q: only ||name^ AdGuard rules are understood; skipped", line))
+			return
+		}
+		if name = rootless(name); !endpoints.ValidHostname(name) {
+			l.warn(fmt.Sprintf("%q: %v; skipped", line, endpoints.CheckHostname(string(name))))
 			return
 		}
 		b.addLiteralBytes(endpoints.Exact, name, r)
@@ -147,19 +151,18 @@ func (l *listReader) add(line []byte) {
 		l.added += 2
 	case hostsAddress(line):
 		for _, f := range bytes.Fields(line)[1:] {
-			if bytes.IndexByte(f, '.') < 0 {
+			f = rootless(f)
+			if bytes.IndexByte(f, '.') < 0 || hostsNoise(f) {
 				continue // localhost, ip6-loopback and the like
 			}
-			if !hostBytes(f) {
-				l.warn(fmt.Sprintf("%q is not a host name; skipped", f))
+			if !endpoints.ValidHostname(f) {
+				l.warn(fmt.Sprintf("%q: %v; skipped", f, endpoints.CheckHostname(string(f))))
 				continue
 			}
-			if !hostsNoise(f) {
-				b.addLiteralBytes(endpoints.Exact, f, r)
-				l.added++
-			}
+			b.addLiteralBytes(endpoints.Exact, f, r)
+			l.added++
 		}
-	case hostBytes(line):
+	case endpoints.ValidHostname(line):
 		b.addLiteralBytes(endpoints.Exact, line, r)
 		l.added++
 	default:
@@ -181,26 +184,14 @@ func lower(b []byte) {
 	}
 }
 
-// hostBytes reports whether b is a lower-case host name with at least two
-// labels, none empty.
-func hostBytes(b []byte) bool {
-	if len(b) == 0 || len(b) > 253 || b[0] == '.' || b[len(b)-1] == '.' {
-		return false
+// rootless drops the root's dot that ends a fully qualified name
+// ("example.com."): a plain line loses it in endpoints.NormalizePattern, a
+// query before it is looked up.
+func rootless(name []byte) []byte {
+	if n := len(name); n > 1 && name[n-1] == '.' {
+		return name[:n-1]
 	}
-	dot := false
-	for i, c := range b {
-		switch {
-		case c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_':
-		case c == '.':
-			if b[i-1] == '.' {
-				return false
-			}
-			dot = true
-		default:
-			return false
-		}
-	}
-	return dot
+	return name
 }
 
 // hostsAddress reports whether a line starts with an address, as a hosts
