@@ -181,8 +181,7 @@ func (m *Matcher) lookup(name []byte) Match {
 	var at [4]int32 // slots with globs that the walk meets
 	nat := 0        // how many; past len(at), every glob is tried
 	if len(m.slots) > 0 {
-		if i := m.find(name); i >= 0 && m.slots[i].exact != 0 {
-			s := &m.slots[i]
+		if s := &m.slots[m.probe(name, m.hash(name))]; s.exact != 0 {
 			return Match{Rule: m.rules[s.exact-1], Literal: m.key(s), Shape: endpoints.Exact}
 		}
 		// Parent domains, longest first: the first that has a pattern for
@@ -194,12 +193,12 @@ func (m *Matcher) lookup(name []byte) Match {
 			if name[i] != '.' {
 				continue
 			}
-			j := m.find(name[i+1:])
-			if j < 0 {
+			j := m.probe(name[i+1:], m.hash(name[i+1:]))
+			s := &m.slots[j]
+			if s.n == 0 {
 				label = i + 1
 				continue
 			}
-			s := &m.slots[j]
 			if s.globs && (nat == 0 || !m.propagated) {
 				if nat < len(at) {
 					at[nat] = int32(j)
@@ -224,7 +223,7 @@ func (m *Matcher) lookup(name []byte) Match {
 		// file them under every key.
 		for ; !m.propagated && len(m.globSlots) > 0 && i < len(name) && nat <= len(at); i++ {
 			if name[i] == '.' {
-				if j := m.find(name[i+1:]); j >= 0 && m.slots[j].globs {
+				if j := m.probe(name[i+1:], m.hash(name[i+1:])); m.slots[j].globs {
 					if nat < len(at) {
 						at[nat] = int32(j)
 					}
@@ -330,26 +329,31 @@ func (m *Matcher) home(h uint64) int {
 	return int(hi)
 }
 
-// find returns the index of key's slot, or -1.
-func (m *Matcher) find(key []byte) int {
-	if len(key) > 255 {
-		return -1
-	}
-	h := maphash.Bytes(m.seed, key)
-	tag := uint8(h >> 56)
+// hash is key's hash, for probe.
+func (m *Matcher) hash(key []byte) uint64 { return maphash.Bytes(m.seed, key) }
+
+// probe is the table's one walk, for looking keys up and adding them alike:
+// from the home slot of h, key's hash, it returns the index of key's slot
+// or, where key is not in the table, of the empty slot that ends the walk,
+// the slot key goes in. An empty slot has no patterns, so a lookup may read
+// it as it reads any slot. A nil key matches no slot, so a table being
+// rebuilt from distinct keys is given each one's empty slot. The table must
+// have an empty slot (see reserve).
+func (m *Matcher) probe(key []byte, h uint64) int {
+	tag := tagOf(h)
 	for i := m.home(h); ; i++ {
 		if i == len(m.slots) {
 			i = 0
 		}
 		s := &m.slots[i]
-		if s.n == 0 {
-			return -1
-		}
-		if s.tag == tag && int(s.n) == len(key) && m.arena[s.off:s.off+uint32(s.n)] == string(key) {
+		if s.n == 0 || s.tag == tag && int(s.n) == len(key) && m.arena[s.off:s.off+uint32(s.n)] == string(key) {
 			return i
 		}
 	}
 }
+
+// tagOf is the tag a slot keeps of its key's hash.
+func tagOf(h uint64) uint8 { return uint8(h >> 56) }
 
 // sortGlobs orders globs longest literal first, the order Lookup tries them.
 func sortGlobs(gs []glob) {

@@ -66,9 +66,10 @@ func (b *matcherBuilder) rehash(size int) {
 		if s.n == 0 {
 			continue
 		}
-		j := b.m.insert(b.m.key(s), s.off)
-		ns := &b.m.slots[j]
-		ns.exact, ns.sub, ns.tails = s.exact, s.sub, s.tails
+		// The keys are distinct: probe gives each its empty slot, and
+		// the seed, so the tag, is the same.
+		j := b.m.probe(nil, maphash.String(b.m.seed, b.m.key(s)))
+		b.m.slots[j] = *s
 		if s.tails {
 			if b.m.tails == nil {
 				b.m.tails = map[uint32][]tail{}
@@ -121,16 +122,7 @@ func (b *matcherBuilder) addLiteralBytes(shape endpoints.Shape, lit []byte, r *R
 	}
 	rule := b.ruleID(r)
 	b.reserve(1, 0)
-	// Look the key up first: a repeated name costs no arena.
-	i := b.m.find(key)
-	if i < 0 {
-		off := b.arena.Len()
-		b.arena.Write(lit)
-		b.m.arena = b.arena.String() // no copy: the builder's own bytes
-		ks := off + len(lit) - len(key)
-		i = b.m.insert(b.m.arena[ks:ks+len(key)], uint32(ks))
-		b.used++
-	}
+	i := b.slotFor(key)
 	s := &b.m.slots[i]
 	switch shape {
 	case endpoints.Exact:
@@ -252,35 +244,31 @@ func anchorOf(fixed string) string {
 	return ""
 }
 
+// find returns the index of key's slot, or -1.
+func (m *Matcher) find(key []byte) int {
+	if i := m.probe(key, m.hash(key)); m.slots[i].n != 0 {
+		return i
+	}
+	return -1
+}
+
 // key makes k a key of the table, with no pattern of its own.
 func (b *matcherBuilder) key(k []byte) {
 	b.reserve(1, len(k))
-	if b.m.find(k) >= 0 {
-		return
-	}
-	off := b.arena.Len()
-	b.arena.Write(k)
-	b.m.arena = b.arena.String()
-	b.m.insert(b.m.arena[off:off+len(k)], uint32(off))
-	b.used++
+	b.slotFor(k)
 }
 
-// insert finds or adds key, whose bytes are at off in the arena, and returns
-// its slot index. The table must have room.
-func (m *Matcher) insert(key string, off uint32) int {
-	h := maphash.String(m.seed, key)
-	tag := uint8(h >> 56)
-	for i := m.home(h); ; i++ {
-		if i == len(m.slots) {
-			i = 0
-		}
-		s := &m.slots[i]
-		if s.n == 0 {
-			*s = slot{off: off, n: uint8(len(key)), tag: tag}
-			return i
-		}
-		if s.tag == tag && m.key(s) == key {
-			return i
-		}
+// slotFor returns the slot of key, adding key to the table and the arena
+// if it is new: a repeated key costs no arena. The table must have room.
+func (b *matcherBuilder) slotFor(key []byte) int {
+	h := b.m.hash(key)
+	i := b.m.probe(key, h)
+	if s := &b.m.slots[i]; s.n == 0 {
+		off := b.arena.Len()
+		b.arena.Write(key)
+		b.m.arena = b.arena.String() // no copy: the builder's own bytes
+		*s = slot{off: uint32(off), n: uint8(len(key)), tag: tagOf(h)}
+		b.used++
 	}
+	return i
 }
