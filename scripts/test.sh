@@ -5,17 +5,49 @@
 # named-checkzone (RPZ zones); dig (bind9-dnsutils) queries a running phonehome; Chromium drives the web page's browser test;
 # promtool (prometheus), systemd-analyze (systemd) and docker-compose check
 # the files in deploy/.
+#
+# Two of them are daemons Debian would start and enable at once: unbound
+# (which would then hold port 53) and prometheus. The tests only run their
+# tools, so while installing, a policy-rc.d forbids starting any service,
+# and the services of packages this script installed are disabled after
+# (a package that was already installed is left as it was).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+packages=(dnsmasq-base unbound bind9-utils bind9-dnsutils chromium prometheus systemd docker-compose)
+daemons=(unbound prometheus)
 
 if command -v apt-get >/dev/null 2>&1; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
+  fresh=()
+  for d in "${daemons[@]}"; do
+    dpkg-query -W -f='${Status}' "$d" 2>/dev/null | grep -q 'install ok installed' || fresh+=("$d")
+  done
+  policy=/usr/sbin/policy-rc.d made_policy=""
+  if [ ! -e "$policy" ]; then
+    made_policy=1
+    printf '#!/bin/sh\n# scripts/test.sh: no service starts while it installs packages\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    trap '$sudo rm -f "$policy"' EXIT
+  fi
   $sudo apt-get update
-  $sudo apt-get install -y --no-install-recommends dnsmasq-base unbound bind9-utils bind9-dnsutils chromium prometheus systemd docker-compose
+  $sudo apt-get install -y --no-install-recommends "${packages[@]}"
+  for d in ${fresh[@]+"${fresh[@]}"}; do
+    if [ -d /run/systemd/system ]; then
+      $sudo systemctl disable --now "$d" >/dev/null 2>&1 || true
+    else
+      $sudo systemctl disable "$d" >/dev/null 2>&1 || true # offline: removes the unit's links
+    fi
+    $sudo update-rc.d -f "$d" remove >/dev/null 2>&1 || true
+  done
+  if [ -n "$made_policy" ]; then
+    $sudo rm -f "$policy"
+    trap - EXIT
+  fi
 else
-  echo "no apt-get here: install dnsmasq, unbound, named-checkzone, chromium, promtool, systemd-analyze and docker-compose yourself, or their tests are skipped" >&2
+  echo "no apt-get here: install dnsmasq, unbound, named-checkzone, dig, chromium, promtool, systemd-analyze and docker-compose yourself, or their tests are skipped" >&2
 fi
 
 go vet ./...
