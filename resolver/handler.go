@@ -249,13 +249,17 @@ func rcodeMsg(req *dns.Msg, code int) *dns.Msg {
 	return m
 }
 
-// reply finishes an answer for this client and sends it: the client's ID
-// and exact question, EDNS0 only if the client used it (with an Extended
-// DNS Error when there is one), and truncation to the client's UDP size.
+// reply finishes an answer for this client and sends it: the client's ID,
+// exact question, RD and CD bits, RA set and AA clear (phonehome is
+// authoritative for nothing it forwards or caches), EDNS0 only if the
+// client used it (with an Extended DNS Error when there is one), and
+// truncation to the client's UDP size.
 func (h *Handler) reply(w dns.ResponseWriter, req, m *dns.Msg, ede uint16, text string) {
 	m.Id = req.Id
 	m.Response = true
+	m.Authoritative = false
 	m.RecursionDesired = req.RecursionDesired
+	m.CheckingDisabled = req.CheckingDisabled
 	m.RecursionAvailable = true
 	m.Question = req.Question
 	// Drop any OPT from upstream; add ours if the client spoke EDNS0.

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -111,7 +110,6 @@ type Server struct {
 	handler *Handler
 	opts    Options
 	log     *slog.Logger
-	listen  []string // as the running listeners were asked for
 
 	reloading sync.Mutex
 	// retired are forwarders replaced by a reload, still finishing the
@@ -152,7 +150,6 @@ func New(cfg *Config, opts Options) (*Server, error) {
 		st.Forwarder.Close()
 		return nil, err
 	}
-	s.listen = slices.Clone(cfg.Listen)
 	h.metrics.reloaded(nil)
 	return s, nil
 }
@@ -197,7 +194,7 @@ func Validate(cfg *Config, resolvConf string) (*policy.Policy, []string, error) 
 // The cache is kept when its bounds are unchanged. A config that does not
 // check, or whose documents or lists cannot be read, keeps the running
 // state; every error is logged and returned. Listen addresses are bound at
-// start: a change is logged as needing a restart.
+// start: Reload leaves the listeners as they are.
 func (s *Server) Reload(cfg *Config) error {
 	s.reloading.Lock()
 	defer s.reloading.Unlock()
@@ -208,9 +205,6 @@ func (s *Server) Reload(cfg *Config) error {
 	}
 	s.handler.metrics.setState(st)
 	s.handler.metrics.reloaded(nil)
-	if !slices.Equal(cfg.Listen, s.listen) {
-		s.log.Warn("listen addresses changed; they take effect after a restart", "running", s.listen, "config", cfg.Listen)
-	}
 	old := s.handler.swap(st)
 	// Queries already forwarded by the old state finish on its sockets.
 	s.retired[old.Forwarder] = time.AfterFunc(retireAfter, func() {
@@ -324,7 +318,7 @@ func listenPair(a string) (*net.UDPConn, net.Listener, error) {
 	for try := 0; ; try++ {
 		pc, err := net.ListenPacket("udp", a)
 		if err != nil {
-			return nil, nil, fmt.Errorf("listening on %s/udp: %w", a, err)
+			return nil, nil, fmt.Errorf("listening on %s/udp: %w%s", a, err, BindHint(port, err, "-listen or listen:"))
 		}
 		p := pc.LocalAddr().(*net.UDPAddr).Port
 		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
@@ -333,9 +327,49 @@ func listenPair(a string) (*net.UDPConn, net.Listener, error) {
 		}
 		pc.Close()
 		if port != "0" || !errors.Is(err, syscall.EADDRINUSE) || try == 20 {
-			return nil, nil, fmt.Errorf("listening on %s/tcp: %w", a, err)
+			return nil, nil, fmt.Errorf("listening on %s/tcp: %w%s", a, err, BindHint(port, err, "-listen or listen:"))
 		}
 	}
+}
+
+// CheckListen tries to bind each address, as serve would, and says for
+// each that cannot be bound now why (a port taken, a low port without the
+// right): what "phonehome validate" can tell before serve finds out. The
+// sockets are closed at once.
+func CheckListen(addrs []string) []string {
+	var warns []string
+	for _, a := range addrs {
+		pc, ln, err := listenPair(a)
+		if err != nil {
+			warns = append(warns, err.Error())
+			continue
+		}
+		pc.Close()
+		ln.Close()
+	}
+	return warns
+}
+
+// BindHint says, for an error binding port, who usually holds the port or
+// what a low port needs, and which flag or key (choose) picks another; ""
+// for other errors.
+func BindHint(port string, err error, choose string) string {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		holder := "another program, or a phonehome already running"
+		switch port {
+		case "53":
+			holder = "another DNS server (systemd-resolved, dnsmasq, unbound, named) or a phonehome already running"
+		case "5353":
+			holder = "the mDNS responder (avahi-daemon)"
+		case "5355":
+			holder = "systemd-resolved's LLMNR"
+		}
+		return fmt.Sprintf(" (usually %s; `ss -lntup 'sport = :%s'` names it); choose another address with %s", holder, port, choose)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Sprintf(" (ports below 1024 need root or CAP_NET_BIND_SERVICE, which the systemd unit and the container image give); or choose a port above 1023 with %s", choose)
+	}
+	return ""
 }
 
 // Addrs returns the bound UDP addresses, in the order given to Listen.

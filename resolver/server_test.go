@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -425,8 +426,17 @@ func TestRefuseToStart(t *testing.T) {
 	}
 	defer pc.Close()
 	cfg = &Config{Listen: []string{pc.LocalAddr().String()}, Upstreams: []string{"127.0.0.1:9"}}
-	if _, err := New(cfg, Options{}); err == nil || !strings.Contains(err.Error(), pc.LocalAddr().String()+"/udp") {
+	if _, err := New(cfg, Options{}); err == nil || !strings.Contains(err.Error(), pc.LocalAddr().String()+"/udp") ||
+		!strings.Contains(err.Error(), "a phonehome already running") || !strings.Contains(err.Error(), "choose another address with -listen or listen:") {
 		t.Errorf("taken port: %v", err)
+	}
+	for port, holder := range map[string]string{"53": "systemd-resolved", "5353": "avahi-daemon"} {
+		if h := BindHint(port, syscall.EADDRINUSE, "-listen"); !strings.Contains(h, holder) {
+			t.Errorf("port %s taken: %q does not name %s", port, h, holder)
+		}
+	}
+	if h := BindHint("53", syscall.EACCES, "-listen"); !strings.Contains(h, "CAP_NET_BIND_SERVICE") {
+		t.Errorf("port 53 without the right: %q", h)
 	}
 }
 
@@ -531,6 +541,31 @@ func TestSinkholeOutsideCatalog(t *testing.T) {
 		r := s.ask(t, "udp", "", query(name, dns.TypeA, true))
 		if code, text := ede(r); answerText(r) != "0.0.0.0" || code != dns.ExtendedErrorCodeBlocked || text != want {
 			t.Errorf("%s: %v (EDE %d %q)", name, r, code, text)
+		}
+	}
+}
+
+// TestHeaderBits: an answer echoes the client's ID, RD and CD, sets RA, and
+// clears AA, which an authoritative upstream sets but phonehome is not
+// authoritative for what it forwards or caches.
+func TestHeaderBits(t *testing.T) {
+	up := dnstest.Start(t)
+	up.SetHandler(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg).SetReply(r)
+		m.Authoritative = true
+		rr, _ := dns.NewRR(r.Question[0].Name + " 300 IN A 192.0.2.7")
+		m.Answer = []dns.RR{rr}
+		w.WriteMsg(m)
+	})
+	s := start(t, "", up)
+	for _, c := range []struct{ rd, cd bool }{{true, true}, {true, false}, {false, true}, {false, false}} {
+		for _, source := range []string{"upstream", "cache"} {
+			q := query("bits.example.", dns.TypeA, true)
+			q.Id, q.RecursionDesired, q.CheckingDisabled = 4242, c.rd, c.cd
+			r := s.ask(t, "udp", "", q)
+			if r.Id != 4242 || r.RecursionDesired != c.rd || r.CheckingDisabled != c.cd || !r.RecursionAvailable || r.Authoritative {
+				t.Errorf("RD=%v CD=%v from the %s: ID %d RD %v CD %v RA %v AA %v", c.rd, c.cd, source, r.Id, r.RecursionDesired, r.CheckingDisabled, r.RecursionAvailable, r.Authoritative)
+			}
 		}
 	}
 }

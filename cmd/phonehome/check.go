@@ -112,21 +112,21 @@ type checkResult struct {
 	Group   string `json:"group"`
 	Edition string `json:"edition"`
 	Windows string `json:"windows"`
-	Pattern string `json:"pattern,omitempty"`
+	Pattern string `json:"pattern"`
 	// Documented are the Windows versions whose documents list the
 	// pattern for the group's editions; Family the documented names a
 	// family match generalises.
-	Documented []string `json:"documented,omitempty"`
-	Family     string   `json:"family,omitempty"`
+	Documented []string `json:"documented"`
+	Family     string   `json:"family"`
 	Category   string   `json:"category"`
 	Protected  bool     `json:"protected"`
-	Override   string   `json:"override,omitempty"`
+	Override   string   `json:"override"`
 	Reason     string   `json:"reason"`
 }
 
 func result(name string, d policy.Decision) checkResult {
 	r := checkResult{Name: name, Action: d.Action.String(), Group: d.Group.Name, Edition: d.Group.Edition.String(),
-		Windows: d.Group.Windows.String(), Category: string(d.Category()), Reason: d.Reason()}
+		Windows: d.Group.Windows.String(), Category: string(d.Category()), Reason: d.Reason(), Documented: []string{}}
 	if d.Match.Rule != nil {
 		r.Pattern, r.Protected = d.Match.Pattern(), d.Match.Rule.Protected()
 		if e := d.Match.Rule.Entry; e != nil {
@@ -168,6 +168,9 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		var warns []string
 		p, warns, err = resolver.Validate(&cfg.Config, *resolvConf)
+		// What only binding can tell: a port taken now (by a phonehome
+		// already running, too) or one this user may not bind.
+		warns = append(warns, resolver.CheckListen(cfg.Listen)...)
 		printWarnings(stderr, warns)
 	}
 	if err != nil {

@@ -206,6 +206,16 @@ func TestCheckAndValidate(t *testing.T) {
 	if rs[2].Action != "allow" || rs[2].Category != "unlisted" || rs[2].Pattern != "" {
 		t.Errorf("unlisted: %+v", rs[2])
 	}
+	// Every field the README lists is there, also where it does not apply.
+	var raw []map[string]any
+	json.Unmarshal([]byte(out), &raw)
+	for _, r := range raw {
+		for _, k := range []string{"name", "action", "group", "edition", "windows", "pattern", "documented", "family", "category", "protected", "override", "reason"} {
+			if _, ok := r[k]; !ok {
+				t.Errorf("check -json for %v has no %q", r["name"], k)
+			}
+		}
+	}
 
 	out, _, code = phonehome(t, "validate", "-config", cfg)
 	if code != 0 || !strings.Contains(out, cfg+": ok") || !strings.Contains(out, "kids     2        home") ||

@@ -61,7 +61,7 @@ func (o *serveOptions) load() (*configfile.File, error) {
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
-	return serve(args, stderr, nil)
+	return serve(args, stderr, nil, nil)
 }
 
 // bound are the addresses serve listens on.
@@ -70,14 +70,15 @@ type bound struct {
 	http string // "" when off
 }
 
-// serve runs the daemon until SIGINT or SIGTERM. ready, if not nil, gets
-// the bound addresses once it listens (tests use it).
-func serve(args []string, stderr io.Writer, ready chan<- bound) int {
+// serve runs the daemon until SIGINT or SIGTERM, or until stop is closed.
+// ready, if not nil, gets the bound addresses once it listens. Tests use
+// both: several may run in one process, where a signal reaches them all.
+func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan struct{}) int {
 	fs := flag.NewFlagSet("phonehome serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o serveOptions
 	fs.StringVar(&o.config, "config", "", "config file (default: the built-in defaults)")
-	fs.Var(&o.listen, "listen", "address to listen on over UDP and TCP, repeatable (default 127.0.0.1:5353 and [::1]:5353)")
+	fs.Var(&o.listen, "listen", "address to listen on over UDP and TCP, repeatable (default 127.0.0.1:5300 and [::1]:5300)")
 	fs.Var(&o.upstreams, "upstream", "upstream resolver: host:port, tcp://host:port or tls://host:port#name; repeatable (default: /etc/resolv.conf)")
 	fs.Func("http", "address for metrics, the web page and the API; \"\" turns it off (default "+web.DefaultHTTP+")", func(s string) error {
 		o.http, o.httpSet = s, true
@@ -118,21 +119,30 @@ func serve(args []string, stderr io.Writer, ready chan<- bound) int {
 	defer srv.Close(context.Background())
 
 	var api *web.API
+	restartNeeded := configfile.NewRestartMetric(reg)
 	// reload is what SIGHUP and POST /api/reload do: read the file again
-	// and apply it, or keep everything running as it is.
-	reload := func() error {
-		cfg, err := o.load()
+	// and apply it, or keep everything running as it is. It names the keys
+	// that changed but are read at start only.
+	reload := func() ([]string, error) {
+		next, err := o.load()
 		if err != nil {
 			srv.ReloadFailed(err)
-			return err
+			return nil, err
 		}
-		if err := srv.Reload(&cfg.Config); err != nil {
-			return err
+		if err := srv.Reload(&next.Config); err != nil {
+			return nil, err
 		}
+		ql.Apply(next.QueryLog)
+		activity.SetAnonymize(next.QueryLog.AnonymizeClients)
 		if api != nil {
-			api.SetToken(cfg.Web.HTTPToken)
+			api.SetToken(next.Web.HTTPToken)
 		}
-		return nil
+		restart := configfile.RestartNeeded(cfg, next)
+		restartNeeded(restart)
+		if len(restart) > 0 {
+			log.Warn("reloaded, but these settings take effect after a restart", "keys", strings.Join(restart, ","))
+		}
+		return restart, nil
 	}
 	b := bound{dns: srv.Addrs()}
 	if *cfg.Web.HTTP != "" {
@@ -144,20 +154,28 @@ func serve(args []string, stderr io.Writer, ready chan<- bound) int {
 		defer hs.Close()
 		b.http = addr
 	}
+	// Signals are caught before ready is told, so that a SIGHUP sent as
+	// soon as serve listens is a reload, not the end of the process.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	logStart(log, b, srv.State(), cfg)
 	if ready != nil {
 		ready <- b
 	}
-	return waitForSignals(log, srv, ql, reload)
+	return waitForSignals(log, srv, ql, reload, sigs, stop)
 }
 
 // waitForSignals reloads on SIGHUP, reopens the query log on SIGUSR1 and
-// shuts down on SIGINT or SIGTERM.
-func waitForSignals(log *slog.Logger, srv *resolver.Server, ql *querylog.Log, reload func() error) int {
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	for sig := range sigs {
+// shuts down on SIGINT or SIGTERM, or when stop is closed.
+func waitForSignals(log *slog.Logger, srv *resolver.Server, ql *querylog.Log, reload func() ([]string, error), sigs <-chan os.Signal, stop <-chan struct{}) int {
+	for {
+		var sig os.Signal
+		select {
+		case sig = <-sigs:
+		case <-stop:
+			sig = syscall.SIGTERM
+		}
 		switch sig {
 		case syscall.SIGHUP:
 			reload()
@@ -174,7 +192,6 @@ func waitForSignals(log *slog.Logger, srv *resolver.Server, ql *querylog.Log, re
 			return 0
 		}
 	}
-	return 0
 }
 
 func logStart(log *slog.Logger, b bound, st *resolver.State, cfg *configfile.File) {

@@ -82,15 +82,20 @@ type running struct {
 
 // startServe runs phonehome serve with args in-process and waits until it
 // listens. The test may stop it with SIGTERM and wait on done; otherwise
-// cleanup does.
+// cleanup stops it, without a signal, which would reach every serve the
+// test process runs.
 func startServe(t *testing.T, args ...string) *running {
 	t.Helper()
 	r := &running{logs: new(syncBuffer), done: make(chan struct{})}
-	ready := make(chan bound, 1)
+	ready, stop := make(chan bound, 1), make(chan struct{})
 	go func() {
-		r.code = serve(args, r.logs, ready)
+		r.code = serve(args, r.logs, ready, stop)
 		close(r.done)
 	}()
+	t.Cleanup(func() {
+		close(stop)
+		<-r.done
+	})
 	select {
 	case r.bound = <-ready:
 	case <-r.done:
@@ -98,14 +103,6 @@ func startServe(t *testing.T, args ...string) *running {
 	case <-time.After(10 * time.Second):
 		t.Fatal("serve did not start")
 	}
-	t.Cleanup(func() {
-		select {
-		case <-r.done:
-		default:
-			syscall.Kill(syscall.Getpid(), syscall.SIGTERM)
-			<-r.done
-		}
-	})
 	return r
 }
 
@@ -225,7 +222,7 @@ func TestServeRefusesToStart(t *testing.T) {
 		{[]string{"-upstream", "https://x:1"}, "unknown scheme"},
 	} {
 		var logs syncBuffer
-		if code := serve(c.args, &logs, nil); code != 1 || !strings.Contains(logs.String(), c.want) {
+		if code := serve(c.args, &logs, nil, nil); code != 1 || !strings.Contains(logs.String(), c.want) {
 			t.Errorf("%v: exit %d\n%s", c.args, code, logs.String())
 		}
 	}
@@ -309,5 +306,42 @@ func TestServeReloadOverHTTP(t *testing.T) {
 	if _, metrics := get(t, "http://"+ph.http+"/metrics"); !strings.Contains(metrics, `phonehome_config_reloads_total{result="failure"} 1`) ||
 		!strings.Contains(metrics, `phonehome_config_reloads_total{result="success"} 2`) {
 		t.Errorf("reloads counted wrong:\n%s", metrics)
+	}
+}
+
+// TestValidateAgreesWithServe: validate runs serve's checks and reports
+// the same errors, and warns of what only binding can tell.
+func TestValidateAgreesWithServe(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct{ config, want string }{
+		{"listen: [\"127.0.0.1:25353\"]\nupstreams: [\"127.0.0.1:25353\"]\nhttp: \"\"\n", ":2:1: upstream 127.0.0.1:25353 is phonehome's own listen address 127.0.0.1:25353: queries would loop"},
+		{"listen: [\":25353\"]\nupstreams: [\"127.0.0.1:25353\"]\nhttp: \"\"\n", ":2:1: upstream 127.0.0.1:25353 is phonehome's own listen address :25353: queries would loop"},
+		{"cache: {size: lots}\nhttp: \"\"\n", ":1:15: cache.size: cannot unmarshal"},
+		{"policy:\n  groups:\n    - {name: a, clients: [10.0.0.1], lists: [{category: x, file: none.txt}]}\n", ":3:60: reading list: open"},
+	} {
+		cfg := filepath.Join(dir, "p.yaml")
+		os.WriteFile(cfg, []byte(c.config), 0o644)
+		_, errs, code := phonehome(t, "validate", "-config", cfg, "-resolv-conf", "/nonexistent")
+		if code != 1 || !strings.Contains(errs, cfg+c.want) {
+			t.Errorf("validate %q: exit %d\n%s", c.config, code, errs)
+		}
+		var logs syncBuffer
+		if code := serve([]string{"-config", cfg, "-resolv-conf", "/nonexistent"}, &logs, nil, nil); code != 1 || !strings.Contains(logs.String(), cfg+c.want) {
+			t.Errorf("serve %q: exit %d\n%s", c.config, code, logs.String())
+		}
+	}
+
+	// A port taken now: validate says so, and by whom it usually is.
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	cfg := filepath.Join(dir, "taken.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("listen: [%q]\nupstreams: [\"127.0.0.1:9\"]\n", pc.LocalAddr())), 0o644)
+	out, errs, code := phonehome(t, "validate", "-config", cfg)
+	if code != 0 || !strings.Contains(out, cfg+": ok") || !strings.Contains(errs, "warning: listening on "+pc.LocalAddr().String()+"/udp") ||
+		!strings.Contains(errs, "a phonehome already running") {
+		t.Errorf("validate with a taken port: exit %d\n%s%s", code, out, errs)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -253,12 +254,25 @@ func Join(path, key string) string {
 }
 
 // yamlSyntaxError turns "yaml: line 3: mapping values are not allowed" into
-// an Error at line 3.
+// an Error at line 3. YAML reads an unquoted IPv6 address that starts a
+// list item in brackets ([10.0.0.0/8, ::1/128]) as a broken mapping, and
+// says so on no line or the line before: such an error points at the
+// address's line and says to quote it.
 func yamlSyntaxError(file string, data []byte, err error) Error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	var line int
 	if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
 		msg = strings.TrimSpace(msg[strings.Index(msg, ":")+1:])
 	}
+	for i, l := range strings.Split(string(data), "\n") {
+		if m := unquotedIPv6.FindStringSubmatch(l); m != nil && (line == 0 || i+1 >= line && i+1 <= line+1) {
+			addr := m[1]
+			return Error{File: file, Line: i + 1, Msg: fmt.Sprintf("not valid YAML: %s; quote an IPv6 address in a [ ] list: %q", msg, addr)}
+		}
+	}
 	return Error{File: file, Line: line, Msg: "not valid YAML: " + msg}
 }
+
+// unquotedIPv6 is a flow list item that starts with "::" or "[" and holds
+// "::" or an address in brackets: YAML takes its ':' for a mapping.
+var unquotedIPv6 = regexp.MustCompile(`[\[,]\s*((?:::|\[[0-9A-Fa-f:]*:[0-9A-Fa-f:]*\])[0-9A-Fa-f:./]*)`)

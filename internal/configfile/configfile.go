@@ -7,6 +7,9 @@ package configfile
 import (
 	"fmt"
 	"os"
+	"slices"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/phonehome/phonehome/internal/config"
 	"github.com/phonehome/phonehome/internal/querylog"
@@ -70,4 +73,44 @@ func (f *File) setDefaults() {
 	f.Config.SetDefaults()
 	f.Web.SetDefaults()
 	f.QueryLog.SetDefaults()
+}
+
+// StartOnly are the keys read at start only: a reload leaves them as they
+// were, and says so. Every other key takes effect on reload.
+var StartOnly = []string{"listen", "http", "querylog.output"}
+
+// RestartNeeded names the start-only keys whose value in next differs
+// from the running config's.
+func RestartNeeded(running, next *File) []string {
+	var keys []string
+	if !slices.Equal(running.Listen, next.Listen) {
+		keys = append(keys, "listen")
+	}
+	if *running.Web.HTTP != *next.Web.HTTP {
+		keys = append(keys, "http")
+	}
+	if running.QueryLog.Output != next.QueryLog.Output {
+		keys = append(keys, "querylog.output")
+	}
+	return keys
+}
+
+// NewRestartMetric registers phonehome_config_restart_needed{key}: 1 for
+// each start-only key whose value in the last file loaded differs from
+// the running one. The function it returns sets it after a reload.
+func NewRestartMetric(reg prometheus.Registerer) func(keys []string) {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "phonehome_config_restart_needed",
+		Help: "1 for each key read only at start (listen, http, querylog.output) whose value in the config file differs from the running one."}, []string{"key"})
+	reg.MustRegister(g)
+	set := func(keys []string) {
+		for _, k := range StartOnly {
+			v := 0.0
+			if slices.Contains(keys, k) {
+				v = 1
+			}
+			g.WithLabelValues(k).Set(v)
+		}
+	}
+	set(nil)
+	return set
 }

@@ -18,7 +18,7 @@ func TestConfigDefaults(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", text, err)
 		}
-		if strings.Join(c.Listen, " ") != "127.0.0.1:5353 [::1]:5353" || *c.Web.HTTP != "127.0.0.1:8053" || *c.Access.RateLimit != 200 ||
+		if strings.Join(c.Listen, " ") != "127.0.0.1:5300 [::1]:5300" || *c.Web.HTTP != "127.0.0.1:8053" || *c.Access.RateLimit != 200 ||
 			c.Sinkhole.Mode != "null_ip" || c.Sinkhole.TTL != time.Minute || *c.Cache.Size != 20000 || c.Cache.MaxTTL != 24*time.Hour ||
 			!*c.Policy.Catalog.Builtin || len(c.Access.Allow) != 8 || c.QueryLog.Output != "stdout" {
 			t.Errorf("%q: defaults %+v", text, c)
@@ -70,6 +70,9 @@ func TestConfigErrors(t *testing.T) {
 		{"policy:\n  default: {windows: []}\n", `p.yaml:2:22: policy.default.windows: no Windows version given (valid: 10-1709, 10-1803, 10-1809, 10-1903, 10-1909, 10-2004, 10-20H2, 10-21H1, 10-21H2, 11, a range such as 10-1909..11, or all)`},
 		{"policy:\n  default: {windows: 11..10-1909}\n", `p.yaml:2:22: policy.default.windows: version range "11..10-1909" runs backwards: 10-1909 is older than 11`},
 		{"listen: [a\n", "p.yaml:1: not valid YAML: did not find expected ',' or ']'"},
+		{"access: {allow: [127.0.0.1/32, ::1/128]}\n", `p.yaml:1: not valid YAML: did not find expected node content; quote an IPv6 address in a [ ] list: "::1/128"`},
+		{"listen: [\":53\"]\naccess:\n  allow: [127.0.0.1/32, ::1/128]\n", `p.yaml:3: not valid YAML: did not find expected node content; quote an IPv6 address in a [ ] list: "::1/128"`},
+		{"listen: [[::1]:53]\n", `p.yaml:1: not valid YAML: did not find expected node content; quote an IPv6 address in a [ ] list: "[::1]:53"`},
 		{"listen: [\":53\", \"localhost:53\"]\n", `p.yaml:1:17: listen: "localhost:53": "localhost" is not an IP address`},
 		{"upstreams:\n  - 192.168.1.1\n", `p.yaml:2:5: upstreams: upstream "192.168.1.1" is not host:port (like 127.0.0.1:53 or [::1]:53)`},
 		{"upstreams: [\"https://1.1.1.1:443\"]\n", `p.yaml:1:13: upstreams: "https://1.1.1.1:443": unknown scheme "https" (valid: host:port, tcp://host:port, tls://host:port#servername)`},

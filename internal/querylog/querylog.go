@@ -65,8 +65,8 @@ type Record struct {
 // blocks answering: when the writer falls behind, records are dropped and
 // counted.
 type Log struct {
-	All       bool // every query, not just catalog matches
-	Anonymize bool // zero the host part of client addresses
+	all       atomic.Bool // every query, not just catalog matches
+	anonymize atomic.Bool // zero the host part of client addresses
 
 	ch      chan Record
 	Dropped atomic.Uint64
@@ -122,17 +122,28 @@ func NewWriter(w io.Writer, all, anonymize bool, buffer int) *Log {
 }
 
 func newLog(w io.Writer, all, anonymize bool, buffer int) *Log {
-	return &Log{All: all, Anonymize: anonymize, w: w, ch: make(chan Record, buffer),
-		reopen: make(chan reopenRequest), done: make(chan struct{})}
+	l := &Log{w: w, ch: make(chan Record, buffer), reopen: make(chan reopenRequest), done: make(chan struct{})}
+	l.all.Store(all)
+	l.anonymize.Store(anonymize)
+	return l
+}
+
+// Apply takes a reloaded config's all_queries and anonymize_clients; the
+// output is chosen at start.
+func (l *Log) Apply(cfg Config) {
+	if l != nil {
+		l.all.Store(cfg.AllQueries)
+		l.anonymize.Store(cfg.AnonymizeClients)
+	}
 }
 
 // Answered logs a decided query that matched a catalog entry or a list and
 // was not allowed, or every decided query with all_queries.
 func (l *Log) Answered(a resolver.Answer) {
-	if !a.Decided() || !l.All && !a.Match() {
+	if !a.Decided() || !a.Match() && !l.all.Load() {
 		return
 	}
-	l.Add(NewRecord(&a, l.Anonymize))
+	l.Add(NewRecord(&a, l.anonymize.Load()))
 }
 
 // NewRecord spells an answered query as a query log line; anonymize zeroes

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -23,8 +24,8 @@ import (
 // It is an observer of the resolver's request path.
 type Activity struct {
 	// anonymize zeroes the host part of client addresses
-	// (querylog.anonymize_clients), set before queries flow.
-	anonymize bool
+	// (querylog.anonymize_clients).
+	anonymize atomic.Bool
 
 	mu        sync.Mutex
 	ring      []Event
@@ -102,7 +103,8 @@ const (
 // anonymize zeroes the host part of their addresses.
 func NewActivity(events, clients int, anonymize bool) *Activity {
 	a := &Activity{ring: make([]Event, 0, events), totals: map[catAction]uint64{}, endpoints: map[string]*EndpointCount{},
-		started: time.Now(), anonymize: anonymize}
+		started: time.Now()}
+	a.anonymize.Store(anonymize)
 	a.undocumented, _ = lru.NewWithEvict(maxUndocumented, func(string, *UndocumentedHost) { a.others++ })
 	a.clients, _ = lru.New[netip.Addr, *ClientCount](clients)
 	return a
@@ -115,16 +117,19 @@ func (a *Activity) Answered(ans resolver.Answer) {
 	if !ans.Decided() || rule == nil {
 		return
 	}
-	client := ans.Client
-	if a.anonymize {
+	client, anonymize := ans.Client, a.anonymize.Load()
+	if anonymize {
 		client = querylog.Anonymize(client)
 	}
 	desc := ""
 	if rule.Entry != nil {
 		desc = rule.Entry.Description()
 	}
-	a.add(client, querylog.NewRecord(&ans, a.anonymize), desc)
+	a.add(client, querylog.NewRecord(&ans, anonymize), desc)
 }
+
+// SetAnonymize turns anonymize_clients on or off (a reload).
+func (a *Activity) SetAnonymize(on bool) { a.anonymize.Store(on) }
 
 // add records one catalog or list match.
 func (a *Activity) add(client netip.Addr, r querylog.Record, description string) {

@@ -57,13 +57,13 @@ type API struct {
 	resolver *resolver.Server
 	activity *Activity
 	gatherer prometheus.Gatherer
-	reload   func() error // what SIGHUP does
+	reload   func() ([]string, error) // what SIGHUP does; it names the keys that need a restart
 	token    atomic.Pointer[string]
 }
 
 // NewAPI serves s: its metrics from g, the page's data from activity, and
 // POST /api/reload through reload. token is http_token ("" for none).
-func NewAPI(s *resolver.Server, activity *Activity, g prometheus.Gatherer, token string, reload func() error) *API {
+func NewAPI(s *resolver.Server, activity *Activity, g prometheus.Gatherer, token string, reload func() ([]string, error)) *API {
 	a := &API{resolver: s, activity: activity, gatherer: g, reload: reload}
 	a.SetToken(token)
 	return a
@@ -105,11 +105,12 @@ func (a *API) Handler() http.Handler {
 		replyJSON(w, map[string]any{"paused": nil})
 	}))
 	mux.HandleFunc("POST /api/reload", a.guard(func(w http.ResponseWriter, _ *http.Request) {
-		if err := a.reload(); err != nil {
+		restart, err := a.reload()
+		if err != nil {
 			http.Error(w, err.Error(), http.StatusUnprocessableEntity)
 			return
 		}
-		replyJSON(w, map[string]string{"reload": "ok"})
+		replyJSON(w, map[string]any{"reload": "ok", "restart_needed": append([]string{}, restart...)})
 	}))
 	mux.Handle("GET /{$}", pageHandler())
 	return mux
@@ -119,7 +120,8 @@ func (a *API) Handler() http.Handler {
 func Serve(addr string, h http.Handler) (*http.Server, string, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, "", fmt.Errorf("http: %w", err)
+		_, port, _ := net.SplitHostPort(addr)
+		return nil, "", fmt.Errorf("http: %w%s", err, resolver.BindHint(port, err, `-http or http: ("" turns it off)`))
 	}
 	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go hs.Serve(ln)
