@@ -87,7 +87,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// heapInUse samples the heap while f runs and returns the highest figure.
+// heapPeak samples the heap in use while f runs and returns the highest figure.
 func heapPeak(f func()) uint64 {
 	var peak atomic.Uint64
 	done := make(chan struct{})
