@@ -105,7 +105,7 @@ func FuzzHandler(f *testing.F) {
 		}
 		u.handed.Wait()
 
-		// TCP, as miekg/dns hands it to the Handler.
+		// TCP, as the TCP loop (tcp.go) hands a parsed query to the Handler.
 		if parsed {
 			w := &fakeWriter{remote: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5000}}
 			s.h.ServeDNS(w, req)

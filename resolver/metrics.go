@@ -56,8 +56,9 @@ type queryKey struct {
 	action policy.Action
 }
 
-// newMetrics registers the metrics of h on reg.
-func newMetrics(reg prometheus.Registerer, version string, h *Handler) *Metrics {
+// newMetrics registers the metrics of h, and of the TCP connections tcp
+// admits, on reg.
+func newMetrics(reg prometheus.Registerer, version string, h *Handler, tcp *tcpGate) *Metrics {
 	m := &Metrics{
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_queries_total",
 			Help: "Queries decided, by client group, its edition, the endpoint category (unlisted outside the catalog) and the action."},
@@ -95,7 +96,7 @@ func newMetrics(reg prometheus.Registerer, version string, h *Handler) *Metrics 
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
 	reg.MustRegister(m.queries, m.endpoint, m.protected, dur, m.upstreamReqs, m.upstreamErrs, m.upstreamDur,
-		m.upstreamHealthy, m.reloads, m.lastReload, m.catalog, build, &funcCollector{m: m, h: h})
+		m.upstreamHealthy, m.reloads, m.lastReload, m.catalog, build, &funcCollector{m: m, h: h, tcp: tcp})
 	return m
 }
 
@@ -217,8 +218,9 @@ func (m *Metrics) upstreamHealth(u *Upstream, up bool) {
 
 // funcCollector reports the counters the query path keeps as plain atomics.
 type funcCollector struct {
-	m *Metrics
-	h *Handler
+	m   *Metrics
+	h   *Handler
+	tcp *tcpGate
 }
 
 var (
@@ -226,6 +228,9 @@ var (
 	descRefused   = prometheus.NewDesc("phonehome_refused_total", "Queries turned away, by reason: access (answered REFUSED), rate_limit (dropped), malformed (not parsed), overload (answered SERVFAIL at once, too many queries waiting for upstreams).", []string{labelReason}, nil)
 	descCacheReqs = prometheus.NewDesc("phonehome_cache_requests_total", "Cache lookups, by result (hit, miss, stale).", []string{labelResult}, nil)
 	descCacheLen  = prometheus.NewDesc("phonehome_cache_entries", "Answers held in the cache.", nil, nil)
+	descTCPConns  = prometheus.NewDesc("phonehome_tcp_connections", "TCP connections open.", nil, nil)
+	descTCPLimit  = prometheus.NewDesc("phonehome_tcp_connections_limit", "The most TCP connections open at once: 256, or fewer under a low open-file limit.", nil, nil)
+	descTCPClosed = prometheus.NewDesc("phonehome_tcp_closed_total", "TCP connections phonehome closed, by reason: at once, unread, access (client outside access.allow), limit (the most open in all), per_client (the most open from that address); later, idle (no query for 5 s), slow (a message not all there 3 s after its first byte), write (an answer not taken within 5 s).", []string{labelReason}, nil)
 )
 
 func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -233,6 +238,9 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRefused
 	ch <- descCacheReqs
 	ch <- descCacheLen
+	ch <- descTCPConns
+	ch <- descTCPLimit
+	ch <- descTCPClosed
 }
 
 func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
@@ -252,4 +260,9 @@ func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descCacheReqs, prometheus.CounterValue, float64(c.m.cache[i].Load()), result)
 	}
 	ch <- prometheus.MustNewConstMetric(descCacheLen, prometheus.GaugeValue, float64(c.h.state.Load().Cache.Len()))
+	ch <- prometheus.MustNewConstMetric(descTCPConns, prometheus.GaugeValue, float64(c.tcp.conns()))
+	ch <- prometheus.MustNewConstMetric(descTCPLimit, prometheus.GaugeValue, float64(c.tcp.limits.Conns))
+	for why, name := range tcpCloseNames {
+		ch <- prometheus.MustNewConstMetric(descTCPClosed, prometheus.CounterValue, float64(c.tcp.closed[why].Load()), name)
+	}
 }

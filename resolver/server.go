@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/phonehome/phonehome/internal/config"
@@ -93,6 +92,9 @@ type Options struct {
 	TryTimeout, Timeout time.Duration
 	// Clock is the cache's clock (default time.Now).
 	Clock func() time.Time
+	// TCP bounds the TCP connections and how long each may idle or take
+	// to send a query; zero fields get the defaults (see TCPLimits).
+	TCP TCPLimits
 }
 
 // withDefaults returns opts with what was left out filled in.
@@ -116,10 +118,10 @@ type Server struct {
 	// queries they had; each closes retireAfter later, or at Close.
 	retired map[*Forwarder]*time.Timer
 
-	udp    []*udpServer
-	tcp    []*dns.Server
-	wg     sync.WaitGroup
-	closed atomic.Bool
+	udp     []*udpServer
+	tcp     []*tcpServer
+	tcpGate *tcpGate // the TCP connections of every listener
+	closed  atomic.Bool
 }
 
 // retireAfter is how long a forwarder replaced by a reload lives on, so
@@ -133,14 +135,14 @@ const retireAfter = 10 * time.Second
 // overrides that sinkhole protected endpoints) are logged.
 func New(cfg *Config, opts Options) (*Server, error) {
 	opts = opts.withDefaults()
-	s := &Server{opts: opts, log: opts.Log, retired: map[*Forwarder]*time.Timer{}}
+	s := &Server{opts: opts, log: opts.Log, retired: map[*Forwarder]*time.Timer{}, tcpGate: newTCPGate(opts.TCP)}
 	st, err := s.build(cfg, nil)
 	if err != nil {
 		return nil, err
 	}
 	h := newHandler(st, s.log)
 	if opts.Registry != nil {
-		h.metrics = newMetrics(opts.Registry, opts.Version, h)
+		h.metrics = newMetrics(opts.Registry, opts.Version, h, s.tcpGate)
 		h.observers = append(h.observers, h.metrics)
 	}
 	h.observers = append(h.observers, opts.Observers...)
@@ -260,18 +262,18 @@ func (s *Server) Close(ctx context.Context) error {
 
 // listenOn binds every address over UDP and TCP, or binds none and says
 // which address failed (a port that is taken, say). UDP goes through
-// phonehome's own batching loop (udp.go), TCP through miekg/dns.
+// phonehome's own batching loop (udp.go), TCP through its own connection
+// loop (tcp.go), with the connections of every address bounded together.
 func (s *Server) listenOn(addrs []string) error {
 	closeAll := func() {
 		for _, u := range s.udp {
 			u.conn.Close()
 		}
-		for _, srv := range s.tcp {
-			srv.Listener.Close()
+		for _, t := range s.tcp {
+			t.ln.Close()
 		}
 		s.udp, s.tcp = nil, nil
 	}
-	invalid := func([]byte, error) { s.handler.counters.Malformed.Add(1) }
 	for _, a := range addrs {
 		pc, ln, err := listenPair(a)
 		if err != nil {
@@ -285,28 +287,14 @@ func (s *Server) listenOn(addrs []string) error {
 			closeAll()
 			return fmt.Errorf("listening on %s/udp: %w", a, err)
 		}
-		s.tcp = append(s.tcp, &dns.Server{Listener: ln, Handler: s.handler, MsgInvalidFunc: invalid,
-			ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }})
+		s.tcp = append(s.tcp, newTCPServer(s.handler, ln, s.tcpGate))
 	}
 	for _, u := range s.udp {
 		u.start(min(runtime.GOMAXPROCS(0), 8))
 	}
-	// Wait until miekg/dns has started each TCP server: its Shutdown
-	// refuses a server that has not started yet, which would then start
-	// and run on.
-	var started sync.WaitGroup
-	for _, srv := range s.tcp {
-		started.Add(1)
-		ready := sync.OnceFunc(started.Done) // also when it fails to start
-		srv.NotifyStartedFunc = ready
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer ready()
-			srv.ActivateAndServe()
-		}()
+	for _, t := range s.tcp {
+		t.start()
 	}
-	started.Wait()
 	return nil
 }
 
@@ -381,24 +369,22 @@ func (s *Server) Addrs() []string {
 	return out
 }
 
-// shutdown stops listening and lets queries in flight finish until ctx ends.
+// shutdown stops listening and lets queries in flight finish until ctx
+// ends; then every TCP connection is closed.
 func (s *Server) shutdown(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, u := range s.udp {
 		wg.Go(func() { u.shutdown(ctx) })
 	}
-	var first error
-	for _, srv := range s.tcp {
-		if err := srv.ShutdownContext(ctx); err != nil && first == nil {
-			first = err
-		}
+	errs := make([]error, len(s.tcp))
+	for i, t := range s.tcp {
+		wg.Go(func() { errs[i] = t.shutdown(ctx) })
 	}
 	wg.Wait()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
+	for _, err := range errs {
+		if err != nil {
+			return err // ctx ended first
+		}
 	}
-	return first
+	return nil
 }

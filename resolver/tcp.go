@@ -1,0 +1,437 @@
+package resolver
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// tcpServer answers DNS over one TCP listener (RFC 7766). Each connection
+// has a reader that hands each query to the request path as the UDP loop
+// does: what can be answered at once (refused, sinkholed, cached) is
+// answered by the reader; a cache miss goes on in a goroutine of its own
+// (HandOff), so the queries pipelined behind it are answered meanwhile,
+// out of order as RFC 7766 allows. Answers on a connection are written one
+// at a time.
+//
+// A client cannot hold what upstream queries need: the tcpGate bounds the
+// connections open, in all and per client address, and refuses clients
+// outside access.allow before reading anything; a connection is closed
+// when it sits idle, or when a message is not all there soon after its
+// first byte.
+type tcpServer struct {
+	h    *Handler
+	ln   net.Listener
+	gate *tcpGate
+
+	stopping atomic.Bool
+	mu       sync.Mutex
+	conns    map[*tcpConn]struct{}
+	wg       sync.WaitGroup // the accept loop and each connection's reader
+}
+
+// TCPLimits bound DNS over TCP. Zero fields get the defaults.
+type TCPLimits struct {
+	// Conns bounds the connections open at once, over every listen
+	// address: 256, or fewer when the open-file limit is low (see
+	// defaultTCPConns). PerClient bounds those from one client address
+	// (16).
+	Conns, PerClient int
+	// Idle is how long a connection may wait for the first byte of its
+	// next query (5 s); Message how long the rest of a message may take
+	// once its first byte has come (3 s), however it is sliced.
+	Idle, Message time.Duration
+}
+
+const (
+	defaultTCPPerClient = 16
+	defaultTCPIdle      = 5 * time.Second // RFC 7766 section 6.2.3: a few seconds
+	defaultTCPMessage   = 3 * time.Second // room for a lost segment's retransmission
+	// tcpWriteTimeout cuts a client that does not take its answers.
+	tcpWriteTimeout = 5 * time.Second
+	// tcpQuery is the longest message read; a longer one is no query and
+	// ends the connection.
+	tcpQuery = 4096
+	// tcpInFlight bounds the cache misses one connection has waiting at
+	// once; past it, its reader waits for one to be answered.
+	tcpInFlight = 32
+	// tcpReadBuffer holds several pipelined queries: one read, not one
+	// per query.
+	tcpReadBuffer = 2048
+)
+
+func (l TCPLimits) withDefaults() TCPLimits {
+	if l.Conns <= 0 {
+		l.Conns = defaultTCPConns()
+	}
+	if l.PerClient <= 0 {
+		l.PerClient = defaultTCPPerClient
+	}
+	if l.Idle <= 0 {
+		l.Idle = defaultTCPIdle
+	}
+	if l.Message <= 0 {
+		l.Message = defaultTCPMessage
+	}
+	return l
+}
+
+// defaultTCPConns is 256, or half of what the open-file limit leaves once
+// 128 descriptors are kept for everything else (listeners, upstream
+// sockets, the HTTP side, files) when that is less, but at least 16: TCP
+// clients can take no more than half of the descriptors upstream queries
+// need. (Go raises the soft limit to the hard one at start, so this reads
+// the limit the process really has.)
+func defaultTCPConns() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 256
+	}
+	return tcpConnsFor(rl.Cur)
+}
+
+// tcpConnsFor is defaultTCPConns under an open-file limit of nofile.
+func tcpConnsFor(nofile uint64) int {
+	if nofile >= 128+2*256 {
+		return 256
+	}
+	return max(16, (int(nofile)-128)/2)
+}
+
+// Why phonehome closed a TCP connection: at accept, without reading
+// (access, limit, per_client), or later (idle, slow, write).
+type tcpClose uint8
+
+const (
+	tcpAccess tcpClose = iota
+	tcpLimit
+	tcpPerClient
+	tcpIdle
+	tcpSlow
+	tcpWrite
+	numTCPCloses
+)
+
+var tcpCloseNames = [numTCPCloses]string{"access", "limit", "per_client", "idle", "slow", "write"}
+
+// tcpGate admits TCP connections for every listener together: it counts
+// those open, in all and per client address, and why it closed others.
+type tcpGate struct {
+	limits TCPLimits
+
+	mu        sync.Mutex
+	open      int
+	perClient map[netip.Addr]int
+
+	closed [numTCPCloses]atomic.Uint64
+}
+
+func newTCPGate(l TCPLimits) *tcpGate {
+	return &tcpGate{limits: l.withDefaults(), perClient: map[netip.Addr]int{}}
+}
+
+// enter admits a connection from client, or counts why not: a client
+// outside access.allow, or one connection too many in all or from client.
+func (g *tcpGate) enter(client netip.Addr, st *State) bool {
+	why := tcpAccess
+	if st.Allowed(client) {
+		g.mu.Lock()
+		switch {
+		case g.open >= g.limits.Conns:
+			why = tcpLimit
+		case g.perClient[client] >= g.limits.PerClient:
+			why = tcpPerClient
+		default:
+			g.open++
+			g.perClient[client]++
+			g.mu.Unlock()
+			return true
+		}
+		g.mu.Unlock()
+	}
+	g.closed[why].Add(1)
+	return false
+}
+
+// leave counts a connection from client closed.
+func (g *tcpGate) leave(client netip.Addr) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.open--
+	if g.perClient[client]--; g.perClient[client] <= 0 {
+		delete(g.perClient, client)
+	}
+}
+
+// conns returns the number of connections open.
+func (g *tcpGate) conns() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.open
+}
+
+func newTCPServer(h *Handler, ln net.Listener, gate *tcpGate) *tcpServer {
+	return &tcpServer{h: h, ln: ln, gate: gate, conns: map[*tcpConn]struct{}{}}
+}
+
+func (s *tcpServer) start() {
+	s.wg.Add(1)
+	go s.serve()
+}
+
+// serve accepts connections until shutdown.
+func (s *tcpServer) serve() {
+	defer s.wg.Done()
+	var pause time.Duration
+	for {
+		nc, err := s.ln.Accept()
+		if err != nil {
+			if s.stopping.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors, say: pause, longer each time up
+			// to a second, so that an error that persists does not spin
+			// a core.
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			time.Sleep(pause)
+			continue
+		}
+		pause = 0
+		s.admit(nc)
+	}
+}
+
+// admit starts a reader for a new connection, or closes it at once,
+// unread: a client outside access.allow, or one too many.
+func (s *tcpServer) admit(nc net.Conn) {
+	client := addrOf(nc.RemoteAddr())
+	if !s.gate.enter(client, s.h.State()) {
+		nc.Close()
+		return
+	}
+	c := &tcpConn{s: s, conn: nc, client: client, r: bufio.NewReaderSize(nc, tcpReadBuffer), slots: make(chan struct{}, tcpInFlight)}
+	s.mu.Lock()
+	if s.stopping.Load() {
+		s.mu.Unlock()
+		nc.Close()
+		s.gate.leave(client)
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go c.serve()
+}
+
+// shutdown stops accepting and reading, lets the queries in flight be
+// answered until ctx ends, and closes every connection.
+func (s *tcpServer) shutdown(ctx context.Context) error {
+	s.stopping.Store(true)
+	s.ln.Close()
+	s.mu.Lock()
+	for c := range s.conns {
+		// Wakes its reader, which closes the connection once the
+		// queries it had read are answered.
+		c.conn.SetReadDeadline(time.Unix(1, 0))
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.conn.Close()
+		}
+		s.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// tcpConn is one client connection: its reader's state, and the
+// dns.ResponseWriter its queries are answered through, which writes one
+// answer at a time.
+type tcpConn struct {
+	s      *tcpServer
+	conn   net.Conn
+	client netip.Addr
+	r      *bufio.Reader
+	msg    []byte        // the message being read
+	slots  chan struct{} // a cache miss handed off holds one
+	handed sync.WaitGroup
+
+	wmu  sync.Mutex
+	pack []byte // the answer being written, packed
+	out  []byte // and with its length in front
+}
+
+// serve reads messages and hands them to the request path until the
+// client closes the connection, breaks a limit, or the server stops; then
+// it closes the connection once the queries it read are answered.
+func (c *tcpConn) serve() {
+	defer func() {
+		c.handed.Wait()
+		c.conn.Close()
+		c.s.gate.leave(c.client)
+		c.s.mu.Lock()
+		delete(c.s.conns, c)
+		c.s.mu.Unlock()
+		c.s.wg.Done()
+	}()
+	for {
+		b, err := c.read()
+		if err != nil {
+			return
+		}
+		c.handle(b)
+	}
+}
+
+// errTooLong ends a connection whose message cannot be a query.
+var errTooLong = errors.New("message too long for a query")
+
+// read returns the next message. It waits up to the idle timeout for the
+// message's first byte; from then the whole message must be there within
+// the message timeout, however slowly it trickles in.
+func (c *tcpConn) read() ([]byte, error) {
+	limits := &c.s.gate.limits
+	if c.r.Buffered() == 0 {
+		c.deadline(limits.Idle)
+		if _, err := c.r.Peek(1); err != nil {
+			return nil, c.failed(err, tcpIdle)
+		}
+	}
+	c.deadline(limits.Message)
+	var length [2]byte
+	if _, err := io.ReadFull(c.r, length[:]); err != nil {
+		return nil, c.failed(err, tcpSlow)
+	}
+	n := int(binary.BigEndian.Uint16(length[:]))
+	if n > tcpQuery {
+		c.s.h.counters.Malformed.Add(1)
+		return nil, errTooLong
+	}
+	if cap(c.msg) < n {
+		c.msg = make([]byte, max(n, 512))
+	}
+	b := c.msg[:n]
+	if _, err := io.ReadFull(c.r, b); err != nil {
+		return nil, c.failed(err, tcpSlow)
+	}
+	return b, nil
+}
+
+// deadline sets the read deadline d from now. Once the server is stopping
+// every read fails at once: shutdown sets stopping, then each deadline in
+// the past, so a deadline set here after that is undone here.
+func (c *tcpConn) deadline(d time.Duration) {
+	c.conn.SetReadDeadline(time.Now().Add(d))
+	if c.s.stopping.Load() {
+		c.conn.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// failed counts a read that timed out, unless the server is stopping,
+// under why, and returns err.
+func (c *tcpConn) failed(err error, why tcpClose) error {
+	if ne, ok := err.(net.Error); ok && ne.Timeout() && !c.s.stopping.Load() {
+		c.s.gate.closed[why].Add(1)
+	}
+	return err
+}
+
+// handle unpacks one message and hands it to the request path. Too short
+// for a header, it is dropped and counted; a response is dropped, as
+// answering it could start a loop between servers; a body that does not
+// parse is counted and gets a bare FORMERR, as miekg/dns's server answered.
+func (c *tcpConn) handle(b []byte) {
+	h := c.s.h
+	if len(b) < 12 {
+		h.counters.Malformed.Add(1)
+		return
+	}
+	if b[2]&0x80 != 0 { // QR: a response
+		return
+	}
+	req := new(dns.Msg)
+	if err := req.Unpack(b); err != nil {
+		h.counters.Malformed.Add(1)
+		m := &dns.Msg{MsgHdr: dns.MsgHdr{Id: binary.BigEndian.Uint16(b), Response: true, Opcode: int(b[2]>>3) & 0xF, Rcode: dns.RcodeFormatError}}
+		c.WriteMsg(m)
+		return
+	}
+	h.ServeDNS(c, req)
+}
+
+// HandOff runs f, a query waiting for an upstream, in a goroutine of its
+// own, so that the reader goes on to the queries pipelined behind it.
+func (c *tcpConn) HandOff(f func(dns.ResponseWriter)) {
+	c.slots <- struct{}{}
+	c.handed.Add(1)
+	go func() {
+		defer func() {
+			<-c.slots
+			c.handed.Done()
+		}()
+		f(c)
+	}()
+}
+
+func (c *tcpConn) WriteMsg(m *dns.Msg) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	b, err := m.PackBuffer(c.pack[:cap(c.pack)])
+	if err != nil {
+		return err
+	}
+	c.pack = b[:0] // PackBuffer grew it if it had to: keep the larger one
+	return c.send(b)
+}
+
+func (c *tcpConn) Write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.send(b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// send writes b with its two-byte length, in one write. A client that
+// does not take its answers within tcpWriteTimeout, or is gone, loses the
+// connection, which also ends its reader. The caller holds wmu.
+func (c *tcpConn) send(b []byte) error {
+	if len(b) > dns.MaxMsgSize {
+		return dns.ErrBuf
+	}
+	c.out = binary.BigEndian.AppendUint16(c.out[:0], uint16(len(b)))
+	c.out = append(c.out, b...)
+	c.conn.SetWriteDeadline(time.Now().Add(tcpWriteTimeout))
+	if _, err := c.conn.Write(c.out); err != nil {
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			c.s.gate.closed[tcpWrite].Add(1)
+		}
+		c.conn.Close()
+		return err
+	}
+	return nil
+}
+
+func (c *tcpConn) LocalAddr() net.Addr  { return c.conn.LocalAddr() }
+func (c *tcpConn) RemoteAddr() net.Addr { return c.conn.RemoteAddr() }
+func (c *tcpConn) Close() error         { return c.conn.Close() }
+func (c *tcpConn) TsigStatus() error    { return nil }
+func (c *tcpConn) TsigTimersOnly(bool)  {}
+func (c *tcpConn) Hijack()              {}
