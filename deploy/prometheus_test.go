@@ -110,6 +110,10 @@ func TestScrapeConfig(t *testing.T) {
 	cfg := loadSampleConfig(t, "deploy/docker/phonehome.yaml")
 	_, port, _ := net.SplitHostPort(*cfg.Web.HTTP)
 	want := "phonehome:" + port
+	// phonehome answers only to the names it is told (DNS rebinding).
+	if !slices.Contains(cfg.Web.HTTPHosts, "phonehome") {
+		t.Errorf("Prometheus scrapes %s, but http_hosts %q does not list phonehome: every scrape would get 421", want, cfg.Web.HTTPHosts)
+	}
 	for _, sc := range pc.ScrapeConfigs {
 		if sc.JobName != "phonehome" {
 			continue

@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,8 +35,11 @@ func chromium(t *testing.T) string {
 // TestWebPage drives the live page in a real headless Chromium: queries from
 // two client addresses appear in the feed and the per-machine view, a name
 // no Microsoft document lists appears with both machines in its own card,
-// the category filter narrows the feed, and the pause button changes the
-// state.
+// the category filter narrows the feed, the page runs under its
+// Content-Security-Policy, and its pause and resume buttons get through the
+// HTTP side's rules (JSON, same origin): /api/summary shows the pause, then
+// none, and nothing the page sent was refused. Pages of other origins
+// cannot pause, and a rebound name gets nothing.
 func TestWebPage(t *testing.T) {
 	browser := chromium(t)
 	up := dnstest.Start(t)
@@ -58,6 +64,7 @@ policy:
 		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(filepath.Join(dir, "chrome")),
 		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true), chromedp.Flag("no-first-run", true), chromedp.Flag("disable-quic", true),
+		chromedp.Flag("host-resolver-rules", "MAP rebound.example 127.0.0.1"),
 		chromedp.WindowSize(1100, 900))
 	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
 	defer cancel()
@@ -101,6 +108,11 @@ policy:
 		t.Fatalf("filtering: %v", err)
 	}
 	filtered := text(`#feed`)
+	// The inline style applied too: the header's dark background.
+	headerBG, err := chromedp.Run(ctx, chromedp.Evaluate[string](`getComputedStyle(document.querySelector("header")).backgroundColor`))
+	if err != nil {
+		t.Fatalf("reading the header's style: %v", err)
+	}
 	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#pause`))); err != nil {
 		t.Fatalf("pressing pause: %v", err)
 	}
@@ -108,10 +120,47 @@ policy:
 		t.Errorf("the state did not change after pause: %v", err)
 	}
 	state := text(`#state`)
+	_, pausedSummary := get(t, "http://"+b.http+"/api/summary")
 	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
 	}
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#resume`))); err != nil {
+		t.Fatalf("pressing resume: %v", err)
+	}
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.querySelector("#state").innerText === "sinkholing active" && document.querySelector("#resume").hidden`, chromedp.WithPollingTimeout(10*time.Second))); err != nil {
+		t.Errorf("the state did not change after resume: %v\n%s", err, text(`#state`))
+	}
+	_, resumedSummary := get(t, "http://"+b.http+"/api/summary")
+	_, metrics := get(t, "http://"+b.http+"/metrics")
+
+	// What the page at another origin can do: another port of the same
+	// address (same-site) and localhost (cross-site) send issue 11's
+	// simple request, which the browser sends without asking; a name that
+	// resolves to phonehome's address (DNS rebinding, here by Chromium's
+	// own resolver rules, no DNS) loads nothing. (The fetch fails in the
+	// page: Cross-Origin-Resource-Policy keeps even the refusal from it.)
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Write([]byte("<!doctype html><title>elsewhere</title>"))
+	}))
+	defer elsewhere.Close()
+	_, elsewherePort, _ := net.SplitHostPort(elsewhere.Listener.Addr().String())
+	for _, origin := range []string{elsewhere.URL, "http://localhost:" + elsewherePort} {
+		if err := chromedp.Do(ctx,
+			chromedp.Navigate(origin+"/"),
+			chromedp.Evaluate[chromedp.Void](`fetch("http://`+b.http+`/api/pause", {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"}, body: '{"duration":"15m"}'}).catch(() => undefined)`, chromedp.EvalAwaitPromise),
+		); err != nil {
+			t.Fatalf("the simple request from %s: %v", origin, err)
+		}
+	}
+	_, phPort, _ := net.SplitHostPort(b.http)
+	if err := chromedp.Do(ctx, chromedp.Navigate("http://rebound.example:"+phPort+"/")); err != nil {
+		t.Fatalf("loading the page by a rebound name: %v", err)
+	}
+	rebound := text(`body`)
+	_, afterElsewhere := get(t, "http://"+b.http+"/api/summary")
+	_, metricsAfter := get(t, "http://"+b.http+"/metrics")
 	for _, want := range []string{"v10.events.data.microsoft.com.", "127.0.0.1", "127.0.0.2", "sinkhole", "log"} {
 		if !strings.Contains(feed, want) {
 			t.Errorf("feed lacks %q:\n%s", want, feed)
@@ -133,6 +182,34 @@ policy:
 	}
 	if !strings.HasPrefix(state, "paused until") {
 		t.Errorf("state after pause: %q", state)
+	}
+	if !strings.Contains(pausedSummary, `"paused":{"until":"`) {
+		t.Errorf("/api/summary after pressing pause: %s", pausedSummary)
+	}
+	if !strings.Contains(resumedSummary, `"paused":null`) {
+		t.Errorf("/api/summary after pressing resume: %s", resumedSummary)
+	}
+	if headerBG != "rgb(29, 35, 43)" {
+		t.Errorf("the page's style did not apply (CSP?): header background %q", headerBG)
+	}
+	for _, reason := range []string{"host", "method", "origin", "content_type", "size", "access", "token"} {
+		if want := `phonehome_http_refused_total{reason="` + reason + `"} 0` + "\n"; !strings.Contains(metrics, want) {
+			t.Errorf("the page's own requests were refused: /metrics lacks %s", want)
+		}
+	}
+	if !strings.Contains(afterElsewhere, `"paused":null`) {
+		t.Errorf("/api/summary after other origins posted a pause: %s", afterElsewhere)
+	}
+	if !strings.HasPrefix(rebound, "misdirected request") {
+		t.Errorf("the page by a rebound name: %q", rebound)
+	}
+	// Two posts refused for their origin; the rebound name's page (and
+	// favicon, each retried once on 421 by Chromium) for its Host.
+	if want := `phonehome_http_refused_total{reason="origin"} 2` + "\n"; !strings.Contains(metricsAfter, want) {
+		t.Errorf("/metrics after other origins' requests lacks %s", want)
+	}
+	if strings.Contains(metricsAfter, `phonehome_http_refused_total{reason="host"} 0`+"\n") {
+		t.Error("/metrics counts no refusal for the rebound name")
 	}
 	png := filepath.Join(t.TempDir(), "page.png")
 	if err := os.WriteFile(png, shot, 0o644); err != nil {

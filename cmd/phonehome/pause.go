@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -47,8 +48,14 @@ func runPause(args []string, stdout, stderr io.Writer) int {
 			req.Categories = append(req.Categories, c)
 		}
 	}
+	// An http address without a host (":8053", as in the config) is this
+	// machine; phonehome answers only to IP addresses and names it knows.
+	target := *addr
+	if host, port, err := net.SplitHostPort(target); err == nil && host == "" {
+		target = net.JoinHostPort("127.0.0.1", port)
+	}
 	body, _ := json.Marshal(req)
-	hr, _ := http.NewRequest("POST", "http://"+*addr+"/api/pause", bytes.NewReader(body))
+	hr, _ := http.NewRequest("POST", "http://"+target+"/api/pause", bytes.NewReader(body))
 	hr.Header.Set("Content-Type", "application/json")
 	if *token != "" {
 		hr.Header.Set("Authorization", "Bearer "+*token)

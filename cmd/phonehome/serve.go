@@ -135,7 +135,7 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 		ql.Apply(next.QueryLog)
 		activity.SetAnonymize(next.QueryLog.AnonymizeClients)
 		if api != nil {
-			api.SetToken(next.Web.HTTPToken)
+			api.Apply(next.Web)
 		}
 		restart := configfile.RestartNeeded(cfg, next)
 		restartNeeded(restart)
@@ -146,7 +146,7 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 	}
 	b := bound{dns: srv.Addrs()}
 	if *cfg.Web.HTTP != "" {
-		api = web.NewAPI(srv, activity, reg, cfg.Web.HTTPToken, reload)
+		api = web.NewAPI(srv, activity, reg, cfg.Web, reload)
 		hs, addr, err := web.Serve(*cfg.Web.HTTP, api.Handler())
 		if err != nil {
 			return fail(err)

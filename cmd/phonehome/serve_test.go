@@ -272,6 +272,7 @@ func TestServeReloadOverHTTP(t *testing.T) {
 		t.Helper()
 		req, _ := http.NewRequest("POST", "http://"+ph.http+"/api/reload", nil)
 		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/json")
 		r, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
 		if err != nil {
 			t.Fatal(err)

@@ -24,7 +24,7 @@ type File struct {
 	// listen, upstreams, access, sinkhole, cache, and the policy's
 	// catalog and policy.
 	resolver.Config `yaml:",inline"`
-	// http, http_token.
+	// http, http_token, http_hosts.
 	Web      web.Config      `yaml:",inline"`
 	QueryLog querylog.Config `yaml:"querylog"`
 }

@@ -4,7 +4,6 @@
 package web
 
 import (
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -29,6 +28,12 @@ type Config struct {
 	// HTTPToken, when set, is needed (Authorization: Bearer TOKEN) for the
 	// calls that change something.
 	HTTPToken string `yaml:"http_token"`
+	// HTTPHosts are the names, besides IP addresses and localhost, that a
+	// request may give as its Host: phonehome.lan to open
+	// http://phonehome.lan:8053/. Any other name is refused, so that a web
+	// site whose name someone re-resolves to this address (DNS rebinding)
+	// cannot use the API.
+	HTTPHosts []string `yaml:"http_hosts"`
 }
 
 // DefaultHTTP is the HTTP address when the config names none.
@@ -42,13 +47,43 @@ func (c *Config) SetDefaults() {
 	}
 }
 
-// Check reports a bad HTTP address.
+// Check reports a bad HTTP address or host name.
 func (c *Config) Check(r *config.Report) {
 	if c.HTTP != nil && *c.HTTP != "" {
 		if err := config.CheckHostPort(*c.HTTP); err != nil {
 			r.Key("http", "http: %v", err)
 		}
 	}
+	for i, h := range c.HTTPHosts {
+		if err := checkHostName(h); err != nil {
+			r.Value(fmt.Sprintf("http_hosts[%d]", i), "http_hosts: %v", err)
+		}
+	}
+}
+
+// checkHostName reports why s cannot be a name of http_hosts.
+func checkHostName(s string) error {
+	if _, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
+		return fmt.Errorf("%q is an IP address; IP addresses are always allowed, list names only", s)
+	}
+	if h, port, err := net.SplitHostPort(s); err == nil && checkHostName(h) == nil {
+		if _, err := strconv.ParseUint(port, 10, 16); err == nil {
+			return fmt.Errorf("%q has a port; list the name only (%q), any port is allowed", s, h)
+		}
+	}
+	name := strings.TrimSuffix(s, ".")
+	if name == "" || len(name) > 253 {
+		return fmt.Errorf("%q is not a host name", s)
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' ||
+			strings.IndexFunc(label, func(c rune) bool {
+				return !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_')
+			}) >= 0 {
+			return fmt.Errorf("%q is not a host name (letters, digits and hyphens between dots, such as phonehome.lan)", s)
+		}
+	}
+	return nil
 }
 
 // API serves the metrics, health checks, the JSON API and the web page of
@@ -58,21 +93,37 @@ type API struct {
 	activity *Activity
 	gatherer prometheus.Gatherer
 	reload   func() ([]string, error) // what SIGHUP does; it names the keys that need a restart
+	refused  *prometheus.CounterVec   // phonehome_http_refused_total{reason}
 	token    atomic.Pointer[string]
+	hosts    atomic.Pointer[map[string]bool] // http_hosts, as normalHost gives them
 }
 
-// NewAPI serves s: its metrics from g, the page's data from activity, and
-// POST /api/reload through reload. token is http_token ("" for none).
-func NewAPI(s *resolver.Server, activity *Activity, g prometheus.Gatherer, token string, reload func() ([]string, error)) *API {
-	a := &API{resolver: s, activity: activity, gatherer: g, reload: reload}
-	a.SetToken(token)
+// NewAPI serves s: the metrics of reg (where it adds its own), the page's
+// data from activity, and POST /api/reload through reload. c gives
+// http_token and http_hosts. A nil reg is a registry of its own.
+func NewAPI(s *resolver.Server, activity *Activity, reg *prometheus.Registry, c Config, reload func() ([]string, error)) *API {
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	a := &API{resolver: s, activity: activity, gatherer: reg, reload: reload, refused: newRefusedMetric(reg)}
+	a.Apply(c)
 	return a
 }
 
-// SetToken changes http_token; a reload calls it.
-func (a *API) SetToken(token string) { a.token.Store(&token) }
+// Apply takes what a reload changes of the web side: http_token and
+// http_hosts (the address is read at start only).
+func (a *API) Apply(c Config) {
+	token := c.HTTPToken
+	a.token.Store(&token)
+	hosts := make(map[string]bool, len(c.HTTPHosts))
+	for _, h := range c.HTTPHosts {
+		hosts[normalHost(h)] = true
+	}
+	a.hosts.Store(&hosts)
+}
 
-// Handler returns the API's routes.
+// Handler returns the API's routes, behind filter: no route sees a request
+// with a foreign Host, nor a POST from another web site.
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.gatherer, promhttp.HandlerOpts{}))
@@ -113,7 +164,7 @@ func (a *API) Handler() http.Handler {
 		replyJSON(w, map[string]any{"reload": "ok", "restart_needed": append([]string{}, restart...)})
 	}))
 	mux.Handle("GET /{$}", pageHandler())
-	return mux
+	return a.filter(mux)
 }
 
 // Serve serves h on addr and returns the server and the bound address.
@@ -126,28 +177,6 @@ func Serve(addr string, h http.Handler) (*http.Server, string, error) {
 	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go hs.Serve(ln)
 	return hs, ln.Addr().String(), nil
-}
-
-// guard lets a state-changing request through only from an address in
-// access.allow and, when http_token is set, with the token
-// ("Authorization: Bearer TOKEN").
-func (a *API) guard(next http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		host, _, _ := net.SplitHostPort(r.RemoteAddr)
-		ip, err := netip.ParseAddr(host)
-		if err != nil || !a.resolver.State().Allowed(ip) {
-			http.Error(w, "forbidden: not an address in access.allow\n", http.StatusForbidden)
-			return
-		}
-		if token := *a.token.Load(); token != "" {
-			got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-				http.Error(w, "unauthorized: this needs http_token as Authorization: Bearer TOKEN\n", http.StatusUnauthorized)
-				return
-			}
-		}
-		next(w, r)
-	}
 }
 
 // Pause is a pause in force, as the API shows it.
@@ -171,7 +200,12 @@ type PauseRequest struct {
 
 func (a *API) pause(w http.ResponseWriter, r *http.Request) {
 	var req PauseRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
+	// filter bounds the body (maxBody).
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		if tooLarge(err) {
+			a.refuse(w, refusedSize, http.StatusRequestEntityTooLarge, "request body over %d bytes\n", maxBody)
+			return
+		}
 		http.Error(w, "want JSON like {\"duration\": \"15m\", \"categories\": [\"telemetry\"]}\n", http.StatusBadRequest)
 		return
 	}
