@@ -16,7 +16,10 @@ import (
 // BenchmarkServeDNS measures the request path in-process for cache hits (no
 // socket I/O, so per-query costs look larger than they are in a server),
 // with the default policy and with a million-name user list, to show what a
-// big list adds per query.
+// big list adds per query. The "packed" cases also pack each answer into a
+// kept buffer, as the UDP loop's writer does, so that what reply asks of
+// the packer (compression) is counted too: "packed" with the stub's
+// one-record answers, "packed-chain" with answers of three records.
 func BenchmarkServeDNS(b *testing.B) {
 	list := filepath.Join(b.TempDir(), "million.txt")
 	f, err := os.Create(list)
@@ -30,12 +33,29 @@ func BenchmarkServeDNS(b *testing.B) {
 	w.Flush()
 	f.Close()
 	up := dnstest.Start(b)
-	for _, c := range []struct{ name, config string }{
-		{"default", "access: {rate_limit: 0}\n"},
-		{"million-list", "access: {rate_limit: 0}\npolicy:\n  default:\n    lists: [{category: telemetry, file: " + list + "}]\n"},
+	// chain answers every name with two CNAMEs and an A record, an answer
+	// whose names reply compresses.
+	chain := dnstest.Start(b)
+	chain.SetHandler(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg).SetReply(r)
+		for _, s := range []string{r.Question[0].Name + " 300 IN CNAME edge.cdn.example.", "edge.cdn.example. 300 IN CNAME e1.edge.cdn.example.", "e1.edge.cdn.example. 300 IN A 192.0.2.1"} {
+			rr, _ := dns.NewRR(s)
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})
+	for _, c := range []struct {
+		name, config string
+		pack         bool
+		up           *dnstest.Upstream
+	}{
+		{"default", "access: {rate_limit: 0}\n", false, up},
+		{"million-list", "access: {rate_limit: 0}\npolicy:\n  default:\n    lists: [{category: telemetry, file: " + list + "}]\n", false, up},
+		{"packed", "access: {rate_limit: 0}\n", true, up},
+		{"packed-chain", "access: {rate_limit: 0}\n", true, chain},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			s := start(b, c.config, up)
+			s := start(b, c.config, c.up)
 			names := []string{"www.example.com.", "v10.events.data.microsoft.com.", "api.github.com.", "x.y.example.org.", "t5.d5.example.net."}
 			var reqs []*dns.Msg
 			for _, n := range names {
@@ -44,13 +64,33 @@ func BenchmarkServeDNS(b *testing.B) {
 				s.h.ServeDNS(&fakeWriter{remote: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}}, q) // warm the cache
 			}
 			fw := &fakeWriter{remote: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}}
+			var w dns.ResponseWriter = fw
+			if c.pack {
+				w = &packWriter{fakeWriter: fw, buf: make([]byte, 0, dns.MaxMsgSize)}
+			}
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
 				fw.msgs = fw.msgs[:0]
-				s.h.ServeDNS(fw, reqs[i%len(reqs)])
+				s.h.ServeDNS(w, reqs[i%len(reqs)])
 				i++
 			}
 		})
 	}
+}
+
+// packWriter is a fakeWriter that also packs each answer into one kept
+// buffer, as the UDP loop's batchWriter does.
+type packWriter struct {
+	*fakeWriter
+	buf []byte
+}
+
+func (w *packWriter) WriteMsg(m *dns.Msg) error {
+	b, err := m.PackBuffer(w.buf[:cap(w.buf)])
+	if err != nil {
+		return err
+	}
+	w.buf = b[:0]
+	return w.fakeWriter.WriteMsg(m)
 }

@@ -252,8 +252,9 @@ func rcodeMsg(req *dns.Msg, code int) *dns.Msg {
 // reply finishes an answer for this client and sends it: the client's ID,
 // exact question, RD and CD bits, RA set and AA clear (phonehome is
 // authoritative for nothing it forwards or caches), EDNS0 only if the
-// client used it (with an Extended DNS Error when there is one), and
-// truncation to the client's UDP size.
+// client used it (with an Extended DNS Error when there is one), names
+// compressed, and over UDP, when it does not fit the client's size, TC set
+// and no records.
 func (h *Handler) reply(w dns.ResponseWriter, req, m *dns.Msg, ede uint16, text string) {
 	m.Id = req.Id
 	m.Response = true
@@ -270,6 +271,12 @@ func (h *Handler) reply(w dns.ResponseWriter, req, m *dns.Msg, ede uint16, text 
 		}
 	}
 	m.Extra = extra
+	// Names are compressed, as unbound and every resolver compress them,
+	// except in an answer of one record, the commonest of all (one A or
+	// AAAA): there compression saves the owner name less two bytes and
+	// costs the packer a map, two allocations per query on the hot path.
+	// A chain, an RRset, a negative answer and its proofs all gain more.
+	lone := len(m.Answer) == 1 && len(m.Ns) == 0 && len(m.Extra) == 0
 	size := dns.MinMsgSize
 	if o := req.IsEdns0(); o != nil {
 		size = max(dns.MinMsgSize, min(int(o.UDPSize()), maxUDP))
@@ -280,8 +287,18 @@ func (h *Handler) reply(w dns.ResponseWriter, req, m *dns.Msg, ede uint16, text 
 		}
 	}
 	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+		// Truncate compresses if the answer does not fit otherwise and
+		// clears Compress if it does, so lone is applied after.
 		m.Truncate(size)
+		if m.Truncated {
+			// A client throws a truncated answer away and asks again over
+			// TCP (RFC 2181 section 9), so it gets the header, question and
+			// OPT alone, as unbound sends them, not size bytes of records.
+			m.Answer, m.Ns = nil, nil
+			m.Extra = slices.DeleteFunc(m.Extra, func(rr dns.RR) bool { return rr.Header().Rrtype != dns.TypeOPT })
+		}
 	}
+	m.Compress = m.Compress || !lone
 	if err := w.WriteMsg(m); err != nil && h.log != nil {
 		h.log.Debug("writing answer", "err", err)
 	}
