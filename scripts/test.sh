@@ -6,16 +6,21 @@
 # promtool (prometheus), systemd-analyze (systemd) and docker-compose check
 # the files in deploy/.
 #
-# Two of them are daemons Debian would start and enable at once: unbound
-# (which would then hold port 53) and prometheus. The tests only run their
-# tools, so while installing, a policy-rc.d forbids starting any service,
-# and the services of packages this script installed are disabled after
-# (a package that was already installed is left as it was).
+# knot is the authoritative server the resolver's answers are compared
+# through, beside unbound's. Three are daemons Debian would start and
+# enable at once: unbound and knot (which would then hold port 53) and
+# prometheus. The tests start what they need themselves, on loopback ports
+# of their own, so while installing, a policy-rc.d forbids starting any
+# service, and the services of packages this script installed are disabled
+# after (a package that was already installed is left as it was).
+#
+# Last, each fuzzer runs for FUZZTIME (20s): the document parser, the
+# packet path, the host-name rule, the config loader and the list reader.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(dnsmasq-base unbound bind9-utils bind9-dnsutils chromium prometheus systemd docker-compose)
-daemons=(unbound prometheus)
+packages=(dnsmasq-base unbound knot bind9-utils bind9-dnsutils chromium prometheus systemd docker-compose)
+daemons=(unbound knot prometheus)
 
 if command -v apt-get >/dev/null 2>&1; then
   sudo=""
@@ -52,3 +57,8 @@ fi
 
 go vet ./...
 go test -race ./...
+
+fuzztime=${FUZZTIME:-20s}
+for target in endpoints:FuzzParse endpoints:FuzzHostname resolver:FuzzHandler internal/configfile:FuzzParse policy:FuzzList; do
+  go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "$fuzztime" "./${target%%:*}"
+done
