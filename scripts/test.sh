@@ -47,6 +47,13 @@ if command -v apt-get >/dev/null 2>&1; then
     fi
     $sudo update-rc.d -f "$d" remove >/dev/null 2>&1 || true
   done
+  # Check it: a service left enabled or running would hold port 53.
+  for d in ${fresh[@]+"${fresh[@]}"}; do
+    if [ "$(systemctl is-enabled "$d" 2>/dev/null)" = enabled ] || ls /etc/rc[2-5].d/S*"$d" >/dev/null 2>&1 || pgrep -x "$d" >/dev/null || pgrep -x "${d}d" >/dev/null; then
+      echo "scripts/test.sh: the $d service is still enabled or running after install" >&2
+      exit 1
+    fi
+  done
   if [ -n "$made_policy" ]; then
     $sudo rm -f "$policy"
     trap - EXIT
