@@ -72,6 +72,12 @@ type Decision struct {
 	// Protected is set when the category said sinkhole and protection made
 	// it log instead.
 	Protected bool
+	// CNAME is the name of the answer's CNAME chain whose pattern decided
+	// (see DecideChain); "" when the question name decided.
+	CNAME string
+	// Shield is the rule of the protected endpoint, the question's or one
+	// along the chain, that kept a chain name from sinkholing the answer.
+	Shield *Rule
 }
 
 // Category is the matched pattern's category, or "unlisted".
@@ -88,20 +94,8 @@ func (p *Policy) Decide(client netip.Addr, name string) Decision {
 	if g == nil {
 		g = p.Default
 	}
-	d := Decision{Group: g, Match: g.matcher.Lookup(name)}
-	if g.overrides != nil {
-		if o := g.overrides.Lookup(name); o.Rule != nil {
-			d.Override, d.Action = o, o.Rule.Action
-			return d
-		}
-	}
-	if d.Match.Rule == nil {
-		d.Action = g.Unlisted
-		return d
-	}
 	// The rule's action was resolved for this group when it was compiled.
-	d.Action, d.Protected = d.Match.Rule.Action, d.Match.Rule.demoted
-	return d
+	return g.decide(name)
 }
 
 // BlockedText is the Extended DNS Error text of a sinkhole answer:
@@ -111,11 +105,11 @@ func (p *Policy) Decide(client netip.Addr, name string) Decision {
 func (d Decision) BlockedText() string {
 	switch {
 	case d.Match.Rule != nil && d.Match.Rule.Answer != "":
-		return d.Match.Rule.Answer
+		return d.Match.Rule.Answer + d.chainPhrase()
 	case d.Override.Rule != nil && d.Match.Rule == nil:
-		return "phonehome: override " + d.Override.Pattern()
+		return "phonehome: override " + d.Override.Pattern() + d.chainPhrase()
 	}
-	return "phonehome: " + string(d.Category()) + " " + d.Match.Pattern()
+	return "phonehome: " + string(d.Category()) + " " + d.Match.Pattern() + d.chainPhrase()
 }
 
 // Reason says in one sentence why the decision was taken, as `phonehome
@@ -139,9 +133,18 @@ func (d Decision) Reason() string {
 			what += ", from " + m.Rule.Source
 		}
 	}
+	if d.CNAME != "" && d.Override.Rule == nil {
+		what += ", reached through CNAME " + trimDot(d.CNAME)
+	}
 	switch {
+	case d.CNAME != "" && d.Shield != nil:
+		return fmt.Sprintf("logged, not sinkholed: the answer's CNAME chain reaches %s (%s), but %s is protected — %s",
+			trimDot(d.CNAME), what, d.Shield.Entry.Pattern, d.Shield.Entry.Reason)
 	case d.Override.Rule != nil:
 		s := fmt.Sprintf("%s: group %s overrides %s to %s", verb, d.Group.Name, d.Override.Pattern(), d.Action)
+		if d.CNAME != "" {
+			s += ", reached through CNAME " + trimDot(d.CNAME)
+		}
 		if m.Rule != nil {
 			s += " (" + what + ")"
 		}

@@ -25,6 +25,7 @@ type cached struct {
 	wire    []byte
 	stored  time.Time
 	expires time.Time
+	chain   *Chain // nil without a CNAME
 }
 
 const (
@@ -76,44 +77,46 @@ func (c *Cache) Len() int {
 	return c.lru.Len()
 }
 
-// Get returns a fresh answer with its TTLs counted down, or nil.
-func (c *Cache) Get(key string) *dns.Msg { return c.lookup(key, false) }
+// Get returns a fresh answer with its TTLs counted down, and its alias
+// chain, or nil.
+func (c *Cache) Get(key string) (*dns.Msg, *Chain) { return c.lookup(key, false) }
 
-// Stale returns an expired answer still within a day, with TTL 30, or nil:
-// for when every upstream is down (RFC 8767).
-func (c *Cache) Stale(key string) *dns.Msg { return c.lookup(key, true) }
+// Stale returns an expired answer still within a day, with TTL 30, and its
+// alias chain, or nil: for when every upstream is down (RFC 8767).
+func (c *Cache) Stale(key string) (*dns.Msg, *Chain) { return c.lookup(key, true) }
 
 // lookup unpacks the entry for key only when it is what was asked for: an
 // expired entry on the request path is a miss, and costs nothing more.
-func (c *Cache) lookup(key string, stale bool) *dns.Msg {
+func (c *Cache) lookup(key string, stale bool) (*dns.Msg, *Chain) {
 	if c.lru == nil {
-		return nil
+		return nil, nil
 	}
 	e, ok := c.lru.Get(key)
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	now := c.now()
 	if fresh := now.Before(e.expires); fresh == stale || now.Sub(e.expires) >= staleFor {
-		return nil
+		return nil, nil
 	}
 	m := new(dns.Msg)
 	if m.Unpack(e.wire) != nil {
-		return nil
+		return nil, nil
 	}
 	if stale {
 		headers(m, func(h *dns.RR_Header) { h.Ttl = staleTTL })
-		return m
+		return m, e.chain
 	}
 	age := uint32(now.Sub(e.stored) / time.Second)
 	headers(m, func(h *dns.RR_Header) { h.Ttl -= min(h.Ttl, age) })
-	return m
+	return m, e.chain
 }
 
-// Put stores an upstream answer for as long as RFC 2308 and the config
-// allow: positive answers for their lowest TTL, NXDOMAIN and NODATA for the
-// SOA minimum, SERVFAIL for at most 5 s. Other answers are not stored.
-func (c *Cache) Put(key string, m *dns.Msg) {
+// Put stores an upstream answer, with its alias chain (nil for none), for
+// as long as RFC 2308 and the config allow: positive answers for their
+// lowest TTL, NXDOMAIN and NODATA for the SOA minimum, SERVFAIL for at most
+// 5 s. Other answers are not stored.
+func (c *Cache) Put(key string, m *dns.Msg, chain *Chain) {
 	if c.lru == nil || m.Truncated {
 		return
 	}
@@ -154,7 +157,7 @@ func (c *Cache) Put(key string, m *dns.Msg) {
 	if err != nil {
 		return
 	}
-	c.lru.Add(key, &cached{wire: wire, stored: now, expires: now.Add(ttl)})
+	c.lru.Add(key, &cached{wire: wire, stored: now, expires: now.Add(ttl), chain: chain})
 }
 
 func (c *Cache) clamp(d time.Duration) time.Duration {

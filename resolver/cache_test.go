@@ -31,31 +31,31 @@ func TestCacheTTLs(t *testing.T) {
 	clock := &testClock{}
 	c := NewCache(10, 0, time.Hour, clock.now)
 	key := Key(answer("a.example.", 0))
-	c.Put(key, answer("a.example.", 300, 100))
+	c.put(key, answer("a.example.", 300, 100))
 	clock.set(40 * time.Second)
-	fresh := c.Get(key)
+	fresh := c.get(key)
 	if fresh == nil || fresh.Answer[0].Header().Ttl != 60 || fresh.Answer[1].Header().Ttl != 60 { // both held to the entry's lifetime, the lowest TTL
 		t.Fatalf("TTLs after 40 s: %v", fresh)
 	}
 	// The entry lives as long as its lowest TTL, then turns stale.
 	clock.set(101 * time.Second)
-	if fresh, stale := c.Get(key), c.Stale(key); fresh != nil || stale == nil || stale.Answer[0].Header().Ttl != staleTTL {
+	if fresh, stale := c.get(key), c.stale(key); fresh != nil || stale == nil || stale.Answer[0].Header().Ttl != staleTTL {
 		t.Errorf("after 101 s: fresh %v stale %v", fresh, stale)
 	}
 	clock.set(25 * time.Hour)
-	if fresh, stale := c.Get(key), c.Stale(key); fresh != nil || stale != nil {
+	if fresh, stale := c.get(key), c.stale(key); fresh != nil || stale != nil {
 		t.Error("a day after expiry nothing is served")
 	}
 
 	// Clamping.
 	clock = &testClock{}
 	c = NewCache(10, time.Minute, 10*time.Minute, clock.now)
-	c.Put("low", answer("low.example.", 5))
-	c.Put("high", answer("high.example.", 86400))
-	if m := c.Get("low"); m == nil || m.Answer[0].Header().Ttl != 60 {
+	c.put("low", answer("low.example.", 5))
+	c.put("high", answer("high.example.", 86400))
+	if m := c.get("low"); m == nil || m.Answer[0].Header().Ttl != 60 {
 		t.Errorf("min_ttl: %v", m)
 	}
-	if m := c.Get("high"); m == nil || m.Answer[0].Header().Ttl != 600 {
+	if m := c.get("high"); m == nil || m.Answer[0].Header().Ttl != 600 {
 		t.Errorf("max_ttl: %v", m)
 	}
 
@@ -64,34 +64,34 @@ func TestCacheTTLs(t *testing.T) {
 	nx.Rcode = dns.RcodeNameError
 	clock = &testClock{}
 	c = NewCache(10, 0, time.Hour, clock.now)
-	c.Put("nosoa", nx)
-	if m := c.Get("nosoa"); m != nil {
+	c.put("nosoa", nx)
+	if m := c.get("nosoa"); m != nil {
 		t.Error("NXDOMAIN without SOA was cached")
 	}
 	soa, _ := dns.NewRR("example. 3600 IN SOA ns. host. 1 2 3 4 45")
 	nx.Ns = []dns.RR{soa}
-	c.Put("nx", nx)
+	c.put("nx", nx)
 	clock.set(44 * time.Second)
-	if m := c.Get("nx"); m == nil || m.Rcode != dns.RcodeNameError {
+	if m := c.get("nx"); m == nil || m.Rcode != dns.RcodeNameError {
 		t.Error("NXDOMAIN not cached for the SOA minimum")
 	}
 	clock.set(46 * time.Second)
-	if m := c.Get("nx"); m != nil {
+	if m := c.get("nx"); m != nil {
 		t.Error("NXDOMAIN outlived the SOA minimum")
 	}
 	// SERVFAIL: at most 5 s.
 	sf := answer("sf.example.")
 	sf.Rcode = dns.RcodeServerFailure
 	clock.set(0)
-	c.Put("sf", sf)
+	c.put("sf", sf)
 	clock.set(6 * time.Second)
-	if m := c.Get("sf"); m != nil {
+	if m := c.get("sf"); m != nil {
 		t.Error("SERVFAIL cached beyond 5 s")
 	}
 	// Size 0 turns the cache off; the key tells DO and CD apart.
 	off := NewCache(0, 0, 0, nil)
-	off.Put("k", answer("a.example.", 300))
-	if m := off.Get("k"); m != nil || off.Len() != 0 {
+	off.put("k", answer("a.example.", 300))
+	if m := off.get("k"); m != nil || off.Len() != 0 {
 		t.Error("cache size 0 still caches")
 	}
 	q := answer("A.Example.")
@@ -104,3 +104,8 @@ func TestCacheTTLs(t *testing.T) {
 		t.Error("cache keys")
 	}
 }
+
+// get, stale and put are Get, Stale and Put for answers without a chain.
+func (c *Cache) get(key string) *dns.Msg    { m, _ := c.Get(key); return m }
+func (c *Cache) stale(key string) *dns.Msg  { m, _ := c.Stale(key); return m }
+func (c *Cache) put(key string, m *dns.Msg) { c.Put(key, m, nil) }

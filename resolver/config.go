@@ -24,7 +24,12 @@ type Config struct {
 	Access    AccessConfig   `yaml:"access"`
 	Sinkhole  SinkholeConfig `yaml:"sinkhole"`
 	Cache     CacheConfig    `yaml:"cache"`
-	Policy    policy.Config  `yaml:",inline"`
+	CNAME     CNAMEConfig    `yaml:"cname"`
+	// Canary answers Firefox's use-application-dns.net with NXDOMAIN, so
+	// that Firefox keeps using the network's resolver instead of its own
+	// DNS over HTTPS (default true).
+	Canary *bool         `yaml:"canary"`
+	Policy policy.Config `yaml:",inline"`
 
 	// Source is where the config was read from: the file, for relative
 	// paths, and the place of each key, for errors. nil for a config
@@ -52,6 +57,13 @@ type CacheConfig struct {
 	Size   *int          `yaml:"size"`
 	MinTTL time.Duration `yaml:"min_ttl"`
 	MaxTTL time.Duration `yaml:"max_ttl"`
+}
+
+// CNAMEConfig says whether the names an answer's CNAME chain leads to are
+// decided too, and how many of them at most.
+type CNAMEConfig struct {
+	Inspect  *bool `yaml:"inspect"`   // default true
+	MaxChain int   `yaml:"max_chain"` // default 16
 }
 
 // SinkholeMode is how sinkholed names are answered.
@@ -84,6 +96,7 @@ func (m *SinkholeMode) UnmarshalText(b []byte) error {
 const (
 	DefaultRateLimit = 200
 	DefaultCacheSize = 20000
+	DefaultMaxChain  = 16
 )
 
 var (
@@ -128,6 +141,17 @@ func (c *Config) SetDefaults() {
 	if c.Cache.MaxTTL == 0 {
 		c.Cache.MaxTTL = 24 * time.Hour
 	}
+	if c.CNAME.Inspect == nil {
+		on := true
+		c.CNAME.Inspect = &on
+	}
+	if c.CNAME.MaxChain == 0 {
+		c.CNAME.MaxChain = DefaultMaxChain
+	}
+	if c.Canary == nil {
+		on := true
+		c.Canary = &on
+	}
 	c.Policy.SetDefaults()
 }
 
@@ -157,6 +181,9 @@ func (c *Config) Check(r *config.Report) {
 	}
 	if c.Cache.Size != nil && *c.Cache.Size < 0 {
 		r.Value("cache", "cache size is negative")
+	}
+	if c.CNAME.MaxChain < 0 || c.CNAME.MaxChain > 64 {
+		r.Value("cname.max_chain", "cname max_chain is %d: want 1 to 64 names", c.CNAME.MaxChain)
 	}
 	c.Policy.Check(r)
 }

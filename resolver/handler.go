@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +27,10 @@ type State struct {
 	Forwarder *Forwarder
 	Cache     *Cache
 	RateLimit int // queries per second per client address; 0 for none
+	// MaxChain bounds the alias chain read from an answer (cname.max_chain);
+	// 0 when cname.inspect is off.
+	MaxChain int
+	Canary   bool // answer use-application-dns.net with NXDOMAIN
 }
 
 // Counters count what the request path turns away.
@@ -118,8 +123,9 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		return
 	}
 	// 3. Protocol: one question, QUERY only, no CHAOS, ANY gets the
-	// minimal RFC 8482 answer.
-	if m := protocol(req); m != nil {
+	// minimal RFC 8482 answer; and the names that tell clients to stay
+	// (Firefox's canary, DDR).
+	if m := protocol(req, st.Canary); m != nil {
 		h.reply(w, req, m, 0, "")
 		h.done(Answer{Start: start, Client: client, Rcode: m.Rcode, Source: SourceLocal})
 		return
@@ -127,24 +133,20 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	// 4. The policy decides before the cache: one cache serves every
 	// group, and a reload never serves a stale decision.
 	q := req.Question[0]
-	d := st.Policy.Decide(client, q.Name)
-	if d.Action == policy.Sinkhole && h.pause.Load() != nil && h.paused(string(d.Category())) {
-		d.Action = policy.Log // paused from the web page or the API
-	}
+	a := Answer{Start: start, Client: client, Question: q, Decision: st.Policy.Decide(client, q.Name)}
+	h.pauseIfAsked(&a.Decision)
 
 	// 5. Sinkholed names are answered here and never reach an upstream.
-	if d.Action == policy.Sinkhole {
-		m := st.Sinkhole.answer(req)
-		h.reply(w, req, m, dns.ExtendedErrorCodeBlocked, d.BlockedText())
-		h.done(Answer{Start: start, Client: client, Question: q, Decision: d, Rcode: m.Rcode, Source: SourceSinkhole})
+	if a.Decision.Action == policy.Sinkhole {
+		h.sinkhole(w, req, st, a)
 		return
 	}
 	// 6. The cache answers most queries at once.
 	key := Key(req)
-	if m := st.Cache.Get(key); m != nil {
+	if m, chain := st.Cache.Get(key); m != nil {
 		h.metrics.cacheLookup(cacheHit)
-		h.reply(w, req, m, 0, "")
-		h.done(Answer{Start: start, Client: client, Question: q, Decision: d, Rcode: m.Rcode, Source: SourceCache})
+		a.Source = SourceCache
+		h.answer(w, req, st, a, m, chain, 0)
 		return
 	}
 	h.metrics.cacheLookup(cacheMiss)
@@ -152,15 +154,50 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	// queries between two system calls and must not wait, so its writer
 	// runs the rest in a goroutine of its own (see udp.go).
 	upstream := func(w dns.ResponseWriter) {
-		m, ede, source := h.resolve(st, key, req)
-		h.reply(w, req, m, ede, "")
-		h.done(Answer{Start: start, Client: client, Question: q, Decision: d, Rcode: m.Rcode, Source: source})
+		m, chain, ede, source := h.resolve(st, key, req)
+		a.Source = source
+		h.answer(w, req, st, a, m, chain, ede)
 	}
-	if a, ok := w.(handOff); ok {
-		a.HandOff(upstream)
+	if ho, ok := w.(handOff); ok {
+		ho.HandOff(upstream)
 		return
 	}
 	upstream(w)
+}
+
+// answer sends an answer from the cache or an upstream, unless a name its
+// CNAME chain leads to decides otherwise for the client's group
+// (cname.inspect): then the sinkhole answer, or the answer logged under
+// that name's pattern (policy.DecideChain).
+func (h *Handler) answer(w dns.ResponseWriter, req *dns.Msg, st *State, a Answer, m *dns.Msg, chain *Chain, ede uint16) {
+	if chain != nil && st.MaxChain > 0 {
+		a.Decision = chain.decide(st.Policy, a.Client, a.Decision)
+		h.pauseIfAsked(&a.Decision)
+		if a.Decision.Action == policy.Sinkhole {
+			h.sinkhole(w, req, st, a)
+			return
+		}
+	}
+	h.reply(w, req, m, ede, "")
+	a.Rcode = m.Rcode
+	h.done(a)
+}
+
+// sinkhole sends the sinkhole answer, with the Extended DNS Error that says
+// what matched.
+func (h *Handler) sinkhole(w dns.ResponseWriter, req *dns.Msg, st *State, a Answer) {
+	m := st.Sinkhole.answer(req)
+	h.reply(w, req, m, dns.ExtendedErrorCodeBlocked, a.Decision.BlockedText())
+	a.Rcode, a.Source = m.Rcode, SourceSinkhole
+	h.done(a)
+}
+
+// pauseIfAsked turns a sinkhole into logging while a pause from the web
+// page or the API is in force for its category.
+func (h *Handler) pauseIfAsked(d *policy.Decision) {
+	if d.Action == policy.Sinkhole && h.pause.Load() != nil && h.paused(string(d.Category())) {
+		d.Action = policy.Log
+	}
 }
 
 // A handOff is a dns.ResponseWriter that must not be kept waiting: HandOff
@@ -180,28 +217,30 @@ func (h *Handler) done(a Answer) {
 // resolve answers a query the cache missed from the upstreams; when every
 // upstream fails it serves an expired answer (RFC 8767) or SERVFAIL with the
 // reason.
-func (h *Handler) resolve(st *State, key string, req *dns.Msg) (*dns.Msg, uint16, AnswerSource) {
-	// miekg/dns's ServeDNS carries no request context, so the exchange is
+func (h *Handler) resolve(st *State, key string, req *dns.Msg) (*dns.Msg, *Chain, uint16, AnswerSource) {
+	// The UDP and TCP loops carry no request context, so the exchange is
 	// bounded by the forwarder's: its own deadlines, and cancelled when a
 	// reload retires the forwarder or the server shuts down.
 	r, err := st.Forwarder.Forward(st.Forwarder.ctx, key, upstreamQuery(req))
 	if err == nil {
-		st.Cache.Put(key, r)
-		return r, 0, SourceUpstream
+		// The alias chain is read once, here, and cached with the answer.
+		chain := aliasChain(r, st.MaxChain)
+		st.Cache.Put(key, r, chain)
+		return r, chain, 0, SourceUpstream
 	}
 	if errors.Is(err, ErrOverload) {
 		h.counters.Overload.Add(1)
-		return rcodeMsg(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeOther, SourceLocal
+		return rcodeMsg(req, dns.RcodeServerFailure), nil, dns.ExtendedErrorCodeOther, SourceLocal
 	}
-	if stale := st.Cache.Stale(key); stale != nil {
+	if stale, chain := st.Cache.Stale(key); stale != nil {
 		h.metrics.cacheLookup(cacheStale)
-		return stale, dns.ExtendedErrorCodeStaleAnswer, SourceStale
+		return stale, chain, dns.ExtendedErrorCodeStaleAnswer, SourceStale
 	}
 	var nu *errNoUpstream
 	if errors.As(err, &nu) && nu.timeout {
-		return rcodeMsg(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNoReachableAuthority, SourceLocal
+		return rcodeMsg(req, dns.RcodeServerFailure), nil, dns.ExtendedErrorCodeNoReachableAuthority, SourceLocal
 	}
-	return rcodeMsg(req, dns.RcodeServerFailure), dns.ExtendedErrorCodeNetworkError, SourceLocal
+	return rcodeMsg(req, dns.RcodeServerFailure), nil, dns.ExtendedErrorCodeNetworkError, SourceLocal
 }
 
 // upstreamQuery is the query phonehome sends on: the client's question, RD,
@@ -221,8 +260,18 @@ func upstreamQuery(req *dns.Msg) *dns.Msg {
 	return q
 }
 
+// The names a resolver answers itself to keep its clients: Firefox's
+// canary, which turns off Firefox's own DNS over HTTPS when it does not
+// resolve, and the name DDR (RFC 9462) asks for a resolver's encrypted
+// endpoints, of which phonehome has none yet.
+const (
+	canaryName = "use-application-dns.net."
+	ddrName    = "_dns.resolver.arpa."
+)
+
 // protocol answers what phonehome does not forward, or returns nil.
-func protocol(req *dns.Msg) *dns.Msg {
+// canary says whether Firefox's canary gets NXDOMAIN.
+func protocol(req *dns.Msg, canary bool) *dns.Msg {
 	if len(req.Question) != 1 {
 		return rcodeMsg(req, dns.RcodeFormatError)
 	}
@@ -232,6 +281,12 @@ func protocol(req *dns.Msg) *dns.Msg {
 	q := req.Question[0]
 	if q.Qclass == dns.ClassCHAOS {
 		return rcodeMsg(req, dns.RcodeRefused) // version.bind and friends
+	}
+	switch {
+	case canary && strings.EqualFold(q.Name, canaryName):
+		return rcodeMsg(req, dns.RcodeNameError)
+	case strings.EqualFold(q.Name, ddrName):
+		return rcodeMsg(req, dns.RcodeSuccess) // NODATA: no designated resolver
 	}
 	if q.Qtype == dns.TypeANY {
 		m := rcodeMsg(req, dns.RcodeSuccess)

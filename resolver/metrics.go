@@ -32,6 +32,7 @@ type Metrics struct {
 	queries   *prometheus.CounterVec
 	endpoint  *prometheus.CounterVec
 	protected *prometheus.CounterVec
+	alias     *prometheus.CounterVec
 	duration  [numSources]prometheus.Observer
 
 	upstreamReqs    *prometheus.CounterVec
@@ -66,6 +67,9 @@ func newMetrics(reg prometheus.Registerer, version string, h *Handler, tcp *tcpG
 		endpoint: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_endpoint_queries_total",
 			Help: "Queries for each documented endpoint pattern; user list entries count only under their category."},
 			[]string{labelEndpoint, labelCategory, labelAction}),
+		alias: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_alias_queries_total",
+			Help: "Queries decided by a documented endpoint pattern that a name of the answer's CNAME chain matched (the question name is an alias of it); also counted in phonehome_endpoint_queries_total."},
+			[]string{labelEndpoint, labelCategory, labelAction}),
 		protected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_protected_overrides_total",
 			Help: "Queries whose category said sinkhole but whose endpoint is protected, so they were logged instead."},
 			[]string{labelEndpoint}),
@@ -95,7 +99,7 @@ func newMetrics(reg prometheus.Registerer, version string, h *Handler, tcp *tcpG
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
-	reg.MustRegister(m.queries, m.endpoint, m.protected, dur, m.upstreamReqs, m.upstreamErrs, m.upstreamDur,
+	reg.MustRegister(m.queries, m.endpoint, m.alias, m.protected, dur, m.upstreamReqs, m.upstreamErrs, m.upstreamDur,
 		m.upstreamHealthy, m.reloads, m.lastReload, m.catalog, build, &funcCollector{m: m, h: h, tcp: tcp})
 	return m
 }
@@ -154,12 +158,20 @@ func (m *Metrics) decided(d policy.Decision) {
 	c.(prometheus.Counter).Inc()
 	if r := d.Match.Rule; r != nil && r.Entry != nil {
 		// Documented patterns only: a bounded set.
-		ek := endpointKey{r.Entry, d.Action}
+		ek := endpointKey{r.Entry, d.Action, false}
 		c, ok := m.children.Load(ek)
 		if !ok {
 			c, _ = m.children.LoadOrStore(ek, m.endpoint.WithLabelValues(r.Entry.Pattern, string(r.Entry.Category), d.Action.String()))
 		}
 		c.(prometheus.Counter).Inc()
+		if d.CNAME != "" {
+			ak := endpointKey{r.Entry, d.Action, true}
+			c, ok := m.children.Load(ak)
+			if !ok {
+				c, _ = m.children.LoadOrStore(ak, m.alias.WithLabelValues(r.Entry.Pattern, string(r.Entry.Category), d.Action.String()))
+			}
+			c.(prometheus.Counter).Inc()
+		}
 		if d.Protected {
 			m.protected.WithLabelValues(r.Entry.Pattern).Inc()
 		}
@@ -167,8 +179,9 @@ func (m *Metrics) decided(d policy.Decision) {
 }
 
 type endpointKey struct {
-	e *endpoints.Entry
-	a policy.Action
+	e     *endpoints.Entry
+	a     policy.Action
+	alias bool // reached through the answer's CNAME chain
 }
 
 // cacheResult is what a cache lookup found.

@@ -61,6 +61,10 @@ func newState(cfg *Config, prev *State, opts *Options) (*State, []string, error)
 		Sinkhole:  Sinkhole{Mode: cfg.Sinkhole.Mode, TTL: cfg.Sinkhole.TTL, IPv4: cfg.Sinkhole.IPv4, IPv6: cfg.Sinkhole.IPv6},
 		Forwarder: NewForwarder(ups, 2048, opts.Log),
 		RateLimit: *cfg.Access.RateLimit,
+		Canary:    *cfg.Canary,
+	}
+	if *cfg.CNAME.Inspect {
+		st.MaxChain = cfg.CNAME.MaxChain
 	}
 	for _, a := range cfg.Access.Allow {
 		st.Allow = append(st.Allow, a.Prefix)

@@ -149,6 +149,7 @@ type Upstream struct {
 	queriesTCP int
 	last       *dns.Msg
 	seen       map[string]int
+	chains     map[string][]string       // by canonical question name
 	accepted   int                       // TCP or TLS connections
 	open       map[*trackedConn]struct{} // of those, not yet closed
 }
@@ -387,6 +388,7 @@ type behaviour struct {
 	delay   time.Duration
 	ttl     uint32
 	handler dns.HandlerFunc
+	chain   []string // CNAMEs the default answer goes through
 }
 
 // record counts r and returns the behaviour to reply with.
@@ -401,7 +403,24 @@ func (u *Upstream) record(r *dns.Msg, tcp bool) behaviour {
 	if len(r.Question) > 0 {
 		u.seen[canonical(r.Question[0].Name)]++
 	}
-	return behaviour{mode: u.mode, delay: u.delay, ttl: u.ttl, handler: u.handler}
+	b := behaviour{mode: u.mode, delay: u.delay, ttl: u.ttl, handler: u.handler}
+	if len(r.Question) > 0 {
+		b.chain = u.chains[canonical(r.Question[0].Name)]
+	}
+	return b
+}
+
+// SetChain makes the default answer for name an alias chain: a CNAME from
+// name to the first of chain, from each to the next, and the default
+// answer for the last, as a real answer through a traffic manager and a
+// CDN looks. No chain: the plain default answer again.
+func (u *Upstream) SetChain(name string, chain ...string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.chains == nil {
+		u.chains = map[string][]string{}
+	}
+	u.chains[canonical(name)] = chain
 }
 
 func (u *Upstream) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
@@ -446,6 +465,7 @@ func (u *Upstream) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 		return
 	default:
 		answer(m, b.ttl)
+		aliases(m, b.chain, b.ttl)
 	}
 	if opt := r.IsEdns0(); opt != nil {
 		m.SetEdns0(opt.UDPSize(), opt.Do())
@@ -516,6 +536,26 @@ func answer(m *dns.Msg, ttl uint32) {
 	case dns.TypeMX:
 		m.Answer = []dns.RR{&dns.MX{Hdr: hdr, Preference: answerMXPref, Mx: answerMXHost}}
 	}
+}
+
+// aliases turns m's default answer into one through chain: the CNAMEs
+// from the question name along chain, then the answer's records owned by
+// the chain's last name.
+func aliases(m *dns.Msg, chain []string, ttl uint32) {
+	if len(chain) == 0 || len(m.Question) == 0 {
+		return
+	}
+	var rrs []dns.RR
+	owner := m.Question[0].Name
+	for _, next := range chain {
+		next = dns.Fqdn(next)
+		rrs = append(rrs, &dns.CNAME{Hdr: dns.RR_Header{Name: owner, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: ttl}, Target: next})
+		owner = next
+	}
+	for _, rr := range m.Answer {
+		rr.Header().Name = owner
+	}
+	m.Answer = append(rrs, m.Answer...)
 }
 
 // soa is the SOA record of zone for the authority section of negative

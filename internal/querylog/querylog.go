@@ -53,8 +53,11 @@ type Record struct {
 	// Windows are the versions whose documents list the matched entry for
 	// the group's editions; Family is a documented member of the matched
 	// family ("family of v10.events.data.microsoft.com").
-	Windows  string  `json:"windows,omitempty"`
-	Family   string  `json:"family,omitempty"`
+	Windows string `json:"windows,omitempty"`
+	Family  string `json:"family,omitempty"`
+	// CNAME is the name of the answer's CNAME chain whose pattern decided:
+	// the question name is an alias of the matched endpoint.
+	CNAME    string  `json:"cname,omitempty"`
 	Edition  string  `json:"edition"`
 	Rcode    string  `json:"rcode"`
 	Source   string  `json:"source"`
@@ -156,6 +159,7 @@ func NewRecord(a *resolver.Answer, anonymize bool) Record {
 	r := Record{Time: a.Start, Client: client.String(), Group: d.Group.Name, Name: q.Name, Type: dns.TypeToString[q.Qtype],
 		Action: d.Action.String(), Category: string(d.Category()), Edition: d.Group.Edition.String(),
 		Rcode: dns.RcodeToString[a.Rcode], Source: a.Source.String(), Duration: a.Duration.Seconds()}
+	r.CNAME = d.CNAME
 	if d.Match.Rule != nil {
 		r.Pattern = d.Match.Pattern()
 		if e := d.Match.Rule.Entry; e != nil {
@@ -290,6 +294,9 @@ func (r *Record) appendJSON(b []byte) []byte {
 	}
 	if r.Family != "" {
 		b = appendField(b, `,"family":`, r.Family)
+	}
+	if r.CNAME != "" {
+		b = appendField(b, `,"cname":`, r.CNAME)
 	}
 	b = appendField(b, `,"edition":`, r.Edition)
 	b = appendField(b, `,"rcode":`, r.Rcode)
