@@ -1,7 +1,9 @@
 package policy
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/phonehome/phonehome/endpoints"
@@ -11,8 +13,9 @@ import (
 // Compile builds the Policy of a checked config: it reads the endpoint
 // documents and list files the config names and compiles each group's
 // matchers. Warnings are worth showing (rows and list lines skipped, and
-// overrides that sinkhole protected endpoints, naming what will break); an
-// error means nothing was built, and the running policy should stay.
+// overrides and lists that sinkhole protected endpoints, naming what will
+// break); an error means nothing was built, and the running policy should
+// stay.
 func Compile(cfg *Config, src *config.Source) (*Policy, []string, error) {
 	var docs []string
 	for _, d := range cfg.Catalog.Docs {
@@ -101,12 +104,14 @@ func compileGroup(gc *GroupConfig, name, gp string, cat *endpoints.Catalog, errs
 	for _, e := range cat.Families {
 		b.add(e.Pattern, entryRule(e))
 	}
+	lists := map[*Rule]int{} // each list's rule → its index in the group's lists
 	for i, l := range gc.Lists {
 		lp := fmt.Sprintf("%s.lists[%d]", gp, i)
 		c := endpoints.Category(strings.ToLower(l.Category))
 		if l.File != "" {
 			path := src.Resolve(l.File)
 			r := &Rule{Category: c, Source: path, Action: g.Action(c)}
+			lists[r] = i
 			_, w, err := b.listFile(path, r)
 			if err != nil {
 				errs.Key(lp+".file", "%v", err)
@@ -115,6 +120,7 @@ func compileGroup(gc *GroupConfig, name, gp string, cat *endpoints.Catalog, errs
 			continue
 		}
 		r := &Rule{Category: c, Source: "config", Action: g.Action(c)}
+		lists[r] = i
 		for _, pat := range l.Patterns {
 			np, err := endpoints.NormalizePattern(pat)
 			if err != nil {
@@ -148,12 +154,120 @@ func compileGroup(gc *GroupConfig, name, gp string, cat *endpoints.Catalog, errs
 				continue
 			}
 			if o := g.overrides.Lookup(representative(e.Pattern)); o.Rule != nil && o.Rule.Action == Sinkhole {
-				warn(src.Value(gp+".overrides."+o.Pattern()), "group %s: override sinkhole %s sinkholes protected endpoint %s: %s",
-					name, o.Pattern(), e.Pattern, e.Reason)
+				warn(src.Value(gp+".overrides."+o.Pattern()), "group %s: override sinkhole %s sinkholes protected endpoint %s, "+
+					"also where an answer's CNAME chain reaches it: %s", name, o.Pattern(), e.Pattern, e.Reason)
 			}
 		}
 	}
+	for _, lw := range listsOverProtected(g, lists) {
+		more := ""
+		if lw.n > 1 {
+			more = fmt.Sprintf(" and %d more", lw.n-1)
+		}
+		i := lists[lw.list]
+		lp, list, at := fmt.Sprintf("%s.lists[%d]", gp, i), lw.list.Source, ""
+		if list == "config" {
+			list = "in the config"
+			for j, pat := range gc.Lists[i].Patterns {
+				if np, _ := endpoints.NormalizePattern(pat); np == lw.example {
+					at = fmt.Sprintf("%s.patterns[%d]", lp, j)
+					break
+				}
+			}
+		}
+		warn(src.KeyOr(lp+".file", cmp.Or(at, lp)),
+			"group %s: list %s (category %s: sinkhole) sinkholes protected endpoint %s (%s%s), also where an answer's CNAME chain reaches it: %s",
+			name, list, lw.list.Category, lw.entry.Pattern, lw.example, more, lw.entry.Reason)
+	}
 	return g, warns
+}
+
+// listWarning is a sinkholing list's patterns under one protected entry.
+type listWarning struct {
+	list    *Rule
+	entry   *endpoints.Entry
+	example string // the list's first such pattern, alphabetically
+	n       int    // how many
+}
+
+// listsOverProtected finds the patterns of g's sinkholing lists (lists,
+// by rule) that decide for names of a protected endpoint: being more
+// specific than the protected pattern, each wins over it, for a question
+// as for a name along an answer's CNAME chain. A list line that repeats a
+// protected pattern or a wider one loses to it and is not named. The
+// lists' patterns are read back from the matcher: one lookup in a table of
+// the group's few protected patterns for each pattern of a sinkholing list.
+func listsOverProtected(g *Group, lists map[*Rule]int) []listWarning {
+	m := g.matcher
+	sinks := make([]bool, len(m.rules)) // by rule index
+	var pb matcherBuilder               // the group's protected entries
+	sinking, protected := false, false
+	for i, r := range m.rules {
+		if _, ok := lists[r]; ok && r.Action == Sinkhole {
+			sinks[i], sinking = true, true
+		}
+		if r.Protected() {
+			pb.add(r.Entry.Pattern, r)
+			protected = true
+		}
+	}
+	if !sinking || !protected {
+		return nil
+	}
+	pm := pb.build()
+	type key struct {
+		list  *Rule
+		entry *endpoints.Entry
+	}
+	found := map[key]*listWarning{}
+	// check looks at one pattern of rule (its index+1); an exact name
+	// always decides for itself, a wildcard when nothing more specific does.
+	check := func(pattern string, rule uint32, exact bool) {
+		if rule == 0 || !sinks[rule-1] {
+			return
+		}
+		name := representative(pattern)
+		p := pm.Lookup(name)
+		if p.Rule == nil || !exact && m.Lookup(name).Rule != m.rules[rule-1] {
+			return // not a protected name, or another pattern decides it
+		}
+		if g.overrides != nil && g.overrides.Lookup(name).Rule != nil {
+			return // an override decides it
+		}
+		k := key{m.rules[rule-1], p.Rule.Entry}
+		w := found[k]
+		if w == nil {
+			w = &listWarning{list: k.list, entry: k.entry, example: pattern}
+			found[k] = w
+		}
+		w.n++
+		w.example = min(w.example, pattern)
+	}
+	for _, s := range arenaOrder(m, func(s *slot) bool {
+		return s.exact != 0 && sinks[s.exact-1] || s.sub != 0 && sinks[s.sub-1]
+	}) {
+		check(m.key(&s), s.exact, true)
+		if s.sub != 0 && sinks[s.sub-1] {
+			check("*."+m.key(&s), s.sub, false)
+		}
+	}
+	for _, ts := range m.tailLists {
+		for _, t := range ts {
+			check("*"+t.literal, t.rule+1, false)
+		}
+	}
+	for _, gl := range m.globs {
+		check(gl.pattern, gl.rule+1, false)
+	}
+	out := make([]listWarning, 0, len(found))
+	for _, w := range found {
+		out = append(out, *w)
+	}
+	// The lists in the order written, each one's entries by pattern.
+	slices.SortFunc(out, func(a, b listWarning) int {
+		return cmp.Or(cmp.Compare(lists[a.list], lists[b.list]), cmp.Compare(a.entry.Pattern, b.entry.Pattern))
+	})
+	return out
 }
 
 // representative is a name a pattern matches: its '*'s filled in.
@@ -162,4 +276,32 @@ func representative(pattern string) string {
 		return "x" + pattern[1:]
 	}
 	return strings.ReplaceAll(pattern, "*", "x")
+}
+
+// arenaOrder returns copies of the slots of m that keep says to keep,
+// nearly in the order of their keys in the arena, which is the order the
+// lists were read in: a walk of a big table in its own order would miss
+// the cache on nearly every key it reads. Slots are sorted by the 4 KiB
+// page of the arena their key starts on, by counting.
+func arenaOrder(m *Matcher, keep func(*slot) bool) []slot {
+	const page = 12
+	counts := make([]uint32, len(m.arena)>>page+2)
+	n := 0
+	for i := range m.slots {
+		if s := &m.slots[i]; s.n != 0 && keep(s) {
+			counts[s.off>>page+1]++
+			n++
+		}
+	}
+	for i := 1; i < len(counts); i++ {
+		counts[i] += counts[i-1]
+	}
+	order := make([]slot, n)
+	for i := range m.slots {
+		if s := &m.slots[i]; s.n != 0 && keep(s) {
+			order[counts[s.off>>page]] = *s
+			counts[s.off>>page]++
+		}
+	}
+	return order
 }

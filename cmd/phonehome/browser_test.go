@@ -58,6 +58,9 @@ policy:
 	lookupFrom(t, "127.0.0.2", b.dns[0], "arc.msn.com.")
 	lookupFrom(t, "127.0.0.2", b.dns[0], "watson.telemetry.microsoft.com.")
 	lookupA(t, b.dns[0], "foo.windows.com.") // undocumented
+	// An alias: its answer leads through a CNAME chain to a telemetry host.
+	up.SetChain("alias.example.", "edge.example.net.", "w1.telemetry.microsoft.com.")
+	lookupA(t, b.dns[0], "alias.example.")
 	lookupFrom(t, "127.0.0.2", b.dns[0], "foo.windows.com.")
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
@@ -161,7 +164,8 @@ policy:
 	rebound := text(`body`)
 	_, afterElsewhere := get(t, "http://"+b.http+"/api/summary")
 	_, metricsAfter := get(t, "http://"+b.http+"/metrics")
-	for _, want := range []string{"v10.events.data.microsoft.com.", "127.0.0.1", "127.0.0.2", "sinkhole", "log"} {
+	for _, want := range []string{"v10.events.data.microsoft.com.", "127.0.0.1", "127.0.0.2", "sinkhole", "log",
+		"alias.example.\n→ via CNAME w1.telemetry.microsoft.com. (*.telemetry.microsoft.com)"} {
 		if !strings.Contains(feed, want) {
 			t.Errorf("feed lacks %q:\n%s", want, feed)
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -46,10 +47,12 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	config := fs.String("config", "", "config file (default: the built-in defaults)")
 	client := fs.String("client", "", "decide as for this client address (default: a client in no group)")
+	cname := fs.String("cname", "", "decide as for an answer whose CNAME chain leads to these names, in order (comma-separated)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: phonehome check [-config FILE] [-client IP] [-json] NAME...")
-		fmt.Fprintln(stderr, "\nSays what phonehome would do with a query for each NAME, and why.")
+		fmt.Fprintln(stderr, "usage: phonehome check [-config FILE] [-client IP] [-cname NAME,...] [-json] NAME...")
+		fmt.Fprintln(stderr, "\nSays what phonehome would do with a query for each NAME, and why; with -cname, once")
+		fmt.Fprintln(stderr, "the answer is known to lead through those names.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -68,14 +71,28 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		}
 		addr = a
 	}
-	_, p, err := loadPolicy(*config, stderr)
+	chain, err := parseChain(*cname)
+	if err != nil {
+		fmt.Fprintf(stderr, "phonehome check: -cname: %v\n", err)
+		return 2
+	}
+	cfg, p, err := loadPolicy(*config, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "phonehome check: %v\n", err)
 		return 1
 	}
+	if len(chain) > 0 && !*cfg.CNAME.Inspect {
+		fmt.Fprintln(stderr, "phonehome check: -cname: the config turns cname.inspect off, so the chain decides nothing")
+		chain = nil
+	}
 	var out []checkResult
 	for _, name := range fs.Args() {
-		out = append(out, result(name, p.Decide(addr, name)))
+		d := p.Decide(addr, name)
+		if c := trimChain(chain, name, cfg.CNAME.MaxChain); len(c) > 0 {
+			// As the resolver decides an answer from the cache or an upstream.
+			d = p.DecideChain(addr, d, c)
+		}
+		out = append(out, result(name, d))
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -100,6 +117,9 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		if r.Override != "" {
 			fmt.Fprintf(tw, "  override:\t%s\n", r.Override)
 		}
+		if r.CNAME != "" {
+			fmt.Fprintf(tw, "  cname:\t%s\n", r.CNAME)
+		}
 		tw.Flush()
 	}
 	return 0
@@ -121,7 +141,43 @@ type checkResult struct {
 	Category   string   `json:"category"`
 	Protected  bool     `json:"protected"`
 	Override   string   `json:"override"`
-	Reason     string   `json:"reason"`
+	// CNAME is the name of the answer's CNAME chain whose pattern decided
+	// (the question name is an alias of it); "" when the question decided.
+	CNAME  string `json:"cname"`
+	Reason string `json:"reason"`
+}
+
+// parseChain reads -cname: names separated by commas, each as the
+// resolver keeps a chain's names (lower case, with the root's dot).
+func parseChain(s string) ([]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var chain []string
+	for _, n := range strings.Split(s, ",") {
+		n = strings.ToLower(strings.TrimSpace(n))
+		if n == "" || n == "." {
+			return nil, fmt.Errorf("empty name in %q", s)
+		}
+		if !strings.HasSuffix(n, ".") {
+			n += "."
+		}
+		chain = append(chain, n)
+	}
+	return chain, nil
+}
+
+// trimChain is the part of chain the resolver would read from an answer to
+// a query for name: at most max names, ending before a name seen already
+// (the question's, too), for a CNAME loop.
+func trimChain(chain []string, name string, max int) []string {
+	q := strings.ToLower(strings.TrimSuffix(name, ".")) + "."
+	for i, n := range chain {
+		if i == max || n == q || slices.Contains(chain[:i], n) {
+			return chain[:i]
+		}
+	}
+	return chain
 }
 
 func result(name string, d policy.Decision) checkResult {
@@ -141,6 +197,7 @@ func result(name string, d policy.Decision) checkResult {
 	if d.Override.Rule != nil {
 		r.Override = d.Override.Pattern()
 	}
+	r.CNAME = strings.TrimSuffix(d.CNAME, ".")
 	return r
 }
 

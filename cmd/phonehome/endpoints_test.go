@@ -210,7 +210,7 @@ func TestCheckAndValidate(t *testing.T) {
 	var raw []map[string]any
 	json.Unmarshal([]byte(out), &raw)
 	for _, r := range raw {
-		for _, k := range []string{"name", "action", "group", "edition", "windows", "pattern", "documented", "family", "category", "protected", "override", "reason"} {
+		for _, k := range []string{"name", "action", "group", "edition", "windows", "pattern", "documented", "family", "category", "protected", "override", "cname", "reason"} {
 			if _, ok := r[k]; !ok {
 				t.Errorf("check -json for %v has no %q", r["name"], k)
 			}
