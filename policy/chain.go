@@ -16,7 +16,8 @@ import (
 //     sinkholes the answer, unless the question name or any name of the
 //     chain is a protected endpoint: then the answer is logged, and
 //     Shield says which endpoint protected it. Only a pattern the user
-//     wrote (an override, a list line) sinkholes through protection;
+//     wrote (an override, a list line) sinkholes through protection,
+//     wherever it stands in the chain;
 //   - an unlisted question whose chain passes through a catalog entry is
 //     counted and logged under that entry, as an alias of it;
 //   - a chain name that no pattern matches decides nothing (the group's
@@ -31,7 +32,7 @@ func (p *Policy) DecideChain(client netip.Addr, q Decision, chain []string) Deci
 		return q
 	}
 	g := q.Group
-	var sink, alias Decision
+	var sink, user, alias Decision
 	var shield *Rule
 	if q.Match.Rule != nil && q.Match.Rule.Protected() {
 		shield = q.Match.Rule
@@ -48,13 +49,23 @@ func (p *Policy) DecideChain(client netip.Addr, q Decision, chain []string) Deci
 		if sink.Group == nil && (d.Action == Sinkhole || d.Protected) {
 			sink = d
 		}
+		// A pattern the user wrote sinkholes through protection wherever it
+		// stands in the chain, even after a name only its category sinkholes.
+		if user.Group == nil && d.Action == Sinkhole && d.userWritten() {
+			user = d
+		}
 		if alias.Group == nil && q.Match.Rule == nil && d.Match.Rule != nil && d.Match.Rule.Entry != nil {
 			alias = d
 		}
 	}
 	switch {
-	case sink.Group != nil && sink.Action == Sinkhole && (shield == nil || sink.userWritten()):
+	case sink.Group != nil && sink.Action == Sinkhole && shield == nil:
 		return sink
+	case user.Group != nil:
+		// Sinkholed through protection: Shield says what it breaks, so
+		// that the resolver can say so.
+		user.Shield = shield
+		return user
 	case sink.Group != nil:
 		// Protected along the chain: logged, and the reason says why.
 		sink.Action, sink.Protected, sink.Shield = Log, true, shield

@@ -76,7 +76,9 @@ type Decision struct {
 	// (see DecideChain); "" when the question name decided.
 	CNAME string
 	// Shield is the rule of the protected endpoint, the question's or one
-	// along the chain, that kept a chain name from sinkholing the answer.
+	// along the chain, that kept a chain name from sinkholing the answer
+	// (Action log), or that a pattern the user wrote sinkholed through
+	// (Action sinkhole).
 	Shield *Rule
 }
 
@@ -137,9 +139,15 @@ func (d Decision) Reason() string {
 		what += ", reached through CNAME " + trimDot(d.CNAME)
 	}
 	switch {
-	case d.CNAME != "" && d.Shield != nil:
+	case d.CNAME != "" && d.Shield != nil && d.Action != Sinkhole:
 		return fmt.Sprintf("logged, not sinkholed: the answer's CNAME chain reaches %s (%s), but %s is protected — %s",
 			trimDot(d.CNAME), what, d.Shield.Entry.Pattern, d.Shield.Entry.Reason)
+	case d.CNAME != "" && d.Shield != nil:
+		if d.Override.Rule != nil {
+			what = fmt.Sprintf("group %s overrides %s to sinkhole, reached through CNAME %s", d.Group.Name, d.Override.Pattern(), trimDot(d.CNAME))
+		}
+		return fmt.Sprintf("sinkholed: %s, a pattern of your own, which wins over the protection of %s along the chain; this breaks Windows: %s",
+			what, d.Shield.Entry.Pattern, d.Shield.Entry.Reason)
 	case d.Override.Rule != nil:
 		s := fmt.Sprintf("%s: group %s overrides %s to %s", verb, d.Group.Name, d.Override.Pattern(), d.Action)
 		if d.CNAME != "" {

@@ -20,6 +20,8 @@ import (
 // kept buffer, as the UDP loop's writer does, so that what reply asks of
 // the packer (compression) is counted too: "packed" with the stub's
 // one-record answers, "packed-chain" with answers of three records.
+// "alias-chain" is "default" with answers through three CNAMEs to unlisted
+// names, each hit deciding its chain from the memo.
 func BenchmarkServeDNS(b *testing.B) {
 	list := filepath.Join(b.TempDir(), "million.txt")
 	f, err := os.Create(list)
@@ -44,6 +46,18 @@ func BenchmarkServeDNS(b *testing.B) {
 		}
 		w.WriteMsg(m)
 	})
+	// alias answers every name through three CNAMEs to unlisted names: the
+	// chain is read when the answer is cached and decided on the first
+	// hit, and the memo serves every hit after.
+	alias := dnstest.Start(b)
+	alias.SetHandler(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg).SetReply(r)
+		for _, s := range []string{r.Question[0].Name + " 300 IN CNAME a.tm.example.", "a.tm.example. 300 IN CNAME b.cdn.example.", "b.cdn.example. 300 IN CNAME c.edge.example.", "c.edge.example. 300 IN A 192.0.2.1"} {
+			rr, _ := dns.NewRR(s)
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})
 	for _, c := range []struct {
 		name, config string
 		pack         bool
@@ -53,6 +67,7 @@ func BenchmarkServeDNS(b *testing.B) {
 		{"million-list", "access: {rate_limit: 0}\npolicy:\n  default:\n    lists: [{category: telemetry, file: " + list + "}]\n", false, up},
 		{"packed", "access: {rate_limit: 0}\n", true, up},
 		{"packed-chain", "access: {rate_limit: 0}\n", true, chain},
+		{"alias-chain", "access: {rate_limit: 0}\n", false, alias},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			s := start(b, c.config, c.up)

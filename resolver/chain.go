@@ -67,15 +67,16 @@ func containsFold(names []string, s string) bool {
 }
 
 // decide returns p's decision for an answer whose question decided q,
-// deciding the chain only the first time a group asks under p.
-func (c *Chain) decide(p *policy.Policy, client netip.Addr, q policy.Decision) policy.Decision {
+// deciding the chain, at most max names of it, only the first time a group
+// asks under p. (A reload that changes max brings a new p.)
+func (c *Chain) decide(p *policy.Policy, client netip.Addr, q policy.Decision, max int) policy.Decision {
 	m := c.memo.Load()
 	if m != nil && m.policy == p {
 		if d, ok := m.decisions[q.Group]; ok {
 			return d
 		}
 	}
-	d := p.DecideChain(client, q, c.Names)
+	d := p.DecideChain(client, q, c.Names[:min(len(c.Names), max)])
 	next := &chainMemo{policy: p, decisions: map[*policy.Group]policy.Decision{q.Group: d}}
 	if m != nil && m.policy == p {
 		for g, old := range m.decisions {

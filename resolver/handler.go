@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,10 +28,13 @@ type State struct {
 	Forwarder *Forwarder
 	Cache     *Cache
 	RateLimit int // queries per second per client address; 0 for none
-	// MaxChain bounds the alias chain read from an answer (cname.max_chain);
-	// 0 when cname.inspect is off.
-	MaxChain int
-	Canary   bool // answer use-application-dns.net with NXDOMAIN
+	// InspectCNAME decides the names of an answer's alias chain
+	// (cname.inspect); MaxChain bounds the chain (cname.max_chain), which
+	// is read and cached with every answer, so that turning inspection on
+	// by a reload finds the chains of answers already cached.
+	InspectCNAME bool
+	MaxChain     int
+	Canary       bool // answer use-application-dns.net with NXDOMAIN
 }
 
 // Counters count what the request path turns away.
@@ -52,6 +56,8 @@ type Handler struct {
 	observers []Observer
 
 	pause atomic.Pointer[Pause]
+	// warned holds what warnThroughProtection has said.
+	warned sync.Map
 }
 
 // Pause turns sinkholing into logging until a time, for some categories or
@@ -170,10 +176,13 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 // (cname.inspect): then the sinkhole answer, or the answer logged under
 // that name's pattern (policy.DecideChain).
 func (h *Handler) answer(w dns.ResponseWriter, req *dns.Msg, st *State, a Answer, m *dns.Msg, chain *Chain, ede uint16) {
-	if chain != nil && st.MaxChain > 0 {
-		a.Decision = chain.decide(st.Policy, a.Client, a.Decision)
+	if chain != nil && st.InspectCNAME {
+		a.Decision = chain.decide(st.Policy, a.Client, a.Decision, st.MaxChain)
 		h.pauseIfAsked(&a.Decision)
 		if a.Decision.Action == policy.Sinkhole {
+			if a.Decision.Shield != nil {
+				h.warnThroughProtection(a.Decision)
+			}
 			h.sinkhole(w, req, st, a)
 			return
 		}
@@ -181,6 +190,26 @@ func (h *Handler) answer(w dns.ResponseWriter, req *dns.Msg, st *State, a Answer
 	h.reply(w, req, m, ede, "")
 	a.Rcode = m.Rcode
 	h.done(a)
+}
+
+// warnThroughProtection logs, once per pattern and protected endpoint,
+// that a pattern the user wrote sinkholed an answer whose CNAME chain
+// passes through a protected endpoint: what a block list did to
+// ctldl.windowsupdate.com (mtxadmin/ublock#73), and no config check can
+// foresee, since the CDN names are not in the catalog.
+func (h *Handler) warnThroughProtection(d policy.Decision) {
+	type pair struct {
+		pattern string
+		shield  *policy.Rule
+	}
+	p := pair{d.Match.Pattern(), d.Shield}
+	if d.Override.Rule != nil {
+		p.pattern = d.Override.Pattern()
+	}
+	if _, seen := h.warned.LoadOrStore(p, true); !seen && h.log != nil {
+		h.log.Warn("a pattern of your own sinkholes a protected endpoint's answer through its CNAME chain",
+			"pattern", p.pattern, "cname", d.CNAME, "protected", d.Shield.Entry.Pattern, "breaks", d.Shield.Entry.Reason, "group", d.Group.Name)
+	}
 }
 
 // sinkhole sends the sinkhole answer, with the Extended DNS Error that says

@@ -62,9 +62,9 @@ func newState(cfg *Config, prev *State, opts *Options) (*State, []string, error)
 		Forwarder: NewForwarder(ups, 2048, opts.Log),
 		RateLimit: *cfg.Access.RateLimit,
 		Canary:    *cfg.Canary,
-	}
-	if *cfg.CNAME.Inspect {
-		st.MaxChain = cfg.CNAME.MaxChain
+
+		InspectCNAME: *cfg.CNAME.Inspect,
+		MaxChain:     cfg.CNAME.MaxChain,
 	}
 	for _, a := range cfg.Access.Allow {
 		st.Allow = append(st.Allow, a.Prefix)
