@@ -85,7 +85,7 @@ func TestDecideChain(t *testing.T) {
 			action: "log", pattern: "*.blob.core.windows.net", category: "telemetry", cname: blob, shield: "*.blob.core.windows.net"},
 
 		{what: "a list line sinkholes through a protected question", client: listed, question: sls, chain: []string{line},
-			action: "sinkhole", pattern: "tracker.example.com", category: "telemetry", cname: line},
+			action: "sinkhole", pattern: "tracker.example.com", category: "telemetry", cname: line, shield: "sls.update.microsoft.com"},
 		// Only a pattern the user wrote sinkholes through protection, wherever
 		// it stands in the chain: a category's sinkhole or a protected
 		// endpoint before it does not hide it.
