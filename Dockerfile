@@ -25,6 +25,10 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
       go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/phonehome ./cmd/phonehome && \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
       go build -trimpath -ldflags "-s -w" -o /out/healthcheck ./deploy/healthcheck
+# The state directory, for the history: the runtime image has no shell to
+# make it, and it must be nonroot's, so that a volume mounted on it starts
+# writable.
+RUN mkdir -p /out/state
 # A sample config that does not load fails the build, not the container.
 # (go run: the binary above may be for another platform.)
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
@@ -40,6 +44,10 @@ LABEL org.opencontainers.image.title="phonehome" \
       org.opencontainers.image.version="${VERSION}"
 COPY --from=build /out/phonehome /out/healthcheck /usr/local/bin/
 COPY deploy/docker/phonehome.yaml /etc/phonehome/phonehome.yaml
+# history.path defaults to $STATE_DIRECTORY/history.db, as under systemd.
+COPY --from=build --chown=65532:65532 /out/state /var/lib/phonehome
+ENV STATE_DIRECTORY=/var/lib/phonehome
+VOLUME ["/var/lib/phonehome"]
 USER nonroot:nonroot
 # Port 53 as a non-root user needs no capability: Docker (20.10 and later)
 # and Podman set net.ipv4.ip_unprivileged_port_start=0 in the container's

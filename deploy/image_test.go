@@ -35,7 +35,10 @@ func imageCommand(t *testing.T, out string, ic imageConfig, extra ...string) *ex
 		}
 		args[i] = a
 	}
-	return exec.Command(args[0], args[1:]...)
+	cmd := exec.Command(args[0], args[1:]...)
+	// The image's state directory (ENV STATE_DIRECTORY), for the history.
+	cmd.Env = append(os.Environ(), "STATE_DIRECTORY="+t.TempDir())
+	return cmd
 }
 
 var (

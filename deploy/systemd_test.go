@@ -48,6 +48,7 @@ func TestSystemdUnit(t *testing.T) {
 		"Service.RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
 		"Service.SystemCallFilter":        "@system-service",
 		"Service.ExecReload":              "/bin/kill -HUP $MAINPID",
+		"Service.StateDirectory":          "phonehome", // the history's file
 		"Install.WantedBy":                "multi-user.target",
 	} {
 		if !slices.Contains(u[key], want) {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/phonehome/phonehome/endpoints"
 	"github.com/phonehome/phonehome/internal/configfile"
+	"github.com/phonehome/phonehome/internal/history"
 	"github.com/phonehome/phonehome/internal/querylog"
 	"github.com/phonehome/phonehome/internal/web"
 	"github.com/phonehome/phonehome/policy"
@@ -112,6 +113,20 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 	if ql != nil {
 		observers = append(observers, ql)
 	}
+	// The history follows the query log's privacy rules. A file that cannot
+	// be opened does not stop the resolver: the store says why, keeps
+	// counting (bounded) and tries again at every flush.
+	hist, err := history.Open(cfg.History, history.Options{Log: log, AllQueries: cfg.QueryLog.AllQueries, AnonymizeClients: cfg.QueryLog.AnonymizeClients})
+	if err != nil {
+		log.Error("history: the file cannot be opened yet; answering goes on", "path", cfg.History.Path, "err", err)
+	}
+	if hist != nil {
+		// Closed after the server (deferred later, so run earlier):
+		// the last answers are counted, then written.
+		defer hist.Close()
+		reg.MustRegister(hist.Collector())
+		observers = append(observers, hist)
+	}
 	srv, err := resolver.New(&cfg.Config, resolver.Options{Log: log, ResolvConf: o.resolvConf, Registry: reg, Version: version, Observers: observers})
 	if err != nil {
 		return fail(err)
@@ -133,6 +148,7 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 			return nil, err
 		}
 		ql.Apply(next.QueryLog)
+		hist.Apply(next.History, next.QueryLog)
 		activity.SetAnonymize(next.QueryLog.AnonymizeClients)
 		if api != nil {
 			api.Apply(next.Web)
@@ -210,5 +226,14 @@ func logStart(log *slog.Logger, b bound, st *resolver.State, cfg *configfile.Fil
 		groups = append(groups, g.Name)
 	}
 	log.Info("phonehome serving", "listen", strings.Join(b.dns, ","), "http", cmp.Or(b.http, "off"), "upstreams", strings.Join(ups, ","),
-		"catalog", strings.Join(cat, ","), "groups", strings.Join(groups, ","), "config", cmp.Or(cfg.Source.FileName(), "built-in defaults"))
+		"catalog", strings.Join(cat, ","), "groups", strings.Join(groups, ","), "config", cmp.Or(cfg.Source.FileName(), "built-in defaults"),
+		"history", historyWhere(cfg))
+}
+
+// historyWhere names the history file, or says it is off.
+func historyWhere(cfg *configfile.File) string {
+	if cfg.History.Off {
+		return "off"
+	}
+	return cfg.History.Path
 }

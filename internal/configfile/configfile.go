@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/phonehome/phonehome/internal/config"
+	"github.com/phonehome/phonehome/internal/history"
 	"github.com/phonehome/phonehome/internal/querylog"
 	"github.com/phonehome/phonehome/internal/web"
 	"github.com/phonehome/phonehome/resolver"
@@ -27,6 +28,8 @@ type File struct {
 	// http, http_token, http_hosts.
 	Web      web.Config      `yaml:",inline"`
 	QueryLog querylog.Config `yaml:"querylog"`
+	// history: off, or path, flush, retention, events_retention, max_size.
+	History history.Config `yaml:"history"`
 }
 
 // Default is the configuration with no file.
@@ -67,17 +70,20 @@ func Parse(path string, data []byte) (*File, error) {
 func (f *File) Check(r *config.Report) {
 	f.Config.Check(r)
 	f.Web.Check(r)
+	f.History.Check(r)
 }
 
 func (f *File) setDefaults() {
 	f.Config.SetDefaults()
 	f.Web.SetDefaults()
 	f.QueryLog.SetDefaults()
+	f.History.Path = f.Source.Resolve(f.History.Path)
+	f.History.SetDefaults()
 }
 
 // StartOnly are the keys read at start only: a reload leaves them as they
 // were, and says so. Every other key takes effect on reload.
-var StartOnly = []string{"listen", "http", "querylog.output"}
+var StartOnly = []string{"listen", "http", "querylog.output", "history", "history.path"}
 
 // RestartNeeded names the start-only keys whose value in next differs
 // from the running config's.
@@ -92,6 +98,12 @@ func RestartNeeded(running, next *File) []string {
 	if running.QueryLog.Output != next.QueryLog.Output {
 		keys = append(keys, "querylog.output")
 	}
+	// history is turned on or off at start; its path is opened at start.
+	if running.History.Off != next.History.Off {
+		keys = append(keys, "history")
+	} else if running.History.Path != next.History.Path {
+		keys = append(keys, "history.path")
+	}
 	return keys
 }
 
@@ -100,7 +112,7 @@ func RestartNeeded(running, next *File) []string {
 // the running one. The function it returns sets it after a reload.
 func NewRestartMetric(reg prometheus.Registerer) func(keys []string) {
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "phonehome_config_restart_needed",
-		Help: "1 for each key read only at start (listen, http, querylog.output) whose value in the config file differs from the running one."}, []string{"key"})
+		Help: "1 for each key read only at start (listen, http, querylog.output, history on or off, history.path) whose value in the config file differs from the running one."}, []string{"key"})
 	reg.MustRegister(g)
 	set := func(keys []string) {
 		for _, k := range StartOnly {

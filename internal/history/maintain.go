@@ -1,0 +1,203 @@
+package history
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// RollupAfter is the age past which minute counts become hour counts.
+const RollupAfter = 48 * time.Hour
+
+// maintain rolls minute counts older than RollupAfter up into hours,
+// deletes what is past its retention, and keeps the file under max_size.
+func (s *Store) maintain() error {
+	if s.db == nil {
+		return errors.New("history: not open")
+	}
+	ctx := context.Background()
+	cfg := s.cfg.Load()
+	now := s.now()
+	if err := s.rollup(ctx, now); err != nil {
+		return err
+	}
+	if err := s.expire(ctx, now, cfg); err != nil {
+		return err
+	}
+	return s.enforceSize(ctx)
+}
+
+// rollup turns the minute rows of every whole hour that ended more than
+// RollupAfter ago into one hour row per series, in one transaction: a
+// query over any time range sees each query once, before and after.
+func (s *Store) rollup(ctx context.Context, now time.Time) error {
+	cutoff := now.Add(-RollupAfter).Truncate(time.Hour).Unix()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	// "WHERE true" tells SQLite's parser that ON CONFLICT belongs to the
+	// INSERT, not to the SELECT's join.
+	if _, err := tx.ExecContext(ctx, `INSERT INTO counts (span, bucket, series, n)
+		SELECT ?, bucket - bucket % ?, series, sum(n) FROM counts WHERE span = ? AND bucket < ? AND true
+		GROUP BY bucket - bucket % ?, series
+		ON CONFLICT (span, bucket, series) DO UPDATE SET n = n + excluded.n`,
+		hourSpan, hourSpan, minuteSpan, cutoff, hourSpan); err != nil {
+		return fmt.Errorf("history: rolling up: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM counts WHERE span = ? AND bucket < ?`, minuteSpan, cutoff); err != nil {
+		return fmt.Errorf("history: rolling up: %w", err)
+	}
+	return tx.Commit()
+}
+
+// expire deletes counts and first/last-seen rows older than retention,
+// events older than events_retention, and series no count uses.
+func (s *Store) expire(ctx context.Context, now time.Time, cfg *Config) error {
+	counts := now.Add(-time.Duration(cfg.Retention))
+	events := now.Add(-time.Duration(cfg.EventsRetention))
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, q := range []struct {
+		sql string
+		arg int64
+	}{
+		// A bucket is kept while any of it is within the retention; one
+		// statement per span, so that each is a range of the primary key.
+		{`DELETE FROM counts WHERE span = 60 AND bucket <= ?`, counts.Unix() - minuteSpan},
+		{`DELETE FROM counts WHERE span = 3600 AND bucket <= ?`, counts.Unix() - hourSpan},
+		{`DELETE FROM seen WHERE last_ms < ?`, counts.UnixMilli()},
+		{`DELETE FROM events WHERE time_ms < ?`, events.UnixMilli()},
+	} {
+		if _, err := tx.ExecContext(ctx, q.sql, q.arg); err != nil {
+			return fmt.Errorf("history: retention: %w", err)
+		}
+	}
+	if err := dropUnusedSeries(ctx, tx); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	clear(s.series) // some of them may be gone
+	return nil
+}
+
+// dropUnusedSeries deletes the series that no count row uses.
+func dropUnusedSeries(ctx context.Context, tx *sql.Tx) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM series WHERE NOT EXISTS (SELECT 1 FROM counts WHERE counts.series = series.id)`); err != nil {
+		return fmt.Errorf("history: deleting unused series: %w", err)
+	}
+	return nil
+}
+
+// pages reads the file's page size, page count and free pages.
+func (s *Store) pages(ctx context.Context) (size, count, free int64, err error) {
+	for _, p := range []struct {
+		pragma string
+		v      *int64
+	}{{"page_size", &size}, {"page_count", &count}, {"freelist_count", &free}} {
+		if err = s.db.QueryRowContext(ctx, "PRAGMA "+p.pragma).Scan(p.v); err != nil {
+			return
+		}
+	}
+	return
+}
+
+// enforceSize keeps the file under max_size: past it, it deletes the
+// oldest events, then (with no event left) the oldest counts, until the
+// pages in use come to 90% of the bound, and gives the freed pages back to
+// the file system. Free pages left by retention are given back too once
+// they are a quarter of the file.
+func (s *Store) enforceSize(ctx context.Context) error {
+	limit := int64(s.cfg.Load().MaxSize)
+	over := fileSize(s.path) > limit
+	if over {
+		// The WAL counts against the bound: fold it into the file first.
+		if _, err := s.db.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+			return fmt.Errorf("history: checkpoint: %w", err)
+		}
+	}
+	target := limit / 10 * 9
+	deleted := false
+	for range 1000 {
+		size, count, free, err := s.pages(ctx)
+		if err != nil {
+			return fmt.Errorf("history: reading the file's size: %w", err)
+		}
+		used := (count - free) * size
+		if !over || used <= target {
+			break
+		}
+		// Delete a share of the rows a little larger than the share of
+		// pages to free, at least 100 rows; then look again.
+		share := float64(used-target)/float64(used)*1.1 + 0.001
+		n, err := s.deleteOldest(ctx, `events`, `time_ms`, share)
+		if err == nil && n == 0 {
+			n, err = s.deleteOldest(ctx, `counts`, `bucket`, share)
+		}
+		if err != nil {
+			return fmt.Errorf("history: deleting the oldest rows to stay under max_size: %w", err)
+		}
+		if n == 0 {
+			break // nothing left but series and first seen
+		}
+		deleted = true
+	}
+	if deleted {
+		tx, err := s.db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
+		if _, err := tx.ExecContext(ctx, `DELETE FROM seen WHERE last_ms < coalesce((SELECT min(bucket) FROM counts), 0) * 1000`); err != nil {
+			return fmt.Errorf("history: deleting first seen: %w", err)
+		}
+		if err := dropUnusedSeries(ctx, tx); err != nil {
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+		clear(s.series)
+	}
+	_, count, free, err := s.pages(ctx)
+	if err != nil {
+		return fmt.Errorf("history: reading the file's size: %w", err)
+	}
+	if deleted || free > 0 && free >= count/4 {
+		if _, err := s.db.ExecContext(ctx, `PRAGMA incremental_vacuum`); err != nil {
+			return fmt.Errorf("history: incremental vacuum: %w", err)
+		}
+		if _, err := s.db.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+			return fmt.Errorf("history: checkpoint: %w", err)
+		}
+	}
+	return nil
+}
+
+// deleteOldest deletes about share of table's rows, oldest by column
+// first, and at least 100 (or all there are).
+func (s *Store) deleteOldest(ctx context.Context, table, column string, share float64) (int64, error) {
+	var rows int64
+	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM `+table).Scan(&rows); err != nil || rows == 0 {
+		return 0, err
+	}
+	n := max(100, int64(float64(rows)*share))
+	var edge int64
+	err := s.db.QueryRowContext(ctx, `SELECT `+column+` FROM `+table+` ORDER BY `+column+` LIMIT 1 OFFSET ?`, min(n, rows)-1).Scan(&edge)
+	if err != nil {
+		return 0, err
+	}
+	res, err := s.db.ExecContext(ctx, `DELETE FROM `+table+` WHERE `+column+` <= ?`, edge)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}

@@ -1,0 +1,451 @@
+package history
+
+import (
+	"bytes"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/phonehome/phonehome/internal/querylog"
+	"github.com/phonehome/phonehome/policy"
+	"github.com/phonehome/phonehome/resolver"
+)
+
+var testPolicy = sync.OnceValues(func() (*policy.Policy, error) {
+	p, _, err := policy.Compile(policy.DefaultConfig(), nil)
+	return p, err
+})
+
+// The names the tests ask: sinkholed, logged, and allowed (not a match) by
+// the default policy.
+const (
+	telemetry = "v10.events.data.microsoft.com."
+	logged    = "arc.msn.com."
+	unlisted  = "www.example.com."
+)
+
+// answer is the answer to a query of name from client at t, decided by
+// the default policy.
+func answer(tb testing.TB, client, name string, t time.Time) resolver.Answer {
+	tb.Helper()
+	p, err := testPolicy()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c := netip.MustParseAddr(client)
+	d := p.Decide(c, name)
+	src := resolver.SourceUpstream
+	if d.Action == policy.Sinkhole {
+		src = resolver.SourceSinkhole
+	}
+	return resolver.Answer{Start: t, Client: c, Question: dns.Question{Name: name, Qtype: dns.TypeA, Qclass: dns.ClassINET},
+		Decision: d, Source: src, Duration: 21 * time.Microsecond}
+}
+
+// clock is a clock the test moves.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
+// t0 is the tests' "now": a whole hour, so minute and hour buckets are
+// easy to count.
+var t0 = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+
+// logBuffer collects a Store's log.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func slogTo(l *logBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+
+// testConfig is a config on a file in dir that flushes only when the test
+// says so.
+func testConfig(dir string) Config {
+	return Config{Path: filepath.Join(dir, "history.db"), Flush: time.Hour}
+}
+
+// open opens a Store that the test's cleanup closes.
+func open(t *testing.T, cfg Config, opts Options) (*Store, *logBuffer) {
+	t.Helper()
+	logs := &logBuffer{}
+	opts.Log = slogTo(logs)
+	if opts.Now == nil {
+		opts.Now = (&clock{t: t0}).Now
+	}
+	if opts.MaintainEvery == 0 {
+		opts.MaintainEvery = time.Hour
+	}
+	s, err := Open(cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, logs
+}
+
+// readDB opens the file read-only beside the store.
+func readDB(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro&_busy_timeout=5000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// rows runs a query and returns its rows, each spelled "a|b|c".
+func rows(t *testing.T, db *sql.DB, query string, args ...any) []string {
+	t.Helper()
+	rs, err := db.Query(query, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	defer rs.Close()
+	cols, _ := rs.Columns()
+	var out []string
+	for rs.Next() {
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rs.Scan(ptrs...); err != nil {
+			t.Fatal(err)
+		}
+		var s []string
+		for _, v := range vals {
+			s = append(s, fmt.Sprint(v))
+		}
+		out = append(out, strings.Join(s, "|"))
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func one(t *testing.T, db *sql.DB, query string, args ...any) int64 {
+	t.Helper()
+	var n sql.NullInt64
+	if err := db.QueryRow(query, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return n.Int64
+}
+
+const countsBySeries = `SELECT c.span, c.bucket, s.client, s.grp, s.pattern, s.category, s.action, c.n
+	FROM counts c JOIN series s ON s.id = c.series ORDER BY c.span, c.bucket, s.client, s.pattern`
+
+func equal(t *testing.T, what string, got, want []string) {
+	t.Helper()
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("%s:\n got  %s\n want %s", what, strings.Join(got, "\n      "), strings.Join(want, "\n      "))
+	}
+}
+
+// TestWhatItKeeps: with the query log's default rules, matches that were
+// logged or sinkholed are counted per minute, client, group, pattern,
+// category and action, their first and last time per client and pattern
+// kept, and the events themselves stored with the query log's fields;
+// allowed and unlisted queries, and queries the policy never saw, are not.
+func TestWhatItKeeps(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := open(t, testConfig(dir), Options{})
+	at := t0.Add(30 * time.Second)
+	for i := range 3 {
+		s.Answered(answer(t, "192.168.1.23", telemetry, at.Add(time.Duration(i)*time.Second)))
+	}
+	s.Answered(answer(t, "192.168.1.23", telemetry, at.Add(time.Minute))) // the next minute
+	s.Answered(answer(t, "192.168.1.40", logged, at))
+	s.Answered(answer(t, "192.168.1.40", unlisted, at))                                 // allowed, not in the catalog
+	s.Answered(resolver.Answer{Start: at, Client: netip.MustParseAddr("192.168.1.41")}) // refused before the policy
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	db := readDB(t, s.Path())
+	b := t0.Unix()
+	equal(t, "counts", rows(t, db, countsBySeries), []string{
+		fmt.Sprintf("60|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|3", b),
+		fmt.Sprintf("60|%d|192.168.1.40|default|arc.msn.com|spotlight|log|1", b),
+		fmt.Sprintf("60|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", b+60),
+	})
+	ms := at.UnixMilli()
+	equal(t, "seen", rows(t, db, `SELECT client, pattern, first_ms, last_ms FROM seen ORDER BY client`), []string{
+		fmt.Sprintf("192.168.1.23|v10.events.data.microsoft.com|%d|%d", ms, ms+60_000),
+		fmt.Sprintf("192.168.1.40|arc.msn.com|%d|%d", ms, ms),
+	})
+	equal(t, "events", rows(t, db, `SELECT time_ms, client, grp, name, type, action, category, pattern, windows, edition, rcode, source, duration
+		FROM events WHERE client = '192.168.1.40'`), []string{
+		fmt.Sprintf("%d|192.168.1.40|default|arc.msn.com.|A|log|spotlight|arc.msn.com|%s|all|NOERROR|upstream|2.1e-05", ms, answer(t, "192.168.1.40", logged, at).Decision.Match.Rule.Versions),
+	})
+	if n := one(t, db, `SELECT count(*) FROM events`); n != 5 {
+		t.Errorf("%d events, want 5", n)
+	}
+	if got := testutil.ToFloat64(s.m.rowsEvents); got != 5 {
+		t.Errorf("rows written (events) = %v, want 5", got)
+	}
+}
+
+// TestPrivacyRules: all_queries counts every decided query (an unlisted
+// name under pattern ""), anonymize_clients spells clients as the query
+// log does; a reload (Apply) changes both for what comes next.
+func TestPrivacyRules(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := open(t, testConfig(dir), Options{AllQueries: true, AnonymizeClients: true})
+	s.Answered(answer(t, "192.168.1.23", unlisted, t0))
+	s.Answered(answer(t, "2001:db8:1:2:3:4:5:6", telemetry, t0))
+	s.Apply(testConfig(dir), querylogConfig(false, false))
+	s.Answered(answer(t, "192.168.1.23", unlisted, t0)) // no longer kept
+	s.Answered(answer(t, "192.168.1.23", logged, t0))
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	db := readDB(t, s.Path())
+	b := t0.Unix()
+	equal(t, "counts", rows(t, db, countsBySeries), []string{
+		fmt.Sprintf("60|%d|192.168.1.0|default||unlisted|allow|1", b),
+		fmt.Sprintf("60|%d|192.168.1.23|default|arc.msn.com|spotlight|log|1", b),
+		fmt.Sprintf("60|%d|2001:db8:1::|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", b),
+	})
+	equal(t, "seen (not for unlisted names)", rows(t, db, `SELECT client, pattern FROM seen ORDER BY client`), []string{
+		"192.168.1.23|arc.msn.com", "2001:db8:1::|v10.events.data.microsoft.com",
+	})
+	equal(t, "event clients", rows(t, db, `SELECT client FROM events ORDER BY id`), []string{"192.168.1.0", "2001:db8:1::", "192.168.1.23"})
+}
+
+// TestRestart: what was written is there after Close and Open, and counts
+// of the same minute written after the restart add up.
+func TestRestart(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	s, _ := open(t, cfg, Options{})
+	s.Answered(answer(t, "192.168.1.23", telemetry, t0))
+	s.Answered(answer(t, "192.168.1.23", telemetry, t0))
+	s.Close() // writes what is left
+	s.Answered(answer(t, "192.168.1.23", telemetry, t0))
+	if got := testutil.ToFloat64(s.m.droppedCounts); got != 1 {
+		t.Errorf("an answer after Close: dropped %v, want 1", got)
+	}
+
+	s, _ = open(t, cfg, Options{})
+	s.Answered(answer(t, "192.168.1.23", telemetry, t0.Add(time.Second)))
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	db := readDB(t, cfg.Path)
+	equal(t, "counts", rows(t, db, countsBySeries), []string{
+		fmt.Sprintf("60|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|3", t0.Unix()),
+	})
+	if n := one(t, db, `SELECT count(*) FROM events`); n != 3 {
+		t.Errorf("%d events, want 3", n)
+	}
+	if n := one(t, db, `SELECT count(*) FROM series`); n != 1 {
+		t.Errorf("%d series, want 1", n)
+	}
+}
+
+// TestRollupAndRetention moves an injected clock: minute rows of hours
+// that ended more than 48 h ago become hour rows with the same totals;
+// counts and first seen go after retention, events after
+// events_retention, and series with them.
+func TestRollupAndRetention(t *testing.T) {
+	dir := t.TempDir()
+	clk := &clock{t: t0}
+	cfg := testConfig(dir)
+	cfg.Retention, cfg.EventsRetention = Duration(10*24*time.Hour), Duration(3*24*time.Hour)
+	s, _ := open(t, cfg, Options{Now: clk.Now})
+	old := t0.Add(-50 * time.Hour) // 10:00 two days ago and two hours
+	for _, at := range []time.Time{old, old.Add(time.Minute), old.Add(59 * time.Minute), old.Add(61 * time.Minute)} {
+		s.Answered(answer(t, "192.168.1.23", telemetry, at))
+	}
+	s.Answered(answer(t, "192.168.1.23", telemetry, t0.Add(-47*time.Hour))) // recent: stays in minutes
+	s.Answered(answer(t, "192.168.1.40", logged, t0.Add(-9*24*time.Hour)))  // old, but kept
+	s.Answered(answer(t, "192.168.1.50", logged, t0.Add(-11*24*time.Hour))) // past retention
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Maintain(); err != nil {
+		t.Fatal(err)
+	}
+	db := readDB(t, cfg.Path)
+	h := func(t time.Time) int64 { return t.Truncate(time.Hour).Unix() }
+	equal(t, "counts after roll-up and retention", rows(t, db, countsBySeries), []string{
+		fmt.Sprintf("60|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", t0.Add(-47*time.Hour).Unix()),
+		fmt.Sprintf("3600|%d|192.168.1.40|default|arc.msn.com|spotlight|log|1", h(t0.Add(-9*24*time.Hour))),
+		fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|3", h(old)),
+		fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", h(old)+3600),
+	})
+	equal(t, "seen", rows(t, db, `SELECT client FROM seen ORDER BY client`), []string{"192.168.1.23", "192.168.1.40"})
+	if n := one(t, db, `SELECT count(*) FROM series WHERE client = '192.168.1.50'`); n != 0 {
+		t.Error("the series of a client past retention is still there")
+	}
+	if n := one(t, db, `SELECT count(*) FROM events`); n != 5 {
+		t.Errorf("%d events, want the 5 of the last 3 days", n)
+	}
+
+	// A minute written late into an hour already rolled up adds to it.
+	s.Answered(answer(t, "192.168.1.23", telemetry, old.Add(2*time.Minute)))
+	clk.Set(t0.Add(2 * time.Hour)) // and -47 h is now -49 h
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Maintain(); err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "counts, two hours later", rows(t, db, countsBySeries), []string{
+		fmt.Sprintf("3600|%d|192.168.1.40|default|arc.msn.com|spotlight|log|1", h(t0.Add(-9*24*time.Hour))),
+		fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|4", h(old)),
+		fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", h(old)+3600),
+		fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", h(t0.Add(-47*time.Hour))),
+	})
+	if n := one(t, db, `SELECT sum(n) FROM counts`); n != 7 {
+		t.Errorf("%d queries counted in all, want 7", n)
+	}
+}
+
+// TestMaxSize: past max_size the oldest events go first; with none left,
+// the oldest counts; and the file shrinks back under the bound.
+func TestMaxSize(t *testing.T) {
+	dir := t.TempDir()
+	clk := &clock{t: t0}
+	cfg := testConfig(dir)
+	cfg.MaxSize = 256 << 10
+	s, _ := open(t, cfg, Options{Now: clk.Now})
+	// Counts for 40 clients a minute over two hours (small), then events
+	// enough to pass the bound.
+	for m := range 120 {
+		for c := range 40 {
+			s.Answered(answer(t, fmt.Sprintf("10.0.0.%d", c), telemetry, t0.Add(-3*time.Hour+time.Duration(m)*time.Minute)))
+		}
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	db := readDB(t, cfg.Path)
+	// The flush passed the bound, and brought the file back under it:
+	// with events deleted, oldest first, and every count kept.
+	if size := fileSize(cfg.Path); size > int64(cfg.MaxSize) {
+		t.Errorf("file is %d bytes after the flush, over max_size %d", size, cfg.MaxSize)
+	}
+	events := one(t, db, `SELECT count(*) FROM events`)
+	if events == 0 || events >= 4800 {
+		t.Errorf("%d of 4800 events left; want some deleted, not all", events)
+	}
+	if n := one(t, db, `SELECT count(*) FROM counts`); n != 4800 {
+		t.Errorf("%d counts rows, want all 4800 while events were left", n)
+	}
+	if first := one(t, db, `SELECT min(time_ms) FROM events`); first != t0.Add(-time.Hour-time.Duration(events)/40*time.Minute).UnixMilli() {
+		t.Errorf("the oldest event left is at %v; want the newest %d kept", time.UnixMilli(first).UTC(), events)
+	}
+
+	// A bound so low that no event can stay: counts go, oldest first.
+	cfg.MaxSize = 96 << 10
+	s.Apply(cfg, querylogConfig(false, false))
+	if err := s.Maintain(); err != nil {
+		t.Fatal(err)
+	}
+	if n := one(t, db, `SELECT count(*) FROM events`); n != 0 {
+		t.Errorf("%d events left under a bound that holds none", n)
+	}
+	if size := fileSize(cfg.Path); size > int64(cfg.MaxSize) {
+		t.Errorf("file is %d bytes, over max_size %d", size, cfg.MaxSize)
+	}
+	if n := one(t, db, `SELECT min(bucket) FROM counts`); n <= t0.Add(-3*time.Hour).Unix() {
+		t.Error("the oldest counts were not the ones deleted")
+	}
+}
+
+func TestOff(t *testing.T) {
+	s, err := Open(Config{Off: true}, Options{})
+	if s != nil || err != nil {
+		t.Errorf("Open(off) = %v, %v; want nil, nil", s, err)
+	}
+	s.Close()
+	s.Apply(Config{}, querylogConfig(false, false))
+}
+
+// TestMetricsLint runs Prometheus' promlint over the store's metrics.
+func TestMetricsLint(t *testing.T) {
+	s, _ := open(t, testConfig(t.TempDir()), Options{})
+	s.Answered(answer(t, "192.168.1.23", telemetry, t0))
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	problems, err := testutil.CollectAndLint(s.Collector())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+	if n := testutil.CollectAndCount(s.Collector(), "phonehome_history_database_bytes"); n != 1 {
+		t.Errorf("%d database size series", n)
+	}
+	if got := testutil.ToFloat64(sizeOnly{s.m}); got != float64(fileSize(s.Path())) || got == 0 {
+		t.Errorf("database size %v, want %d", got, fileSize(s.Path()))
+	}
+}
+
+// sizeOnly collects the database size alone.
+type sizeOnly struct{ m *metrics }
+
+func (c sizeOnly) Describe(ch chan<- *prometheus.Desc) { ch <- c.m.sizeDesc }
+
+func (c sizeOnly) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.m.sizeDesc, prometheus.GaugeValue, float64(fileSize(c.m.path)))
+}
+
+func querylogConfig(all, anonymize bool) querylog.Config {
+	return querylog.Config{AllQueries: all, AnonymizeClients: anonymize}
+}
+
+// TestAnsweredAllocates: once its maps have grown, Answered allocates
+// nothing, whether it keeps an answer's count, its event, or drops them.
+func TestAnsweredAllocates(t *testing.T) {
+	s, _ := open(t, testConfig(t.TempDir()), Options{Backlog: 1000})
+	as := []resolver.Answer{answer(t, "192.168.1.23", telemetry, t0), answer(t, "192.168.1.40", logged, t0), answer(t, "192.168.1.40", unlisted, t0)}
+	for i := range 2000 { // past the bound: events are dropped
+		s.Answered(as[i%len(as)])
+	}
+	i := 0
+	if n := testing.AllocsPerRun(1000, func() { s.Answered(as[i%len(as)]); i++ }); n != 0 {
+		t.Errorf("Answered: %v allocations", n)
+	}
+}
