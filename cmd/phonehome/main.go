@@ -5,6 +5,7 @@
 //	phonehome endpoints [flags]   list or export the endpoint catalog
 //	phonehome check NAME...       what would happen to a query, and why
 //	phonehome validate -config F  check a config file
+//	phonehome history top|new|export  read the history file
 //
 // Run "phonehome help" for the list.
 package main
@@ -32,6 +33,7 @@ func commands() []command {
 		{"endpoints", "list the Windows endpoint catalog, or export it as a block list", runEndpoints},
 		{"serve", "run the DNS resolver", runServe},
 		{"pause", "turn sinkholing into logging for a while in a running phonehome", runPause},
+		{"history", "read the history file: top endpoints, new endpoints, export", runHistory},
 		{"check", "say what phonehome would do with a query for a name, and why", runCheck},
 		{"validate", "check a config file and print a summary", runValidate},
 		{"version", "print the version", func(_ []string, stdout, _ io.Writer) int {

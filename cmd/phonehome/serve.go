@@ -127,6 +127,17 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 		reg.MustRegister(hist.Collector())
 		observers = append(observers, hist)
 	}
+	// The API reads the history on read-only connections of its own, so
+	// that no read holds up the writer.
+	var apiOpts []web.Option
+	if hist != nil {
+		if hr, err := history.OpenReader(hist.Path()); err != nil {
+			log.Error("history: the API cannot read it", "err", err)
+		} else {
+			defer hr.Close()
+			apiOpts = append(apiOpts, web.WithHistory(hr))
+		}
+	}
 	srv, err := resolver.New(&cfg.Config, resolver.Options{Log: log, ResolvConf: o.resolvConf, Registry: reg, Version: version, Observers: observers})
 	if err != nil {
 		return fail(err)
@@ -162,7 +173,7 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 	}
 	b := bound{dns: srv.Addrs()}
 	if *cfg.Web.HTTP != "" {
-		api = web.NewAPI(srv, activity, reg, cfg.Web, reload)
+		api = web.NewAPI(srv, activity, reg, cfg.Web, reload, apiOpts...)
 		hs, addr, err := web.Serve(*cfg.Web.HTTP, api.Handler())
 		if err != nil {
 			return fail(err)

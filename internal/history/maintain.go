@@ -51,6 +51,10 @@ func (s *Store) rollup(ctx context.Context, now time.Time) error {
 	if _, err := tx.ExecContext(ctx, `DELETE FROM counts WHERE span = ? AND bucket < ?`, minuteSpan, cutoff); err != nil {
 		return fmt.Errorf("history: rolling up: %w", err)
 	}
+	// The totals' hours were written with their minutes: the minutes go.
+	if _, err := tx.ExecContext(ctx, `DELETE FROM totals WHERE span = ? AND bucket < ?`, minuteSpan, cutoff); err != nil {
+		return fmt.Errorf("history: rolling up: %w", err)
+	}
 	return tx.Commit()
 }
 
@@ -72,6 +76,9 @@ func (s *Store) expire(ctx context.Context, now time.Time, cfg *Config) error {
 		// statement per span, so that each is a range of the primary key.
 		{`DELETE FROM counts WHERE span = 60 AND bucket <= ?`, counts.Unix() - minuteSpan},
 		{`DELETE FROM counts WHERE span = 3600 AND bucket <= ?`, counts.Unix() - hourSpan},
+		{`DELETE FROM totals WHERE span = 60 AND bucket <= ?`, counts.Unix() - minuteSpan},
+		{`DELETE FROM totals WHERE span = 3600 AND bucket <= ?`, counts.Unix() - hourSpan},
+		{`DELETE FROM pattern_totals WHERE bucket <= ?`, counts.Unix() - hourSpan},
 		{`DELETE FROM seen WHERE last_ms < ?`, counts.UnixMilli()},
 		{`DELETE FROM events WHERE time_ms < ?`, events.UnixMilli()},
 	} {
@@ -141,6 +148,9 @@ func (s *Store) enforceSize(ctx context.Context) error {
 		n, err := s.deleteOldest(ctx, `events`, `time_ms`, share)
 		if err == nil && n == 0 {
 			n, err = s.deleteOldest(ctx, `counts`, `bucket`, share)
+			if err == nil && n > 0 {
+				err = trimTotals(ctx, s.db)
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("history: deleting the oldest rows to stay under max_size: %w", err)
@@ -180,6 +190,41 @@ func (s *Store) enforceSize(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// trimTotals deletes the totals of the times that counts no longer has:
+// minutes before its oldest bucket, hours before that bucket's hour; and
+// counts again the totals of that hour, of which only a part may be left.
+func trimTotals(ctx context.Context, db *sql.DB) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var oldest int64
+	if err := tx.QueryRowContext(ctx, `SELECT `+oldestCount).Scan(&oldest); err != nil {
+		return err
+	}
+	hour := oldest - mod(oldest, hourSpan)
+	for _, q := range []struct {
+		sql  string
+		args []any
+	}{
+		{`DELETE FROM totals WHERE span = 60 AND bucket < ?`, []any{oldest}},
+		{`DELETE FROM totals WHERE span = 3600 AND bucket <= ?`, []any{hour}},
+		{`DELETE FROM pattern_totals WHERE bucket <= ?`, []any{hour}},
+		{`INSERT INTO totals (span, bucket, grp, category, action, n)
+			SELECT 3600, ?, s.grp, s.category, s.action, sum(c.n) FROM counts c JOIN series s ON s.id = c.series
+			WHERE c.span IN (60, 3600) AND c.bucket >= ? AND c.bucket < ? GROUP BY 3, 4, 5`, []any{hour, hour, hour + hourSpan}},
+		{`INSERT INTO pattern_totals (bucket, pattern, category, action, n)
+			SELECT ?, s.pattern, s.category, s.action, sum(c.n) FROM counts c JOIN series s ON s.id = c.series
+			WHERE c.span IN (60, 3600) AND c.bucket >= ? AND c.bucket < ? AND s.pattern <> '' GROUP BY 2, 3, 4`, []any{hour, hour, hour + hourSpan}},
+	} {
+		if _, err := tx.ExecContext(ctx, q.sql, q.args...); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
 }
 
 // deleteOldest deletes about share of table's rows, oldest by column

@@ -26,6 +26,12 @@ import (
 //     pattern.
 //   - events: the matches themselves, with the query log's fields; kept
 //     for a shorter time than counts.
+//   - totals: the counts of every client together, per span, bucket,
+//     group, category and action: minutes (span 60, until roll-up) and
+//     hours (span 3600, from the start), written with counts. The time
+//     series of a household (query.go) reads these.
+//   - pattern_totals: the counts of every client together per hour,
+//     pattern, category and action; the household's top endpoints.
 var migrations = []string{
 	// 1: the first schema.
 	`CREATE TABLE series (
@@ -78,6 +84,39 @@ var migrations = []string{
 	CREATE INDEX counts_series ON counts (series, bucket);
 	CREATE INDEX events_client ON events (client, time_ms);
 	CREATE INDEX seen_pattern ON seen (pattern, first_ms);`,
+
+	// 3: the totals of every client, written beside counts, so that a
+	// household's time series and top endpoints over a month read
+	// thousands of rows, not millions; and counts_series again with n in
+	// it, so that a client's counts are read from the index alone.
+	`CREATE TABLE totals (
+		span     INTEGER NOT NULL,
+		bucket   INTEGER NOT NULL,
+		grp      TEXT NOT NULL,
+		category TEXT NOT NULL,
+		action   TEXT NOT NULL,
+		n        INTEGER NOT NULL,
+		PRIMARY KEY (span, bucket, grp, category, action)
+	) WITHOUT ROWID;
+	CREATE TABLE pattern_totals (
+		bucket   INTEGER NOT NULL,
+		pattern  TEXT NOT NULL,
+		category TEXT NOT NULL,
+		action   TEXT NOT NULL,
+		n        INTEGER NOT NULL,
+		PRIMARY KEY (bucket, pattern, category, action)
+	) WITHOUT ROWID;
+	INSERT INTO totals (span, bucket, grp, category, action, n)
+		SELECT 3600, c.bucket - c.bucket % 3600, s.grp, s.category, s.action, sum(c.n)
+		FROM counts c JOIN series s ON s.id = c.series GROUP BY 2, 3, 4, 5;
+	INSERT INTO totals (span, bucket, grp, category, action, n)
+		SELECT 60, c.bucket, s.grp, s.category, s.action, sum(c.n)
+		FROM counts c JOIN series s ON s.id = c.series WHERE c.span = 60 GROUP BY 2, 3, 4, 5;
+	INSERT INTO pattern_totals (bucket, pattern, category, action, n)
+		SELECT c.bucket - c.bucket % 3600, s.pattern, s.category, s.action, sum(c.n)
+		FROM counts c JOIN series s ON s.id = c.series WHERE s.pattern <> '' GROUP BY 1, 2, 3, 4;
+	DROP INDEX counts_series;
+	CREATE INDEX counts_series ON counts (series, bucket, n);`,
 }
 
 // SchemaVersion is the schema this build writes.

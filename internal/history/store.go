@@ -479,7 +479,13 @@ func (s *Store) open() error {
 		db.Close()
 		return fmt.Errorf("history: opening %s: %w", s.path, err)
 	}
-	if err := migrate(ctx, db); err != nil {
+	// A migration takes as long as the file is large, once: cut short by
+	// the minute, it would start again at every flush and never end.
+	if v, err := schemaVersion(ctx, db); err == nil && v > 0 && v < SchemaVersion {
+		s.log.Info("history: bringing the file's schema up to date; on a large file this takes a while, once",
+			"path", s.path, "from", v, "to", SchemaVersion)
+	}
+	if err := migrate(context.Background(), db); err != nil {
 		db.Close()
 		return fmt.Errorf("history: %s: %w", s.path, err)
 	}

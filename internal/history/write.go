@@ -12,7 +12,7 @@ import (
 
 // statements are the writer's prepared statements.
 type statements struct {
-	series, count, seen, event *sql.Stmt
+	series, count, seen, event, total, patternTotal *sql.Stmt
 }
 
 func (st *statements) prepare(ctx context.Context, db *sql.DB) error {
@@ -28,6 +28,10 @@ func (st *statements) prepare(ctx context.Context, db *sql.DB) error {
 			ON CONFLICT (span, bucket, series) DO UPDATE SET n = n + excluded.n`},
 		{&st.seen, `INSERT INTO seen (client, pattern, first_ms, last_ms) VALUES (?, ?, ?, ?)
 			ON CONFLICT (client, pattern) DO UPDATE SET first_ms = min(first_ms, excluded.first_ms), last_ms = max(last_ms, excluded.last_ms)`},
+		{&st.total, `INSERT INTO totals (span, bucket, grp, category, action, n) VALUES (?, ?, ?, ?, ?, ?)
+			ON CONFLICT (span, bucket, grp, category, action) DO UPDATE SET n = n + excluded.n`},
+		{&st.patternTotal, `INSERT INTO pattern_totals (bucket, pattern, category, action, n) VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (bucket, pattern, category, action) DO UPDATE SET n = n + excluded.n`},
 		{&st.event, `INSERT INTO events (time_ms, client, grp, name, type, action, category, pattern, windows, family, cname, edition, rcode, source, duration)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
 	} {
@@ -47,6 +51,12 @@ type seriesKey struct {
 
 type seenKey struct{ client, pattern string }
 
+// totalKey is a row of totals (pattern "") or of pattern_totals (group "").
+type totalKey struct {
+	span, bucket                     int64
+	group, pattern, category, action string
+}
+
 // written counts the rows a transaction wrote, per table.
 type written struct{ counts, seen, events int }
 
@@ -63,6 +73,7 @@ func (s *Store) write(ctx context.Context, b *batch) (written, error) {
 		tx.StmtContext(ctx, s.stmts.seen), tx.StmtContext(ctx, s.stmts.event)
 	created := map[seriesKey]int64{}
 	seens := map[seenKey]agg{}
+	totals, patternTotals := map[totalKey]int64{}, map[totalKey]int64{}
 	for k, i := range b.index {
 		g := b.aggs[i]
 		sk := seriesKey{client: k.client.String(), group: k.group.Name, pattern: policy.Match{Literal: g.literal, Shape: k.shape}.Pattern(),
@@ -81,9 +92,13 @@ func (s *Store) write(ctx context.Context, b *batch) (written, error) {
 			return w, fmt.Errorf("writing counts: %w", err)
 		}
 		w.counts++
+		hour := k.bucket - k.bucket%hourSpan
+		totals[totalKey{span: minuteSpan, bucket: k.bucket, group: sk.group, category: sk.category, action: sk.action}] += g.n
+		totals[totalKey{span: hourSpan, bucket: hour, group: sk.group, category: sk.category, action: sk.action}] += g.n
 		if sk.pattern == "" {
-			continue // first seen is per pattern: not for unlisted names
+			continue // first seen and pattern totals are per pattern: not for unlisted names
 		}
+		patternTotals[totalKey{span: hourSpan, bucket: hour, pattern: sk.pattern, category: sk.category, action: sk.action}] += g.n
 		c := seenKey{sk.client, sk.pattern}
 		if h, ok := seens[c]; ok {
 			g.first, g.last = min(g.first, h.first), max(g.last, h.last)
@@ -95,6 +110,17 @@ func (s *Store) write(ctx context.Context, b *batch) (written, error) {
 			return w, fmt.Errorf("writing first and last seen: %w", err)
 		}
 		w.seen++
+	}
+	total, patternTotal := tx.StmtContext(ctx, s.stmts.total), tx.StmtContext(ctx, s.stmts.patternTotal)
+	for t, n := range totals {
+		if _, err := total.ExecContext(ctx, t.span, t.bucket, t.group, t.category, t.action, n); err != nil {
+			return w, fmt.Errorf("writing totals: %w", err)
+		}
+	}
+	for t, n := range patternTotals {
+		if _, err := patternTotal.ExecContext(ctx, t.bucket, t.pattern, t.category, t.action, n); err != nil {
+			return w, fmt.Errorf("writing pattern totals: %w", err)
+		}
 	}
 	for i := range b.events {
 		a := &b.events[i]

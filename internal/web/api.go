@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/phonehome/phonehome/internal/config"
+	"github.com/phonehome/phonehome/internal/history"
 	"github.com/phonehome/phonehome/resolver"
 )
 
@@ -91,6 +92,7 @@ func checkHostName(s string) error {
 type API struct {
 	resolver *resolver.Server
 	activity *Activity
+	history  *history.Reader // nil with history: off
 	gatherer prometheus.Gatherer
 	reload   func() ([]string, error) // what SIGHUP does; it names the keys that need a restart
 	refused  *prometheus.CounterVec   // phonehome_http_refused_total{reason}
@@ -100,15 +102,22 @@ type API struct {
 
 // NewAPI serves s: the metrics of reg (where it adds its own), the page's
 // data from activity, and POST /api/reload through reload. c gives
-// http_token and http_hosts. A nil reg is a registry of its own.
-func NewAPI(s *resolver.Server, activity *Activity, reg *prometheus.Registry, c Config, reload func() ([]string, error)) *API {
+// http_token and http_hosts. A nil reg is a registry of its own. Options
+// add what not every server has: WithHistory.
+func NewAPI(s *resolver.Server, activity *Activity, reg *prometheus.Registry, c Config, reload func() ([]string, error), opts ...Option) *API {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
 	a := &API{resolver: s, activity: activity, gatherer: reg, reload: reload, refused: newRefusedMetric(reg)}
+	for _, o := range opts {
+		o(a)
+	}
 	a.Apply(c)
 	return a
 }
+
+// Option is something NewAPI serves besides what it always does.
+type Option func(*API)
 
 // Apply takes what a reload changes of the web side: http_token and
 // http_hosts (the address is read at start only).
@@ -147,9 +156,14 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("GET /api/clients", func(w http.ResponseWriter, _ *http.Request) { replyJSON(w, a.activity.Clients()) })
 	mux.HandleFunc("GET /api/undocumented", func(w http.ResponseWriter, _ *http.Request) { replyJSON(w, a.activity.Undocumented()) })
 	mux.HandleFunc("GET /api/events", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Has("before") {
+			a.olderEvents(w, r) // from the history file: history.go
+			return
+		}
 		since, _ := strconv.ParseUint(r.URL.Query().Get("since"), 10, 64)
 		replyJSON(w, a.activity.Events(since))
 	})
+	a.historyRoutes(mux)
 	mux.HandleFunc("POST /api/pause", a.guard(a.pause))
 	mux.HandleFunc("POST /api/resume", a.guard(func(w http.ResponseWriter, _ *http.Request) {
 		a.resolver.SetPause(nil)
