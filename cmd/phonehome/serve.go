@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/phonehome/phonehome/internal/configfile"
 	"github.com/phonehome/phonehome/internal/history"
 	"github.com/phonehome/phonehome/internal/querylog"
+	"github.com/phonehome/phonehome/internal/watch"
 	"github.com/phonehome/phonehome/internal/web"
 	"github.com/phonehome/phonehome/policy"
 	"github.com/phonehome/phonehome/resolver"
@@ -149,7 +151,10 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 	// reload is what SIGHUP and POST /api/reload do: read the file again
 	// and apply it, or keep everything running as it is. It names the keys
 	// that changed but are read at start only.
+	var reloading sync.Mutex // SIGHUP, the API and watch_config reload one at a time
 	reload := func() ([]string, error) {
+		reloading.Lock()
+		defer reloading.Unlock()
 		next, err := o.load()
 		if err != nil {
 			srv.ReloadFailed(err)
@@ -181,6 +186,23 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 		defer hs.Close()
 		b.http = addr
 	}
+	// watch_config: a change to the file, or to a document or list it
+	// names, is a reload, as SIGHUP is.
+	var watcher *watch.Watcher
+	if cfg.WatchConfig {
+		watcher, err = watch.Start(watch.Options{Log: log, Reload: func([]string) error { _, err := reload(); return err },
+			Files: func() ([]string, error) {
+				f, err := configfile.Load(o.config)
+				if err != nil {
+					return nil, err
+				}
+				return f.Files(), nil
+			}})
+		if err != nil {
+			return fail(fmt.Errorf("watch_config: %w", err))
+		}
+		defer watcher.Close()
+	}
 	// Signals are caught before ready is told, so that a SIGHUP sent as
 	// soon as serve listens is a reload, not the end of the process.
 	sigs := make(chan os.Signal, 1)
@@ -190,12 +212,14 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 	if ready != nil {
 		ready <- b
 	}
-	return waitForSignals(log, srv, ql, reload, sigs, stop)
+	return waitForSignals(log, srv, ql, watcher, reload, sigs, stop)
 }
 
 // waitForSignals reloads on SIGHUP, reopens the query log on SIGUSR1 and
-// shuts down on SIGINT or SIGTERM, or when stop is closed.
-func waitForSignals(log *slog.Logger, srv *resolver.Server, ql *querylog.Log, reload func() ([]string, error), sigs <-chan os.Signal, stop <-chan struct{}) int {
+// shuts down on SIGINT or SIGTERM, or when stop is closed: the config
+// watcher (nil when off) first, so that no reload follows the server's
+// Close.
+func waitForSignals(log *slog.Logger, srv *resolver.Server, ql *querylog.Log, watcher *watch.Watcher, reload func() ([]string, error), sigs <-chan os.Signal, stop <-chan struct{}) int {
 	for {
 		var sig os.Signal
 		select {
@@ -215,6 +239,7 @@ func waitForSignals(log *slog.Logger, srv *resolver.Server, ql *querylog.Log, re
 			log.Info("shutting down", "signal", sig.String())
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
+			watcher.Close()
 			srv.Close(ctx)
 			return 0
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/phonehome/phonehome/internal/history"
 	"github.com/phonehome/phonehome/internal/querylog"
 	"github.com/phonehome/phonehome/internal/web"
+	"github.com/phonehome/phonehome/policy"
 	"github.com/phonehome/phonehome/resolver"
 )
 
@@ -30,6 +31,10 @@ type File struct {
 	QueryLog querylog.Config `yaml:"querylog"`
 	// history: off, or path, flush, retention, events_retention, max_size.
 	History history.Config `yaml:"history"`
+	// WatchConfig reloads when the file, or a document or list it names,
+	// changes, as SIGHUP does (cmd/phonehome, internal/watch). Read at
+	// start only: it decides what the process runs, as listen does.
+	WatchConfig bool `yaml:"watch_config"`
 }
 
 // Default is the configuration with no file.
@@ -81,9 +86,33 @@ func (f *File) setDefaults() {
 	f.History.SetDefaults()
 }
 
+// Files are the config file and the documents and list files it names,
+// relative paths made relative to the file: what watch_config watches.
+// A config built in code has none.
+func (f *File) Files() []string {
+	if f.Source.FileName() == "" {
+		return nil
+	}
+	files := []string{f.Source.FileName()}
+	add := func(p string) {
+		if p != "" && !slices.Contains(files, f.Source.Resolve(p)) {
+			files = append(files, f.Source.Resolve(p))
+		}
+	}
+	for _, d := range f.Policy.Catalog.Docs {
+		add(d)
+	}
+	for _, g := range append([]policy.GroupConfig{f.Policy.Rules.Default}, f.Policy.Rules.Groups...) {
+		for _, l := range g.Lists {
+			add(l.File)
+		}
+	}
+	return files
+}
+
 // StartOnly are the keys read at start only: a reload leaves them as they
 // were, and says so. Every other key takes effect on reload.
-var StartOnly = []string{"listen", "http", "querylog.output", "history", "history.path"}
+var StartOnly = []string{"listen", "http", "querylog.output", "history", "history.path", "watch_config"}
 
 // RestartNeeded names the start-only keys whose value in next differs
 // from the running config's.
@@ -104,6 +133,10 @@ func RestartNeeded(running, next *File) []string {
 	} else if running.History.Path != next.History.Path {
 		keys = append(keys, "history.path")
 	}
+	// The watcher is started (or not) at start.
+	if running.WatchConfig != next.WatchConfig {
+		keys = append(keys, "watch_config")
+	}
 	return keys
 }
 
@@ -112,7 +145,7 @@ func RestartNeeded(running, next *File) []string {
 // the running one. The function it returns sets it after a reload.
 func NewRestartMetric(reg prometheus.Registerer) func(keys []string) {
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "phonehome_config_restart_needed",
-		Help: "1 for each key read only at start (listen, http, querylog.output, history on or off, history.path) whose value in the config file differs from the running one."}, []string{"key"})
+		Help: "1 for each key read only at start (listen, http, querylog.output, history on or off, history.path, watch_config) whose value in the config file differs from the running one."}, []string{"key"})
 	reg.MustRegister(g)
 	set := func(keys []string) {
 		for _, k := range StartOnly {
