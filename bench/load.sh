@@ -9,6 +9,7 @@
 #   REV=HEAD~3 bash bench/load.sh           # phonehome as of a commit
 #   BARE=1 bash bench/load.sh               # phonehome without metrics, query log and activity
 #   UPSTREAM=tls bash bench/load.sh         # both servers forward over DNS over TLS (or tcp: over TCP)
+#   HISTORY=off bash bench/load.sh          # phonehome without its history database (on by default)
 #
 # It needs root, 2 cores and Go; Debian's dnsperf, unbound, util-linux
 # (taskset, unshare) and iproute2 (ip) it installs with apt-get when they
@@ -62,6 +63,7 @@ REV=${REV:-}                     # build phonehome from this git revision, not t
 BARE=${BARE:-0}                  # 1: phonehome without per-query metrics, query log and web page activity
 OUT=${OUT:-}                     # keep raw outputs (and profiles) here
 UPSTREAM=${UPSTREAM:-udp}        # how the servers forward to the stub: udp, tcp or tls
+HISTORY=${HISTORY:-on}           # off: "history: off" (only for revisions that have a history); on: the default, in the work directory
 
 STUB_PORT=5300 PH_PORT=5301 UB_PORT=5302 STUB_TLS_PORT=5303 # only ever bound on 127.0.0.1 in the namespace
 case $UPSTREAM in
@@ -169,6 +171,7 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 		access:
 		  rate_limit: 0
 	EOF
+	if [[ $HISTORY == off ]]; then echo 'history: off' >>"$work/phonehome.yaml"; fi
 
 	# The names phonehome sinkholes: the catalog's telemetry patterns that are
 	# single host names, kept only when `phonehome check` with this config
@@ -257,7 +260,7 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 	limit=$((ROUNDS * 4 * (DURATION + LAT_DURATION + 20) + 60))
 	echo "running $ROUNDS round(s) of ${DURATION}s throughput + ${LAT_DURATION}s latency runs (at most ${limit}s)..." >&2
 	BENCH_INSIDE=1 BENCH_WORK=$work DURATION=$DURATION LAT_DURATION=$LAT_DURATION LAT_QPS=$LAT_QPS \
-		ROUNDS=$ROUNDS OUTSTANDING=$OUTSTANDING OUT=$OUT NICE=$NICE SERVER_CPU=$SERVER_CPU LOAD_CPU=$LOAD_CPU PROFILE=$PROFILE UPSTREAM=$UPSTREAM \
+		ROUNDS=$ROUNDS OUTSTANDING=$OUTSTANDING OUT=$OUT NICE=$NICE SERVER_CPU=$SERVER_CPU LOAD_CPU=$LOAD_CPU PROFILE=$PROFILE UPSTREAM=$UPSTREAM HISTORY=$HISTORY \
 		timeout --kill-after=10 "$limit" \
 		unshare --net --pid --fork --kill-child --mount-proc bash "${BASH_SOURCE[0]}" &
 	inner=$!
@@ -369,10 +372,13 @@ start_server() {
 	phonehome)
 		# Its query log (stdout by default) goes to a file of its own.
 		port=$PH_PORT
-		local penv=()
+		# Its history (on unless HISTORY=off) goes where systemd's
+		# StateDirectory would put it: here, in the work directory.
+		mkdir -p "$work/state"
+		local penv=("STATE_DIRECTORY=$work/state")
 		[[ $UPSTREAM == tls ]] && penv+=("SSL_CERT_FILE=$work/stub-ca.pem")
 		if [[ $PROFILE == 1 ]]; then
-			penv=("PHONEHOME_CPUPROFILE=$OUT/profiles/phonehome-$2-r$3.pprof"
+			penv+=("PHONEHOME_CPUPROFILE=$OUT/profiles/phonehome-$2-r$3.pprof"
 				"PHONEHOME_MEMPROFILE=$OUT/profiles/phonehome-$2-r$3.heap")
 		fi
 		"${on_srv[@]}" env "${penv[@]}" "$bin/phonehome" serve -config "$work/phonehome.yaml" >"$work/querylog" 2>"$log" &
