@@ -159,10 +159,13 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	// 7. A miss waits for an upstream. The UDP server answers a batch of
 	// queries between two system calls and must not wait, so its writer
 	// runs the rest in a goroutine of its own (see udp.go).
+	// (The closure takes a copy of the answer so far: a variable it
+	// captured would be moved to the heap for every query, hits too.)
+	miss := a
 	upstream := func(w dns.ResponseWriter) {
 		m, chain, ede, source := h.resolve(st, key, req)
-		a.Source = source
-		h.answer(w, req, st, a, m, chain, ede)
+		miss.Source = source
+		h.answer(w, req, st, miss, m, chain, ede)
 	}
 	if ho, ok := w.(handOff); ok {
 		ho.HandOff(upstream)
