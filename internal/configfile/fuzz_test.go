@@ -38,7 +38,8 @@ func FuzzParse(f *testing.F) {
 			if !errors.As(err, &es) || len(es) == 0 {
 				t.Fatalf("not config.Errors: %v", err)
 			}
-			lines := strings.Count(string(data), "\n") + 1
+			// YAML breaks lines at \n, \r\n and a lone \r.
+			lines := strings.Count(strings.ReplaceAll(string(data), "\r\n", "\n"), "\n") + strings.Count(strings.ReplaceAll(string(data), "\r\n", ""), "\r") + 1
 			for _, e := range es {
 				if e.File != "fuzz.yaml" || e.Line < 0 || e.Line > lines || e.Msg == "" {
 					t.Fatalf("error outside the file: %+v (of %d lines)", e, lines)
