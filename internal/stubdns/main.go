@@ -6,6 +6,7 @@
 //
 //	stubdns -listen 127.0.0.1:5300 [-sockets 1] [-batch 64]
 //	        [-tls 127.0.0.1:8530 [-ca FILE | -cert FILE -key FILE]]
+//	        [-fault slow -delay 1s | -fault drop | -fault servfail] [-fault-file FILE]
 //
 // It is built to cost far less per query than any resolver it feeds. Over UDP
 // it never parses a message into structs: it reads the header and question
@@ -31,6 +32,16 @@
 // non-QUERY opcode gets NOTIMP and a count of questions other than one
 // FORMERR.
 //
+// With -fault it misbehaves, for the soak test (bench/soak.sh): slow (every
+// answer sent -delay late, without holding up the queries behind it over
+// UDP), drop (no answer at all) or servfail (SERVFAIL, with the question and
+// nothing else). A fault applies to UDP, TCP and DNS over TLS alike; queries
+// the stub would not answer anyway (responses, garbage) stay unanswered.
+// With -fault-file, SIGHUP changes the fault without a restart (which would
+// close its sockets): the file holds one line, "slow 1.5s", "drop",
+// "servfail", or nothing for no fault. Each change is logged as
+// "fault: ...".
+//
 // It prints "listening on ADDR" to stderr once it serves UDP and TCP (and
 // "listening for DNS over TLS on ADDR, certificate in FILE" before it with
 // -tls), the
@@ -50,8 +61,11 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/miekg/dns"
 	"golang.org/x/net/ipv4"
@@ -70,10 +84,14 @@ func main() {
 	flag.StringVar(&t.cert, "cert", "", "with -tls: the certificate to serve (PEM); without it one is made")
 	flag.StringVar(&t.key, "key", "", "with -cert: its private key (PEM)")
 	flag.StringVar(&t.ca, "ca", "", "with -tls and no -cert: where to write the certificate made (PEM); default a new file in the temporary directory")
+	var f fault
+	flag.StringVar(&f.mode, "fault", "", "misbehave: slow (answers -delay late), drop (never answer) or servfail (answer SERVFAIL)")
+	flag.DurationVar(&f.delay, "delay", time.Second, "with -fault slow: how late each answer is sent")
+	faultFile := flag.String("fault-file", "", "on SIGHUP, take the fault from this file: \"slow 1.5s\", \"drop\", \"servfail\" or empty (none)")
 	flag.Parse()
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGINT, syscall.SIGTERM)
-	if err := run(*listen, *sockets, *batch, t, sigs, nil); err != nil {
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+	if err := run(*listen, *sockets, *batch, t, f, *faultFile, sigs, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "stubdns:", err)
 		os.Exit(1)
 	}
@@ -89,6 +107,69 @@ var answered atomic.Uint64
 type tlsConfig struct {
 	listen        string // "" for no DNS over TLS
 	cert, key, ca string
+}
+
+// fault is how the stub misbehaves (-fault and -delay).
+type fault struct {
+	mode  string        // "" (answer), "slow", "drop" or "servfail"
+	delay time.Duration // with "slow": how late each answer is sent
+}
+
+// check reports a -fault or -delay the stub does not know.
+func (f fault) check() error {
+	switch f.mode {
+	case "", "drop", "servfail":
+		return nil
+	case "slow":
+		if f.delay <= 0 {
+			return errors.New("-fault slow needs a -delay above 0")
+		}
+		return nil
+	}
+	return fmt.Errorf("-fault %q: want slow, drop or servfail", f.mode)
+}
+
+// String says what the fault does, for the log.
+func (f fault) String() string {
+	switch f.mode {
+	case "slow":
+		return fmt.Sprintf("every answer sent %v late", f.delay)
+	case "drop":
+		return "no query answered"
+	case "servfail":
+		return "every query answered SERVFAIL"
+	}
+	return "none"
+}
+
+// parseFault reads a fault as -fault-file holds it: "slow DURATION",
+// "drop", "servfail", or nothing (no fault).
+func parseFault(s string) (fault, error) {
+	w := strings.Fields(s)
+	var f fault
+	switch {
+	case len(w) == 0:
+		return f, nil
+	case w[0] == "slow" && len(w) == 2:
+		d, err := time.ParseDuration(w[1])
+		if err != nil {
+			return f, err
+		}
+		f = fault{mode: "slow", delay: d}
+	case len(w) == 1:
+		f.mode = w[0]
+	default:
+		return f, fmt.Errorf("%q: want \"slow DURATION\", \"drop\", \"servfail\" or nothing", s)
+	}
+	return f, f.check()
+}
+
+// rcode is the rcode of the stub's answers: SERVFAIL under that fault.
+func (f fault) rcode() byte {
+	if f.mode == "servfail" {
+		return rcodeServFail
+	}
+	return 0
 }
 
 // served is where run serves: UDP and TCP on addr, DNS over TLS on tls
@@ -109,9 +190,10 @@ func loopback(flag, addr string) (netip.AddrPort, error) {
 	return ap, nil
 }
 
-// run serves until sigs delivers a signal other than SIGUSR1, after sending
-// where it serves to ready, if not nil.
-func run(listen string, sockets, batch int, tc tlsConfig, sigs <-chan os.Signal, ready chan<- served) error {
+// run serves until sigs delivers a signal other than SIGUSR1 or SIGHUP,
+// after sending where it serves to ready, if not nil; with the fault f,
+// and on SIGHUP the one in faultFile (if not "").
+func run(listen string, sockets, batch int, tc tlsConfig, f fault, faultFile string, sigs <-chan os.Signal, ready chan<- served) error {
 	ap, err := loopback("listen", listen)
 	if err != nil {
 		return err
@@ -119,6 +201,11 @@ func run(listen string, sockets, batch int, tc tlsConfig, sigs <-chan os.Signal,
 	if sockets < 1 || batch < 1 {
 		return errors.New("-sockets and -batch must be at least 1")
 	}
+	if err := f.check(); err != nil {
+		return err
+	}
+	cur := new(atomic.Pointer[fault])
+	cur.Store(&f)
 	var out served
 	var tl net.Listener
 	if tc.listen != "" {
@@ -158,9 +245,9 @@ func run(listen string, sockets, batch int, tc tlsConfig, sigs <-chan os.Signal,
 	if err != nil {
 		return fmt.Errorf("listening on tcp %s: %w", addr, err)
 	}
-	streams := []*dns.Server{{Listener: l, Handler: dns.HandlerFunc(serveTCP), MaxTCPQueries: -1}}
+	streams := []*dns.Server{{Listener: l, Handler: serveTCP(cur), MaxTCPQueries: -1}}
 	if tl != nil {
-		streams = append(streams, &dns.Server{Listener: tl, Net: "tcp-tls", Handler: dns.HandlerFunc(serveTCP), MaxTCPQueries: -1})
+		streams = append(streams, &dns.Server{Listener: tl, Net: "tcp-tls", Handler: serveTCP(cur), MaxTCPQueries: -1})
 	}
 	for _, srv := range streams {
 		go func() {
@@ -170,7 +257,7 @@ func run(listen string, sockets, batch int, tc tlsConfig, sigs <-chan os.Signal,
 		}()
 	}
 	for _, c := range conns {
-		go serveUDP(c, ap.Addr().Is4(), batch)
+		go serveUDP(c, ap.Addr().Is4(), batch, cur)
 	}
 	if tl != nil {
 		where := out.ca
@@ -179,6 +266,9 @@ func run(listen string, sockets, batch int, tc tlsConfig, sigs <-chan os.Signal,
 		}
 		fmt.Fprintf(os.Stderr, "listening for DNS over TLS on %s, certificate in %s\n", out.tls, where)
 	}
+	if f.mode != "" {
+		fmt.Fprintln(os.Stderr, "fault:", f)
+	}
 	fmt.Fprintln(os.Stderr, "listening on", addr)
 	out.addr = addr
 	if ready != nil {
@@ -186,6 +276,24 @@ func run(listen string, sockets, batch int, tc tlsConfig, sigs <-chan os.Signal,
 	}
 
 	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			if faultFile == "" {
+				fmt.Fprintln(os.Stderr, "SIGHUP without -fault-file: the fault stays", *cur.Load())
+				continue
+			}
+			b, err := os.ReadFile(faultFile)
+			var next fault // a new variable each time: cur keeps a pointer to it
+			if err == nil {
+				next, err = parseFault(string(b))
+			}
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "stubdns: -fault-file:", err)
+				continue
+			}
+			cur.Store(&next)
+			fmt.Fprintln(os.Stderr, "fault:", next)
+			continue
+		}
 		fmt.Fprintln(os.Stderr, "answered", answered.Load())
 		if sig != syscall.SIGUSR1 {
 			break
@@ -250,8 +358,8 @@ type batchConn interface {
 }
 
 // serveUDP answers the packets arriving on c until c is closed, up to batch
-// at a time.
-func serveUDP(c *net.UDPConn, is4 bool, batch int) {
+// at a time, with the fault in cur.
+func serveUDP(c *net.UDPConn, is4 bool, batch int, cur *atomic.Pointer[fault]) {
 	var bc batchConn = ipv6.NewPacketConn(c)
 	if is4 {
 		bc = ipv4.NewPacketConn(c)
@@ -271,13 +379,27 @@ func serveUDP(c *net.UDPConn, is4 bool, batch int) {
 			continue // an ICMP error from an earlier send, say
 		}
 		k := 0
+		f := *cur.Load()
 		for _, m := range in[:n] {
 			buf := out[k].Buffers[0][:cap(out[k].Buffers[0])]
-			if l := reply(buf, m.Buffers[0][:m.N]); l > 0 {
-				out[k].Buffers[0] = buf[:l]
-				out[k].Addr = m.Addr
-				k++
+			l := replyRcode(buf, m.Buffers[0][:m.N], f.rcode())
+			switch {
+			case l == 0 || f.mode == "drop":
+				continue
+			case f.mode == "slow":
+				// Late, on a timer of its own: the queries behind it
+				// are not held up, as a distant server would not.
+				late, to := slices.Clone(buf[:l]), m.Addr
+				time.AfterFunc(f.delay, func() {
+					if _, err := c.WriteTo(late, to); err == nil {
+						answered.Add(1)
+					}
+				})
+				continue
 			}
+			out[k].Buffers[0] = buf[:l]
+			out[k].Addr = m.Addr
+			k++
 		}
 		answered.Add(uint64(k))
 		for sent := 0; sent < k; {
@@ -290,14 +412,23 @@ func serveUDP(c *net.UDPConn, is4 bool, batch int) {
 	}
 }
 
-// serveTCP answers one query over TCP with the same code as UDP.
-func serveTCP(w dns.ResponseWriter, req *dns.Msg) {
-	q, err := req.Pack()
-	if err != nil {
-		return
-	}
-	buf := make([]byte, len(q)+maxExtra)
-	if l := reply(buf, q); l > 0 {
+// serveTCP answers queries over TCP and DNS over TLS with the same code as
+// UDP, and the fault in cur.
+func serveTCP(cur *atomic.Pointer[fault]) dns.HandlerFunc {
+	return func(w dns.ResponseWriter, req *dns.Msg) {
+		f := *cur.Load()
+		q, err := req.Pack()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, len(q)+maxExtra)
+		l := replyRcode(buf, q, f.rcode())
+		if l == 0 || f.mode == "drop" {
+			return
+		}
+		if f.mode == "slow" {
+			time.Sleep(f.delay)
+		}
 		answered.Add(1)
 		w.Write(buf[:l])
 	}
@@ -314,13 +445,18 @@ const (
 	typeOPT  = 41
 	classIN  = 1
 
-	rcodeFormErr = 1
-	rcodeNotImp  = 4
+	rcodeFormErr  = 1
+	rcodeServFail = 2
+	rcodeNotImp   = 4
 )
 
 // reply writes into out (at least len(q)+maxExtra bytes) the answer to the
 // query q and returns its length, or 0 when q gets no answer.
-func reply(out, q []byte) int {
+func reply(out, q []byte) int { return replyRcode(out, q, 0) }
+
+// replyRcode is reply, but a query it would answer gets rcode (when not 0)
+// and no answer record instead.
+func replyRcode(out, q []byte, rcode byte) int {
 	if len(q) < 12 || q[2]&0x80 != 0 { // too short for a header, or a response
 		return 0
 	}
@@ -363,9 +499,9 @@ func reply(out, q []byte) int {
 
 	n := copy(out, q[:qend])
 	out[2] = 0x80 | q[2]&0x01 // QR, opcode QUERY, RD as asked
-	out[3] = 0x80             // RA, NOERROR
+	out[3] = 0x80 | rcode     // RA, NOERROR unless told otherwise
 	var ancount uint16
-	if qclass == classIN && (qtype == typeA || qtype == typeAAAA) {
+	if rcode == 0 && qclass == classIN && (qtype == typeA || qtype == typeAAAA) {
 		ancount = 1
 		n += copy(out[n:], []byte{0xc0, 0x0c}) // the name: a pointer to the question
 		binary.BigEndian.PutUint16(out[n:], qtype)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,10 +24,16 @@ func startStub(t *testing.T, sockets int) string {
 // startStubTLS is startStub with -tls options.
 func startStubTLS(t *testing.T, sockets int, tc tlsConfig) served {
 	t.Helper()
+	return startStubFault(t, sockets, tc, fault{})
+}
+
+// startStubFault is startStubTLS with a -fault.
+func startStubFault(t *testing.T, sockets int, tc tlsConfig, f fault) served {
+	t.Helper()
 	sigs := make(chan os.Signal, 1)
 	ready := make(chan served, 1)
 	done := make(chan error, 1)
-	go func() { done <- run("127.0.0.1:0", sockets, 8, tc, sigs, ready) }()
+	go func() { done <- run("127.0.0.1:0", sockets, 8, tc, f, "", sigs, ready) }()
 	t.Cleanup(func() {
 		sigs <- syscall.SIGTERM
 		select {
@@ -169,13 +176,142 @@ func TestRejects(t *testing.T) {
 }
 
 func TestRefusesNonLoopback(t *testing.T) {
-	err := run("192.0.2.1:53", 1, 1, tlsConfig{}, nil, nil)
+	err := run("192.0.2.1:53", 1, 1, tlsConfig{}, fault{}, "", nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "only loopback") {
 		t.Errorf("got %v, want a refusal", err)
 	}
-	err = run("127.0.0.1:0", 1, 1, tlsConfig{listen: "192.0.2.1:853"}, nil, nil)
+	err = run("127.0.0.1:0", 1, 1, tlsConfig{listen: "192.0.2.1:853"}, fault{}, "", nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "only loopback") {
 		t.Errorf("-tls: got %v, want a refusal", err)
+	}
+}
+
+// TestFaults: with -fault the stub answers late, not at all, or SERVFAIL,
+// over UDP and TCP; a late answer over UDP does not hold up the next query.
+func TestFaults(t *testing.T) {
+	const delay = 300 * time.Millisecond
+	slow := startStubFault(t, 1, tlsConfig{}, fault{mode: "slow", delay: delay}).addr
+	drop := startStubFault(t, 1, tlsConfig{}, fault{mode: "drop"}).addr
+	servfail := startStubFault(t, 1, tlsConfig{}, fault{mode: "servfail"}).addr
+	for _, proto := range []string{"udp", "tcp"} {
+		c := &dns.Client{Net: proto, Timeout: 2 * time.Second}
+		q := new(dns.Msg).SetQuestion("host1.example.com.", dns.TypeA)
+
+		// slow: two queries at once both come back about delay later.
+		var wg sync.WaitGroup
+		rtts := make([]time.Duration, 2)
+		errs := make([]error, 2)
+		for i := range rtts {
+			wg.Go(func() {
+				var r *dns.Msg
+				r, rtts[i], errs[i] = c.Exchange(q.Copy(), slow)
+				if errs[i] == nil && len(r.Answer) != 1 {
+					errs[i] = fmt.Errorf("answer %v", r)
+				}
+			})
+		}
+		wg.Wait()
+		for i := range rtts {
+			if errs[i] != nil {
+				t.Fatalf("%s slow: %v", proto, errs[i])
+			}
+			if rtts[i] < delay || proto == "udp" && rtts[i] > delay+delay/2 {
+				t.Errorf("%s slow: answer after %v, want %v", proto, rtts[i], delay)
+			}
+		}
+
+		// drop: nothing comes back.
+		dc := &dns.Client{Net: proto, Timeout: 300 * time.Millisecond}
+		if r, _, err := dc.Exchange(q.Copy(), drop); err == nil {
+			t.Errorf("%s drop: got an answer %v", proto, r)
+		}
+
+		// servfail: SERVFAIL with the question and no records.
+		r, _, err := c.Exchange(q.Copy(), servfail)
+		if err != nil {
+			t.Fatalf("%s servfail: %v", proto, err)
+		}
+		if r.Rcode != dns.RcodeServerFailure || len(r.Question) != 1 || r.Question[0] != q.Question[0] || len(r.Answer) != 0 {
+			t.Errorf("%s servfail: got %v", proto, r)
+		}
+	}
+}
+
+func TestParseFault(t *testing.T) {
+	good := map[string]fault{
+		"":            {},
+		"\n":          {},
+		"drop\n":      {mode: "drop"},
+		"servfail":    {mode: "servfail"},
+		"slow 1.5s\n": {mode: "slow", delay: 1500 * time.Millisecond},
+	}
+	for in, want := range good {
+		if f, err := parseFault(in); err != nil || f != want {
+			t.Errorf("%q: got %+v, %v; want %+v", in, f, err, want)
+		}
+	}
+	for _, in := range []string{"slow", "slow soon", "slow 0s", "drop 2s", "sometimes"} {
+		if f, err := parseFault(in); err == nil {
+			t.Errorf("%q: got %+v, want an error", in, f)
+		}
+	}
+}
+
+// TestFaultFile: SIGHUP takes the fault from -fault-file without a restart;
+// a file that does not parse leaves the fault as it was.
+func TestFaultFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "fault")
+	// Unbuffered: a send returns once run has taken the signal, so after
+	// SIGHUP and then SIGUSR1 the SIGHUP has been dealt with.
+	sigs := make(chan os.Signal)
+	ready := make(chan served, 1)
+	done := make(chan error, 1)
+	go func() { done <- run("127.0.0.1:0", 1, 8, tlsConfig{}, fault{}, file, sigs, ready) }()
+	var addr string
+	select {
+	case s := <-ready:
+		addr = s.addr
+	case err := <-done:
+		t.Fatal(err)
+	}
+	defer func() {
+		sigs <- syscall.SIGTERM
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	c := &dns.Client{Timeout: 300 * time.Millisecond}
+	rcode := func() int {
+		r, _, err := c.Exchange(new(dns.Msg).SetQuestion("host1.example.com.", dns.TypeA), addr)
+		if err != nil {
+			return -1
+		}
+		return r.Rcode
+	}
+	// set writes the file, sends SIGHUP and checks the rcode.
+	set := func(content string, want int) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sigs <- syscall.SIGHUP
+		sigs <- syscall.SIGUSR1
+		if got := rcode(); got != want {
+			t.Errorf("after %q: rcode %d, want %d", content, got, want)
+		}
+	}
+	set("", dns.RcodeSuccess)
+	set("servfail\n", dns.RcodeServerFailure)
+	set("sometimes\n", dns.RcodeServerFailure) // does not parse: unchanged
+	set("drop\n", -1)
+	set("\n", dns.RcodeSuccess)
+}
+
+func TestFaultCheck(t *testing.T) {
+	for _, f := range []fault{{mode: "sometimes"}, {mode: "slow"}} {
+		if err := run("127.0.0.1:0", 1, 1, tlsConfig{}, f, "", nil, nil); err == nil {
+			t.Errorf("%+v: no error", f)
+		}
 	}
 }
 
