@@ -81,6 +81,8 @@ esac
 # ---------------------------------------------------------------------------
 if [[ -z ${BENCH_INSIDE:-} ]]; then
 	here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+	# shellcheck source=bench/lib.sh
+	source "$here/lib.sh"
 	repo=$(cd "$here/.." && pwd)
 
 	# Step 1: the tools: root, two cores, and Debian's packages.
@@ -177,15 +179,7 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 	# single host names, kept only when `phonehome check` with this config
 	# says sinkhole (protected ones are never sinkholed). Wildcard patterns
 	# are left out: the workload asks for exact names only.
-	"$work/bin/phonehome" endpoints -category telemetry -format tsv |
-		awk -F'\t' 'NR > 1 && $1 !~ /[*]/ && $1 !~ /^[.]/ { print $1 }' >"$work/telemetry.all"
-	# shellcheck disable=SC2046
-	"$work/bin/phonehome" check -config "$work/phonehome.yaml" $(cat "$work/telemetry.all") |
-		awk '/^[^ ].*: sinkhole$/ { sub(/: sinkhole$/, ""); print }' >"$work/sinkholed"
-	if [[ ! -s $work/sinkholed ]]; then
-		echo "bench/load.sh: phonehome sinkholes none of the telemetry names; nothing to compare" >&2
-		exit 1
-	fi
+	sinkholed_names "$work/bin/phonehome" "$work/phonehome.yaml" "$work/sinkholed"
 
 	# The unbound config: the same upstream, one thread, default cache sizes,
 	# iterator only (no DNSSEC validation, as phonehome does none), and the
@@ -244,45 +238,16 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 	awk 'BEGIN { for (i = 1; i <= 100; i++) printf "w%d.warm.example A\n", i }' >"$work/warm.txt"
 	echo "probe.example A" >"$work/probe.txt"
 
-	# Other work on the machine skews every figure: say so when there is some.
-	busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
-	read -r b0 t0 < <(busy)
-	sleep 1
-	read -r b1 t1 < <(busy)
-	if (((b1 - b0) * 100 > (t1 - t0) * 10)); then
-		echo "warning: the machine is $(((b1 - b0) * 100 / (t1 - t0)))% busy before the benchmark starts; figures will be noisy. Busiest processes:" >&2
-		ps -eo pid,pcpu,etime,args --sort=-pcpu | sed -n '2,4p' | cut -c1-150 >&2
-	fi
+	warn_if_busy
 
 	# Step 3: run the rest inside new network and PID namespaces, bounded in
 	# time: four cases of a throughput and a latency run per round, plus
 	# start-up and warm-up.
 	limit=$((ROUNDS * 4 * (DURATION + LAT_DURATION + 20) + 60))
 	echo "running $ROUNDS round(s) of ${DURATION}s throughput + ${LAT_DURATION}s latency runs (at most ${limit}s)..." >&2
-	BENCH_INSIDE=1 BENCH_WORK=$work DURATION=$DURATION LAT_DURATION=$LAT_DURATION LAT_QPS=$LAT_QPS \
-		ROUNDS=$ROUNDS OUTSTANDING=$OUTSTANDING OUT=$OUT NICE=$NICE SERVER_CPU=$SERVER_CPU LOAD_CPU=$LOAD_CPU PROFILE=$PROFILE UPSTREAM=$UPSTREAM HISTORY=$HISTORY \
-		timeout --kill-after=10 "$limit" \
-		unshare --net --pid --fork --kill-child --mount-proc bash "${BASH_SOURCE[0]}" &
-	inner=$!
-	# Interrupted (Ctrl-C, SIGTERM): unshare blocks those signals, and the
-	# first process of a PID namespace ignores them, so stop the namespace
-	# the sure way: SIGKILL to its first process takes every process in it.
-	# shellcheck disable=SC2317 # called by the trap
-	stop_inner() {
-		local t u init
-		read -r -a t <"/proc/$inner/task/$inner/children" || true # unshare
-		for u in "${t[@]}"; do
-			read -r init _ <"/proc/$u/task/$u/children" || true # the namespace's first process
-			[[ -n ${init:-} ]] && kill -KILL "$init" 2>/dev/null
-		done
-		wait "$inner" 2>/dev/null || true
-		echo "bench/load.sh: interrupted" >&2
-		exit 130
-	}
-	trap stop_inner INT TERM
 	rc=0
-	wait "$inner" || rc=$?
-	trap - INT TERM
+	in_namespace "$limit" BENCH_INSIDE=1 "BENCH_WORK=$work" "DURATION=$DURATION" "LAT_DURATION=$LAT_DURATION" "LAT_QPS=$LAT_QPS" \
+		"ROUNDS=$ROUNDS" "OUTSTANDING=$OUTSTANDING" "OUT=$OUT" "NICE=$NICE" "SERVER_CPU=$SERVER_CPU" "LOAD_CPU=$LOAD_CPU" "PROFILE=$PROFILE" "UPSTREAM=$UPSTREAM" "HISTORY=$HISTORY" || rc=$?
 
 	if [[ -n $OUT ]]; then
 		cp -r "$work/runs" "$work/logs" "$work/results.tsv" "$work/hot.txt" "$work/unbound.conf" \

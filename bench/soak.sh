@@ -134,6 +134,8 @@ fi
 # ---------------------------------------------------------------------------
 if [[ -z ${SOAK_INSIDE:-} ]]; then
 	here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+	# shellcheck source=bench/lib.sh
+	source "$here/lib.sh"
 	repo=$(cd "$here/.." && pwd)
 
 	# Step 1: the tools.
@@ -232,57 +234,19 @@ if [[ -z ${SOAK_INSIDE:-} ]]; then
 	# The names phonehome sinkholes, as bench/load.sh finds them: the
 	# catalog's telemetry host names that `phonehome check` says it
 	# sinkholes with this config.
-	"$work/bin/phonehome" endpoints -category telemetry -format tsv |
-		awk -F'\t' 'NR > 1 && $1 !~ /[*]/ && $1 !~ /^[.]/ { print $1 }' >"$work/telemetry.all"
-	# shellcheck disable=SC2046
-	"$work/bin/phonehome" check -config "$work/phonehome.yaml" $(cat "$work/telemetry.all") |
-		awk '/^[^ ].*: sinkhole$/ { sub(/: sinkhole$/, ""); print }' >"$work/sinkholed"
-	if [[ ! -s $work/sinkholed ]]; then
-		echo "bench/soak.sh: phonehome sinkholes none of the telemetry names" >&2
-		exit 1
-	fi
+	sinkholed_names "$work/bin/phonehome" "$work/phonehome.yaml" "$work/sinkholed"
 
-	# Other work on the machine takes CPU from phonehome and dnsperf, and
-	# shows as latency and, at worst, lost queries: say so when there is some.
-	busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 }' /proc/stat; }
-	read -r b0 t0 < <(busy)
-	sleep 1
-	read -r b1 t1 < <(busy)
-	if (((b1 - b0) * 100 > (t1 - t0) * 10)); then
-		echo "warning: the machine is $(((b1 - b0) * 100 / (t1 - t0)))% busy before the soak starts. Busiest processes:" >&2
-		ps -eo pid,pcpu,etime,args --sort=-pcpu | sed -n '2,4p' | cut -c1-150 >&2
-	fi
+	warn_if_busy
 
 	# Step 4: the rest inside new network and PID namespaces, bounded in
 	# time: the phases, the warm-up, the settle time and a minute to spare.
 	limit=$((CYCLES * ${#KINDS[@]} * PHASE + 40 + LOST_AFTER + SETTLE + 60))
 	echo "running $CYCLES cycle(s) of ${#KINDS[@]} phases of ${PHASE}s (at most ${limit}s)..." >&2
-	SOAK_INSIDE=1 SOAK_WORK=$work DURATION=$DURATION PHASE=$PHASE CLIENTS=$CLIENTS RATE=$RATE RATE_LIMIT=$RATE_LIMIT \
-		OVER_RATE=$OVER_RATE LOST_AFTER=$LOST_AFTER SLOW_DELAY=$SLOW_DELAY FLOOD_UDP=$FLOOD_UDP FLOOD_TCP=$FLOOD_TCP \
-		SETTLE=$SETTLE MEM_GROWTH=$MEM_GROWTH GOROUTINE_SLACK=$GOROUTINE_SLACK FD_SLACK=$FD_SLACK \
-		SERVER_CPU=$SERVER_CPU LOAD_CPU=$LOAD_CPU NICE=$NICE HEAP_PROFILE=$HEAP_PROFILE \
-		timeout --kill-after=10 "$limit" setsid -w \
-		unshare --net --pid --fork --kill-child --mount-proc bash "${BASH_SOURCE[0]}" &
-	inner=$!
-	# Interrupted (Ctrl-C, SIGTERM): unshare blocks those signals, and the
-	# first process of a PID namespace ignores them, so stop the namespace
-	# the sure way: SIGKILL to its first process takes every process in it.
-	# shellcheck disable=SC2317 # called by the trap
-	stop_inner() {
-		local t u init
-		read -r -a t <"/proc/$inner/task/$inner/children" || true # unshare
-		for u in "${t[@]}"; do
-			read -r init _ <"/proc/$u/task/$u/children" || true # the namespace's first process
-			[[ -n ${init:-} ]] && kill -KILL "$init" 2>/dev/null
-		done
-		wait "$inner" 2>/dev/null || true
-		echo "bench/soak.sh: interrupted" >&2
-		exit 130
-	}
-	trap stop_inner INT TERM
 	rc=0
-	wait "$inner" || rc=$?
-	trap - INT TERM
+	in_namespace "$limit" SOAK_INSIDE=1 "SOAK_WORK=$work" "DURATION=$DURATION" "PHASE=$PHASE" "CLIENTS=$CLIENTS" "RATE=$RATE" "RATE_LIMIT=$RATE_LIMIT" \
+		"OVER_RATE=$OVER_RATE" "LOST_AFTER=$LOST_AFTER" "SLOW_DELAY=$SLOW_DELAY" "FLOOD_UDP=$FLOOD_UDP" "FLOOD_TCP=$FLOOD_TCP" \
+		"SETTLE=$SETTLE" "MEM_GROWTH=$MEM_GROWTH" "GOROUTINE_SLACK=$GOROUTINE_SLACK" "FD_SLACK=$FD_SLACK" \
+		"SERVER_CPU=$SERVER_CPU" "LOAD_CPU=$LOAD_CPU" "NICE=$NICE" "HEAP_PROFILE=$HEAP_PROFILE" || rc=$?
 
 	# What grew on the heap, start to end (HEAP_PROFILE=1).
 	if [[ -s $work/heap/heap.2 ]]; then
@@ -301,13 +265,13 @@ if [[ -z ${SOAK_INSIDE:-} ]]; then
 	fi
 	case $rc in
 	0) ;;
-	1) echo "bench/soak.sh: FAILED (see the checks above)" >&2 ;;
+	1) echo "bench/soak.sh: FAILED (see above)" >&2 ;;
 	124 | 137) echo "bench/soak.sh: FAILED: the run took longer than ${limit}s and was stopped" >&2 ;;
 	*) echo "bench/soak.sh: FAILED (exit $rc)" >&2 ;;
 	esac
 	if ((rc != 0)); then
-		echo "last lines of phonehome's log:" >&2
-		tail -n 20 "$work/logs/phonehome.log" >&2 2>/dev/null || true
+		echo "last lines of phonehome's log (upstream up/down lines left out):" >&2
+		grep -v 'msg="upstream \(up\|down\)"' "$work/logs/phonehome.log" 2>/dev/null | tail -n 10 >&2 || true
 	fi
 	exit "$rc"
 fi
@@ -400,7 +364,11 @@ stub_fault() {
 	*) echo "${1:-}" ;;
 	esac >"$work/stub.fault"
 	before=$(grep -c '^fault:' "$work/logs/stub.log" || true)
-	kill -HUP "$stub"
+	if ! kill -HUP "$stub" 2>/dev/null; then
+		echo "the stub has exited; its log:" >&2
+		tail -n 5 "$work/logs/stub.log" >&2
+		exit 1
+	fi
 	for _ in $(seq 100); do
 		(($(grep -c '^fault:' "$work/logs/stub.log" || true) > before)) && return 0
 		sleep 0.01
@@ -435,13 +403,24 @@ running() {
 	s=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
 	[[ -n $s && $s != Z ]]
 }
+# alive WHEN: phonehome is still running, or the run fails here, saying
+# how it ended: a crash, or a signal from outside the soak (it logs
+# "shutting down" then; the soak itself sends SIGTERM only at the end).
 alive() {
-	if ! running "$ph"; then
-		echo "FAIL: phonehome exited during the run ($1); the end of its log:" >&2
-		tail -n 30 "$work/logs/phonehome.log" >&2
-		exit 1
+	running "$ph" && return 0
+	local rc=0
+	wait "$ph" 2>/dev/null || rc=$?
+	echo >&2
+	if grep -q 'msg="shutting down"' "$work/logs/phonehome.log"; then
+		echo "FAIL: phonehome was stopped $1 by a signal from outside the soak (exit $rc): $(grep 'msg="shutting down"' "$work/logs/phonehome.log" | tail -n 1)" >&2
+	else
+		echo "FAIL: phonehome exited $1 (exit $rc); the end of its log:" >&2
+		grep -v 'msg="upstream \(up\|down\)"' "$work/logs/phonehome.log" | tail -n 30 >&2
 	fi
+	exit 1
 }
+# signal SIG: send phonehome a signal, or fail as alive does.
+signal() { kill "-$1" "$ph" 2>/dev/null || alive "before SIG$1"; }
 
 # reload J: the J-th reload of a phase. Good (even J) and broken (odd J)
 # files in turn, by SIGHUP (J % 4 == 0 or 3) or the API (1 or 2), so that
@@ -459,7 +438,7 @@ reload() {
 	cp "$work/$file.yaml" "$work/phonehome.yaml.new"
 	mv -f "$work/phonehome.yaml.new" "$work/phonehome.yaml"
 	case $((j % 4)) in
-	0 | 3) kill -HUP "$ph" ;;
+	0 | 3) signal HUP ;;
 	*)
 		code=$(curl -s --max-time 10 -o "$work/logs/api-reload.last" -w '%{http_code}' -X POST \
 			-H 'Content-Type: application/json' "http://127.0.0.1:$HTTP_PORT/api/reload" || true)
@@ -479,7 +458,7 @@ rotations=0 rotations_bad=0 qlog_lines=0
 rotate() {
 	rotations=$((rotations + 1))
 	mv "$work/querylog.json" "$work/querylog.old" 2>/dev/null || true
-	kill -USR1 "$ph"
+	signal USR1
 	for _ in $(seq 50); do
 		[[ -s $work/querylog.json ]] && break
 		sleep 0.02
@@ -573,7 +552,7 @@ resources start 0 "$work/metrics/start"
 # collection), once the levels around it have been taken.
 heap_profile() {
 	[[ $HEAP_PROFILE == 1 ]] || return 0
-	kill -USR2 "$ph"
+	signal USR2
 	for _ in $(seq 100); do
 		[[ -s $work/heap/heap.$1 ]] && return 0
 		sleep 0.05

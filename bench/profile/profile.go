@@ -42,15 +42,16 @@ func init() {
 			fmt.Fprintln(os.Stderr, "bench/profile:", err)
 		}
 		if mem := os.Getenv("PHONEHOME_MEMPROFILE"); mem != "" {
-			if err := writeHeap(mem); err != nil {
+			if err := WriteHeap(mem); err != nil {
 				fmt.Fprintln(os.Stderr, "bench/profile:", err)
 			}
 		}
 	}()
 }
 
-// writeHeap writes a heap profile of what is live after a collection.
-func writeHeap(path string) error {
+// WriteHeap writes a heap profile of what is live after a collection
+// (bench/soak/heapprofile uses it too).
+func WriteHeap(path string) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err

@@ -8,8 +8,8 @@
 // coarse to see a slow leak), and each SIGUSR2 runs a collection and writes
 // a heap profile of what is still live to DIR/heap.1, heap.2 and so on;
 // `go tool pprof -base heap.1 BINARY heap.2` then shows what grew. phonehome
-// itself does not use SIGUSR2, and this package is not used with
-// bench/profile, which does.
+// itself does not use SIGUSR2; bench/profile, whose heap writer this uses,
+// does only when PHONEHOME_CPUPROFILE is set, which bench/soak.sh never sets.
 package heapprofile
 
 import (
@@ -18,8 +18,9 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"syscall"
+
+	"github.com/phonehome/phonehome/bench/profile"
 )
 
 // sampleRate is runtime.MemProfileRate while profiling.
@@ -41,25 +42,11 @@ func serve(dir string, sigs <-chan os.Signal, done chan<- string) {
 	for range sigs {
 		n++
 		path := filepath.Join(dir, fmt.Sprintf("heap.%d", n))
-		if err := write(path); err != nil {
+		if err := profile.WriteHeap(path); err != nil {
 			fmt.Fprintln(os.Stderr, "bench/soak/heapprofile:", err)
 		}
 		if done != nil {
 			done <- path
 		}
 	}
-}
-
-// write writes a heap profile of what is live after a collection.
-func write(path string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	runtime.GC()
-	if err := pprof.WriteHeapProfile(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
