@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"encoding"
 	"errors"
 	"fmt"
@@ -26,11 +27,15 @@ type Unmarshaler interface {
 // was.
 func Decode(file string, data []byte, v any) (*Source, error) {
 	d := &Decoder{src: &Source{File: file, keys: map[string]Pos{}, values: map[string]Pos{}, failed: map[string]bool{}}}
+	// YAML breaks lines at \n, \r\n and a lone \r.
+	d.lines = 1 + bytes.Count(data, []byte("\n")) + bytes.Count(data, []byte("\r")) - bytes.Count(data, []byte("\r\n"))
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		return d.src, Errors{yamlSyntaxError(file, data, err)}
 	}
-	if len(doc.Content) > 0 {
+	// An empty file, or one of comments or a lone "---", is a config of
+	// defaults.
+	if len(doc.Content) > 0 && doc.Content[0].ShortTag() != "!!null" {
 		d.Decode(doc.Content[0], v, "")
 	}
 	d.report.src = d.src
@@ -41,20 +46,32 @@ func Decode(file string, data []byte, v any) (*Source, error) {
 type Decoder struct {
 	src    *Source
 	report Report
+	lines  int // in the file
+}
+
+// pos is where n was written. An empty value at the very end of the file
+// ("---", "key:") is placed by the YAML parser on the line after the
+// last; it is reported at the end of the last line instead.
+func (d *Decoder) pos(n *yaml.Node) Pos {
+	if n.Line > d.lines {
+		return Pos{d.lines, 1}
+	}
+	return Pos{n.Line, n.Column}
 }
 
 // Errorf reports a problem at node n.
 func (d *Decoder) Errorf(n *yaml.Node, format string, args ...any) {
-	d.report.errs = append(d.report.errs, Error{File: d.src.File, Line: n.Line, Col: n.Column, Msg: fmt.Sprintf(format, args...)})
+	p := d.pos(n)
+	d.report.errs = append(d.report.errs, Error{File: d.src.File, Line: p.Line, Col: p.Col, Msg: fmt.Sprintf(format, args...)})
 }
 
 func (d *Decoder) errors() int { return len(d.report.errs) }
 
 // MarkKey records where the key at path was written.
-func (d *Decoder) MarkKey(path string, k *yaml.Node) { d.src.keys[path] = Pos{k.Line, k.Column} }
+func (d *Decoder) MarkKey(path string, k *yaml.Node) { d.src.keys[path] = d.pos(k) }
 
 // MarkValue records where the value at path was written.
-func (d *Decoder) MarkValue(path string, n *yaml.Node) { d.src.values[path] = Pos{n.Line, n.Column} }
+func (d *Decoder) MarkValue(path string, n *yaml.Node) { d.src.values[path] = d.pos(n) }
 
 // Decode reads n into v (a pointer) at path.
 func (d *Decoder) Decode(n *yaml.Node, v any, path string) {
