@@ -1,10 +1,16 @@
 package resolver
 
 import (
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +31,10 @@ type Config struct {
 	Sinkhole  SinkholeConfig `yaml:"sinkhole"`
 	Cache     CacheConfig    `yaml:"cache"`
 	CNAME     CNAMEConfig    `yaml:"cname"`
+	// UpstreamTLSCA is a PEM file of CA certificates that tls:// and
+	// https:// upstreams' certificates may also chain to, besides the
+	// system's roots: a private resolver's CA.
+	UpstreamTLSCA string `yaml:"upstream_tls_ca"`
 	// Canary answers Firefox's use-application-dns.net with NXDOMAIN, so
 	// that Firefox keeps using the network's resolver instead of its own
 	// DNS over HTTPS (default true).
@@ -173,6 +183,9 @@ func (c *Config) Check(r *config.Report) {
 			r.Value(fmt.Sprintf("upstreams[%d]", i), "upstreams: %v", err)
 		}
 	}
+	if i, err := checkLookup(c.Upstreams); err != nil {
+		r.Value(fmt.Sprintf("upstreams[%d]", i), "upstreams: %v", err)
+	}
 	if err := checkLoop(c.listen(), c.Upstreams); err != nil {
 		r.Key("upstreams", "%v", err)
 	}
@@ -219,15 +232,31 @@ func (c *Config) upstreamNames(resolvConf string) ([]string, error) {
 // UpstreamAddr is an upstream as written, read: the one reading of the
 // syntax, which the config check and the forwarder share.
 type UpstreamAddr struct {
-	Scheme     string // "udp", "tcp" or "tls"
-	Addr       string // IP:port
-	ServerName string // tls:// only: after '#', else the address's host
+	Scheme string // "udp", "tcp", "tls" or "https"
+	// Addr is the IP:port to connect to. For https:// it is the #address,
+	// or the URL's host when that is an IP address, else "": the host is
+	// a name, looked up through the other upstreams.
+	Addr string
+	// ServerName is the name the certificate is checked against: for
+	// tls://, after '#', else the address's host; for https://, the URL's
+	// host.
+	ServerName string
+	URL        string // https:// only: the URL without #address, its path /dns-query when none was written
 }
+
+// LookedUp reports whether the upstream's address is found by looking its
+// host name up through the other upstreams: an https:// URL whose host is a
+// name, with no #address.
+func (a UpstreamAddr) LookedUp() bool { return a.Scheme == "https" && a.Addr == "" }
 
 // ParseUpstreamAddr reads an upstream as written: "host:port" (UDP, with
 // TCP when an answer is truncated), "udp://host:port", "tcp://host:port",
-// or "tls://host:port#servername" for DNS over TLS. The host is an IP
-// address: phonehome resolves no names to reach its upstreams.
+// "tls://host:port#servername" for DNS over TLS, or
+// "https://host[:port][/path]#address" for DNS over HTTPS (RFC 8484; path
+// /dns-query when none is written). The host of the first four is an IP
+// address: phonehome resolves no names to reach its upstreams, except the
+// host of an https:// URL with no #address, which it looks up once through
+// the other upstreams.
 func ParseUpstreamAddr(u string) (UpstreamAddr, error) {
 	a := UpstreamAddr{Scheme: "udp", Addr: u}
 	if s, r, ok := strings.Cut(u, "://"); ok {
@@ -240,8 +269,12 @@ func ParseUpstreamAddr(u string) (UpstreamAddr, error) {
 		}
 	case "tls":
 		a.Addr, a.ServerName, _ = strings.Cut(a.Addr, "#")
+	case "https":
+		return parseDoHAddr(u)
+	case "http":
+		return UpstreamAddr{}, fmt.Errorf("%q: DNS over plain HTTP is not supported: write https://", u)
 	default:
-		return UpstreamAddr{}, fmt.Errorf("%q: unknown scheme %q (valid: host:port, tcp://host:port, tls://host:port#servername)", u, a.Scheme)
+		return UpstreamAddr{}, fmt.Errorf("%q: unknown scheme %q (valid: host:port, tcp://host:port, tls://host:port#servername, https://host/path#address)", u, a.Scheme)
 	}
 	if err := config.CheckHostPort(a.Addr); err != nil {
 		return UpstreamAddr{}, fmt.Errorf("upstream %v", err)
@@ -250,6 +283,141 @@ func ParseUpstreamAddr(u string) (UpstreamAddr, error) {
 		a.ServerName, _, _ = net.SplitHostPort(a.Addr)
 	}
 	return a, nil
+}
+
+// dohPath is the path of a DNS-over-HTTPS URL written without one: the
+// path RFC 8484's examples and nearly every public resolver use.
+const dohPath = "/dns-query"
+
+// parseDoHAddr reads "https://host[:port][/path][?query][#address]".
+func parseDoHAddr(u string) (UpstreamAddr, error) {
+	const example = "https://dns.quad9.net/dns-query#9.9.9.9"
+	rest, at, hasAt := strings.Cut(u, "#")
+	// Resolvers publish a URI template for GET (RFC 8484, section 4.1);
+	// phonehome sends POST, to the URL without the variable.
+	rest = strings.TrimSuffix(rest, "{?dns}")
+	p, err := url.Parse(rest)
+	if err != nil {
+		return UpstreamAddr{}, fmt.Errorf("%q is not a URL (like %s): %v", u, example, errors.Unwrap(err))
+	}
+	switch {
+	case p.User != nil:
+		return UpstreamAddr{}, fmt.Errorf("%q: a user name or password in a DNS-over-HTTPS URL is not supported", u)
+	case p.Hostname() == "":
+		return UpstreamAddr{}, fmt.Errorf("%q: no host (like %s)", u, example)
+	case strings.ContainsAny(p.Path, "{}"):
+		return UpstreamAddr{}, fmt.Errorf("%q: a URI template other than {?dns} at the end is not supported", u)
+	}
+	host, port := p.Hostname(), p.Port()
+	if port == "" {
+		port = "443"
+	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return UpstreamAddr{}, fmt.Errorf("%q: %q is not a port", u, port)
+	}
+	a := UpstreamAddr{Scheme: "https", ServerName: host}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		a.Addr = netip.AddrPortFrom(ip, mustPort(port)).String()
+	} else if err := checkHostName(host); err != nil {
+		return UpstreamAddr{}, fmt.Errorf("%q: %v", u, err)
+	}
+	if hasAt {
+		if a.Addr, err = dialAddr(at, port); err != nil {
+			return UpstreamAddr{}, fmt.Errorf("%q: %v", u, err)
+		}
+	}
+	if p.Path == "" {
+		p.Path = dohPath
+	}
+	p.Fragment, p.RawFragment = "", ""
+	a.URL = p.String()
+	return a, nil
+}
+
+// dialAddr reads the #address of a DoH URL: an IP address, with a port or
+// without (then the URL's).
+func dialAddr(s, port string) (string, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil && ap.Port() != 0 {
+		return ap.String(), nil
+	}
+	if ip, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")); err == nil {
+		return netip.AddrPortFrom(ip, mustPort(port)).String(), nil
+	}
+	return "", fmt.Errorf("#%s is not an IP address: after '#' goes the server's address, with or without a port (#9.9.9.9, #9.9.9.9:443, #[2620:fe::fe]:443)", s)
+}
+
+// mustPort is a port number already checked.
+func mustPort(s string) uint16 {
+	n, _ := strconv.Atoi(s)
+	return uint16(n)
+}
+
+// checkHostName accepts a DNS host name: letters, digits, hyphens and
+// underscores between dots, at most 63 bytes a label and 253 in all.
+func checkHostName(s string) error {
+	name := strings.TrimSuffix(s, ".")
+	ok := name != "" && len(name) <= 253
+	for _, l := range strings.Split(name, ".") {
+		ok = ok && l != "" && len(l) <= 63 && l[0] != '-' && l[len(l)-1] != '-' &&
+			strings.IndexFunc(l, func(c rune) bool {
+				return !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_')
+			}) < 0
+	}
+	if !ok {
+		return fmt.Errorf("%q is not a host name or an IP address", s)
+	}
+	return nil
+}
+
+// checkLookup refuses an https:// upstream whose host must be looked up
+// (a name, no #address) when no other upstream can look it up: one that is
+// not itself looked up. It returns the index of the first such upstream.
+func checkLookup(upstreams []string) (int, error) {
+	first, helper := -1, false
+	for i, u := range upstreams {
+		a, err := ParseUpstreamAddr(u)
+		switch {
+		case err != nil:
+		case a.LookedUp():
+			if first < 0 {
+				first = i
+			}
+		default:
+			helper = true
+		}
+	}
+	if first < 0 || helper {
+		return 0, nil
+	}
+	a, _ := ParseUpstreamAddr(upstreams[first])
+	return first, fmt.Errorf("%s: the host %s is a name, and no other upstream can look it up; write its IP address after '#' (%s#ADDRESS), or add an upstream that needs no lookup (host:port, tcp://, tls://, or https:// with #address) before or after it",
+		upstreams[first], a.ServerName, a.URL)
+}
+
+// upstreamRoots returns what tls:// and https:// upstreams verify
+// certificates with: nil (the system's roots) without upstream_tls_ca, else
+// the system's roots and the file's certificates, with a digest of the
+// file: a reload keeps such an upstream, with its connections, only while
+// the file is unchanged.
+func (c *Config) upstreamRoots() (*x509.CertPool, [sha256.Size]byte, error) {
+	if c.UpstreamTLSCA == "" {
+		return nil, [sha256.Size]byte{}, nil
+	}
+	path := c.Source.Resolve(c.UpstreamTLSCA)
+	r := config.NewReport(c.Source)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		r.Value("upstream_tls_ca", "upstream_tls_ca: %v", err)
+		return nil, [sha256.Size]byte{}, r.Err()
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool() // no system roots: the file's alone
+	}
+	if !pool.AppendCertsFromPEM(b) {
+		r.Value("upstream_tls_ca", "upstream_tls_ca: %s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path)
+		return nil, [sha256.Size]byte{}, r.Err()
+	}
+	return pool, sha256.Sum256(b), nil
 }
 
 // checkLoop refuses an upstream that is one of phonehome's own listen
@@ -263,7 +431,7 @@ func checkLoop(listen, upstreams []string) error {
 		la, _ := netip.ParseAddr(lh)
 		for _, u := range upstreams {
 			pu, err := ParseUpstreamAddr(u)
-			if err != nil || pu.Scheme == "tls" {
+			if err != nil || pu.Scheme == "tls" || pu.Scheme == "https" {
 				continue
 			}
 			uh, up, _ := net.SplitHostPort(pu.Addr)

@@ -210,7 +210,7 @@ func (p *connPool) dial(ctx context.Context, deadline time.Time) (*dns.Conn, err
 	c := &dns.Client{Net: p.network, TLSConfig: p.tls, Dialer: &net.Dialer{Deadline: deadline}}
 	conn, err := c.DialContext(ctx, p.addr)
 	if err != nil {
-		return nil, fmt.Errorf("connecting: %w", err)
+		return nil, fmt.Errorf("connecting: %w", certHint(err))
 	}
 	// Answers are read through a buffer: a length and its message, often
 	// several answers, in one read.

@@ -52,6 +52,20 @@ type errNoUpstream struct {
 
 func (e *errNoUpstream) Error() string { return "every upstream failed: " + e.last.Error() }
 
+// reason is the metrics' word for the failure: timeout, protocol (the
+// upstream answered, but not with a DNS answer to the query: an HTTP
+// error, say) or network.
+func (e *errNoUpstream) reason() string {
+	var pe protocolError
+	switch {
+	case e.timeout:
+		return "timeout"
+	case errors.As(e.last, &pe):
+		return "protocol"
+	}
+	return "network"
+}
+
 // NewForwarder makes a forwarder with the usual bounds: 2 s per try, 5 s in
 // all, 30 s of backoff, at most max queries waiting.
 func NewForwarder(ups []*Upstream, max int, log *slog.Logger) *Forwarder {
@@ -59,11 +73,13 @@ func NewForwarder(ups []*Upstream, max int, log *slog.Logger) *Forwarder {
 	for _, u := range ups {
 		u.refs.Add(1)
 	}
-	return &Forwarder{
+	f := &Forwarder{
 		Upstreams: ups, TryTimeout: 2 * time.Second, Timeout: 5 * time.Second, Backoff: 30 * time.Second,
 		Log: log, inflight: make(chan struct{}, max), pending: map[string]*call{},
 		ctx: ctx, stop: stop,
 	}
+	f.lookups()
+	return f
 }
 
 // Forward answers q from the upstreams. key identifies identical queries.
@@ -91,7 +107,7 @@ func (f *Forwarder) Forward(ctx context.Context, key string, q *dns.Msg) (*dns.M
 	f.pending[key] = c
 	f.mu.Unlock()
 
-	c.r, c.err = f.try(ctx, q)
+	c.r, c.err = f.try(ctx, q, f.Upstreams)
 
 	f.mu.Lock()
 	delete(f.pending, key)
@@ -104,19 +120,20 @@ func (f *Forwarder) Forward(ctx context.Context, key string, q *dns.Msg) (*dns.M
 	return c.r.Copy(), nil
 }
 
-// try asks each usable upstream in turn; when all are backing off it asks
-// them all anyway, since a stale backoff is better than no answer.
-func (f *Forwarder) try(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+// try asks each usable upstream of ups (the forwarder's, or those a DoH
+// upstream's host is looked up through) in turn; when all are backing off
+// it asks them all anyway, since a stale backoff is better than no answer.
+func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.Msg, error) {
 	now := time.Now()
 	deadline := now.Add(f.Timeout)
-	order := make([]*Upstream, 0, len(f.Upstreams))
-	for _, u := range f.Upstreams {
+	order := make([]*Upstream, 0, len(ups))
+	for _, u := range ups {
 		if u.healthy(now) {
 			order = append(order, u)
 		}
 	}
 	if len(order) == 0 {
-		order = f.Upstreams
+		order = ups
 	}
 	last := &errNoUpstream{last: errors.New("no upstreams")}
 	for _, u := range order {
@@ -148,7 +165,7 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 		}
 		var ne net.Error
 		last = &errNoUpstream{timeout: errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout(), last: err}
-		u.metrics.upstreamFailed(u, last.timeout)
+		u.metrics.upstreamFailed(u, last.reason())
 		f.markDown(u, err)
 		if !time.Now().Before(deadline) {
 			break

@@ -76,7 +76,7 @@ func newMetrics(reg prometheus.Registerer, version string, h *Handler, tcp *tcpG
 		upstreamReqs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_upstream_requests_total",
 			Help: "Answers received from each upstream, by rcode."}, []string{labelUpstream, labelRcode}),
 		upstreamErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_upstream_errors_total",
-			Help: "Upstream exchanges that failed, by reason (timeout, network)."}, []string{labelUpstream, labelReason}),
+			Help: "Upstream exchanges that failed, by reason (timeout, protocol: an answer that is not a DNS answer to the query, such as an HTTP error, network)."}, []string{labelUpstream, labelReason}),
 		upstreamDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "phonehome_upstream_duration_seconds",
 			Help: "Time for an upstream to answer.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{labelUpstream}),
 		upstreamHealthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "phonehome_upstream_healthy",
@@ -207,13 +207,11 @@ func (m *Metrics) upstreamAnswered(u *Upstream, r *dns.Msg, took time.Duration) 
 	m.upstreamDur.WithLabelValues(u.Name).Observe(took.Seconds())
 }
 
-func (m *Metrics) upstreamFailed(u *Upstream, timeout bool) {
+// upstreamFailed counts a failed exchange by reason: timeout, protocol or
+// network (errNoUpstream.reason).
+func (m *Metrics) upstreamFailed(u *Upstream, reason string) {
 	if m == nil {
 		return
-	}
-	reason := "network"
-	if timeout {
-		reason = "timeout"
 	}
 	m.upstreamErrs.WithLabelValues(u.Name, reason).Inc()
 }

@@ -38,8 +38,13 @@ func newState(cfg *Config, prev *State, opts *Options) (*State, []string, error)
 	if err := checkLoop(cfg.Listen, names); err != nil {
 		return nil, warns, err
 	}
+	roots, ca, err := cfg.upstreamRoots()
+	if err != nil {
+		return nil, warns, err
+	}
 	// An upstream the running state has already keeps its health and its
-	// open connections.
+	// open connections, unless it verifies certificates and
+	// upstream_tls_ca changed.
 	kept := map[string]*Upstream{}
 	if prev != nil {
 		for _, u := range prev.Forwarder.Upstreams {
@@ -49,10 +54,14 @@ func newState(cfg *Config, prev *State, opts *Options) (*State, []string, error)
 	var ups []*Upstream
 	for _, n := range names {
 		u, ok := kept[n]
+		if ok && u.verifies() && u.ca != ca {
+			ok = false
+		}
 		if !ok {
-			if u, err = ParseUpstream(n); err != nil {
+			if u, err = parseUpstream(n, roots); err != nil {
 				return nil, warns, err
 			}
+			u.ca = ca
 		}
 		ups = append(ups, u)
 	}

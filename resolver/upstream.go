@@ -2,7 +2,9 @@ package resolver
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -14,15 +16,20 @@ import (
 
 // Upstream is one resolver phonehome forwards to. Plain upstreams are asked
 // over UDP from a pool of sockets and again over TCP when the answer is
-// truncated; tcp:// and tls:// upstreams are asked over TCP or DNS over TLS.
-// TCP and TLS connections are kept open and shared by queries (conn.go).
+// truncated; tcp:// and tls:// upstreams are asked over TCP or DNS over TLS,
+// https:// ones over DNS over HTTPS. TCP and TLS connections are kept open
+// and shared by queries (conn.go), and so are HTTPS ones (doh.go).
 type Upstream struct {
 	Name  string // as written in the config
 	addr  string
-	net   string // "udp", "tcp" or "tcp-tls"
+	net   string // "udp", "tcp", "tcp-tls" or "https"
 	tls   *tls.Config
-	pool  *udpPool  // plain upstreams
-	conns *connPool // TCP or TLS: all of a tcp:// or tls:// upstream's queries, a plain one's truncated answers
+	pool  *udpPool   // plain upstreams
+	conns *connPool  // TCP or TLS: all of a tcp:// or tls:// upstream's queries, a plain one's truncated answers
+	doh   *dohClient // https:// upstreams
+	// ca is the digest of the upstream_tls_ca file the certificates of a
+	// tls:// or https:// upstream are verified with (zero without one).
+	ca [sha256.Size]byte
 
 	metrics *Metrics // set by Metrics.SetState
 
@@ -34,8 +41,14 @@ type Upstream struct {
 }
 
 // ParseUpstream makes an upstream of one written as ParseUpstreamAddr
-// reads them: "host:port", "tcp://host:port" or "tls://host:port#servername".
-func ParseUpstream(s string) (*Upstream, error) {
+// reads them: "host:port", "tcp://host:port", "tls://host:port#servername"
+// or "https://host/path#address", verifying certificates against the
+// system's roots.
+func ParseUpstream(s string) (*Upstream, error) { return parseUpstream(s, nil) }
+
+// parseUpstream is ParseUpstream with the roots that tls:// and https://
+// upstreams verify certificates with (nil: the system's).
+func parseUpstream(s string, roots *x509.CertPool) (*Upstream, error) {
 	a, err := ParseUpstreamAddr(s)
 	if err != nil {
 		return nil, err
@@ -48,7 +61,11 @@ func ParseUpstream(s string) (*Upstream, error) {
 		u.net = "tcp-tls"
 		// A session cache: a connection reopened after an idle close
 		// resumes the TLS session instead of a full handshake.
-		u.tls = &tls.Config{ServerName: a.ServerName, MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(poolConns)}
+		u.tls = &tls.Config{ServerName: a.ServerName, RootCAs: roots, MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(poolConns)}
+	case "https":
+		u.net = "https"
+		u.doh = newDoHClient(a, roots)
+		return u, nil
 	}
 	if u.net == "udp" {
 		u.pool = newUDPPool(u.addr)
@@ -58,6 +75,10 @@ func ParseUpstream(s string) (*Upstream, error) {
 	}
 	return u, nil
 }
+
+// verifies reports whether the upstream checks a certificate, so that a
+// changed upstream_tls_ca makes it anew.
+func (u *Upstream) verifies() bool { return u.tls != nil || u.doh != nil }
 
 // healthy reports whether the upstream may be asked now.
 func (u *Upstream) healthy(now time.Time) bool {
@@ -74,12 +95,12 @@ func (u *Upstream) exchange(ctx context.Context, deadline time.Time, q *dns.Msg)
 		}
 		// Truncated: ask again over TCP, on the plain upstream's own
 		// pooled connections (rarely more than one).
+	} else if u.doh != nil {
+		return u.doh.exchange(ctx, deadline, q)
 	}
 	return u.conns.exchange(ctx, deadline, q)
 }
 
-// close closes the upstream's sockets and connections; the readers of its
-// TCP and TLS connections have returned when it returns.
 // release drops one forwarder's hold on u, and closes its sockets and
 // connections when no forwarder holds it: a reload hands an unchanged
 // upstream, with its health and open connections, to the new forwarder.
@@ -89,11 +110,18 @@ func (u *Upstream) release() {
 	}
 }
 
+// close closes the upstream's sockets and connections; the readers of its
+// TCP and TLS connections have returned when it returns.
 func (u *Upstream) close() {
 	if u.pool != nil {
 		u.pool.close()
 	}
-	u.conns.close()
+	if u.conns != nil {
+		u.conns.close()
+	}
+	if u.doh != nil {
+		u.doh.close()
+	}
 }
 
 // sameQuestion reports whether r answers q: same ID and the same question,

@@ -46,7 +46,7 @@ func TestUpstreamTransports(t *testing.T) {
 	if r, err := u.exchange(ctx, time.Now().Add(5*time.Second), q.Copy()); err != nil || len(r.Answer) != 1 || plain.QueriesTCP() != 1 {
 		t.Errorf("tcp://: %v %v", r, err)
 	}
-	for _, bad := range []string{"https://1.1.1.1:443", "1.1.1.1"} {
+	for _, bad := range []string{"http://1.1.1.1/dns-query", "1.1.1.1"} {
 		if _, err := ParseUpstream(bad); err == nil {
 			t.Errorf("%s accepted", bad)
 		}
@@ -176,7 +176,8 @@ func TestUDPReusedIDs(t *testing.T) {
 // config check's own syntax, so validate and serve cannot disagree.
 func TestParseUpstreamAgreesWithConfig(t *testing.T) {
 	for _, s := range []string{"127.0.0.1:53", "udp://127.0.0.1:53", "tcp://[::1]:53", "tls://127.0.0.1:853#dns.example", "tls://127.0.0.1:853",
-		"tcp://127.0.0.1:53#name", "dns.example:53", "quic://127.0.0.1:853", "127.0.0.1", "tls://127.0.0.1:99999"} {
+		"tcp://127.0.0.1:53#name", "dns.example:53", "quic://127.0.0.1:853", "127.0.0.1", "tls://127.0.0.1:99999",
+		"https://dns.example/dns-query#192.0.2.1", "https://192.0.2.1", "http://dns.example/dns-query", "https://dns.example/#name"} {
 		_, perr := ParseUpstream(s)
 		r := config.NewReport(nil)
 		(&Config{Upstreams: []string{s}}).Check(r)

@@ -82,7 +82,7 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 	var o serveOptions
 	fs.StringVar(&o.config, "config", "", "config file (default: the built-in defaults)")
 	fs.Var(&o.listen, "listen", "address to listen on over UDP and TCP, repeatable (default 127.0.0.1:5300 and [::1]:5300)")
-	fs.Var(&o.upstreams, "upstream", "upstream resolver: host:port, tcp://host:port or tls://host:port#name; repeatable (default: /etc/resolv.conf)")
+	fs.Var(&o.upstreams, "upstream", "upstream resolver: host:port, tcp://host:port, tls://host:port#name or https://host/path#address; repeatable (default: /etc/resolv.conf)")
 	fs.Func("http", "address for metrics, the web page and the API; \"\" turns it off (default "+web.DefaultHTTP+")", func(s string) error {
 		o.http, o.httpSet = s, true
 		return nil

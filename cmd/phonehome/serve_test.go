@@ -219,7 +219,8 @@ func TestServeRefusesToStart(t *testing.T) {
 	}{
 		{[]string{"-listen", "127.0.0.1:5397", "-upstream", "127.0.0.1:5397"}, "queries would loop"},
 		{[]string{"-config", bad, "-upstream", "127.0.0.1:5399"}, bad + ":1:15: cache.size"},
-		{[]string{"-upstream", "https://x:1"}, "unknown scheme"},
+		{[]string{"-upstream", "quic://x:1"}, "unknown scheme"},
+		{[]string{"-upstream", "https://x:1"}, "no other upstream can look it up"},
 	} {
 		var logs syncBuffer
 		if code := serve(c.args, &logs, nil, nil); code != 1 || !strings.Contains(logs.String(), c.want) {

@@ -86,8 +86,9 @@ func (f *File) setDefaults() {
 	f.History.SetDefaults()
 }
 
-// Files are the config file and the documents and list files it names,
-// relative paths made relative to the file: what watch_config watches.
+// Files are the config file and the documents, list files and upstream CA
+// file it names, relative paths made relative to the file: what
+// watch_config watches.
 // A config built in code has none.
 func (f *File) Files() []string {
 	if f.Source.FileName() == "" {
@@ -102,6 +103,7 @@ func (f *File) Files() []string {
 	for _, d := range f.Policy.Catalog.Docs {
 		add(d)
 	}
+	add(f.UpstreamTLSCA)
 	for _, g := range append([]policy.GroupConfig{f.Policy.Rules.Default}, f.Policy.Rules.Groups...) {
 		for _, l := range g.Lists {
 			add(l.File)

@@ -40,7 +40,7 @@ func TestConfigDefaults(t *testing.T) {
 // TestConfigErrors: every error path, with the exact message a user sees.
 func TestConfigErrors(t *testing.T) {
 	for _, c := range []struct{ text, want string }{
-		{"lisen: [\":53\"]\n", `p.yaml:1:1: unknown key "lisen" in the top level (valid: access, cache, canary, catalog, cname, history, http, http_hosts, http_token, listen, policy, querylog, sinkhole, upstreams, watch_config)`},
+		{"lisen: [\":53\"]\n", `p.yaml:1:1: unknown key "lisen" in the top level (valid: access, cache, canary, catalog, cname, history, http, http_hosts, http_token, listen, policy, querylog, sinkhole, upstream_tls_ca, upstreams, watch_config)`},
 		{"cache:\n  sise: 10\n", `p.yaml:2:3: unknown key "sise" in cache (valid: max_ttl, min_ttl, size)`},
 		{"cache: {size: lots}\n", "p.yaml:1:15: cache.size: cannot unmarshal !!str `lots` into int"},
 		{"cache: {max_ttl: forever}\n", "p.yaml:1:18: cache.max_ttl: cannot unmarshal !!str `forever` into time.Duration"},
@@ -75,7 +75,9 @@ func TestConfigErrors(t *testing.T) {
 		{"listen: [[::1]:53]\n", `p.yaml:1: not valid YAML: did not find expected node content; quote an IPv6 address in a [ ] list: "[::1]:53"`},
 		{"listen: [\":53\", \"localhost:53\"]\n", `p.yaml:1:17: listen: "localhost:53": "localhost" is not an IP address`},
 		{"upstreams:\n  - 192.168.1.1\n", `p.yaml:2:5: upstreams: upstream "192.168.1.1" is not host:port (like 127.0.0.1:53 or [::1]:53)`},
-		{"upstreams: [\"https://1.1.1.1:443\"]\n", `p.yaml:1:13: upstreams: "https://1.1.1.1:443": unknown scheme "https" (valid: host:port, tcp://host:port, tls://host:port#servername)`},
+		{"upstreams: [\"quic://1.1.1.1:853\"]\n", `p.yaml:1:13: upstreams: "quic://1.1.1.1:853": unknown scheme "quic" (valid: host:port, tcp://host:port, tls://host:port#servername, https://host/path#address)`},
+		{"upstreams: [\"http://1.1.1.1/dns-query\"]\n", `p.yaml:1:13: upstreams: "http://1.1.1.1/dns-query": DNS over plain HTTP is not supported: write https://`},
+		{"upstreams:\n  - https://dns.quad9.net/dns-query\n", `p.yaml:2:5: upstreams: https://dns.quad9.net/dns-query: the host dns.quad9.net is a name, and no other upstream can look it up; write its IP address after '#' (https://dns.quad9.net/dns-query#ADDRESS), or add an upstream that needs no lookup (host:port, tcp://, tls://, or https:// with #address) before or after it`},
 		{"http: 8053\n", `p.yaml:1:1: http: "8053" is not host:port (like 127.0.0.1:53 or [::1]:53)`},
 		{"cache: {size: 1, size: 2}\n", `p.yaml:1:18: cache: key "size" given twice`},
 	} {
@@ -96,7 +98,7 @@ func TestConfigErrorsAll(t *testing.T) {
 	// A group without clients is reported beside an earlier error; one whose
 	// only client is bad is reported once, at the client.
 	_, err = Parse("p.yaml", []byte("lisen: x\npolicy:\n  groups:\n    - {name: a, clients: []}\n    - {name: b, clients: [10.0.0.300]}\n"))
-	want := "p.yaml:1:1: unknown key \"lisen\" in the top level (valid: access, cache, canary, catalog, cname, history, http, http_hosts, http_token, listen, policy, querylog, sinkhole, upstreams, watch_config)\n" +
+	want := "p.yaml:1:1: unknown key \"lisen\" in the top level (valid: access, cache, canary, catalog, cname, history, http, http_hosts, http_token, listen, policy, querylog, sinkhole, upstream_tls_ca, upstreams, watch_config)\n" +
 		"p.yaml:4:7: group \"a\" has no clients\n" +
 		"p.yaml:5:27: policy.groups[1].clients: bad client address \"10.0.0.300\": want an address or CIDR such as 192.168.1.0/24"
 	if err == nil || !sameLines(err.Error(), want) {

@@ -6,8 +6,8 @@ import (
 )
 
 // TestWatchConfig: watch_config is off by default, read at start only,
-// and the files it watches are the config file and the documents and
-// lists it names, relative to the file.
+// and the files it watches are the config file and the documents, lists
+// and upstream CA file it names, relative to the file.
 func TestWatchConfig(t *testing.T) {
 	parse := func(text string) *File {
 		t.Helper()
@@ -25,13 +25,14 @@ func TestWatchConfig(t *testing.T) {
 		t.Errorf("turning watch_config on: restart needed for %v; StartOnly %v", got, StartOnly)
 	}
 	f := parse(`catalog: {docs: [docs/extra.md, /srv/more.md]}
+upstream_tls_ca: ca.pem
 policy:
   default:
     lists: [{category: ads, file: ads.txt}, {category: ads, patterns: [x.example]}]
   groups:
     - {name: kids, clients: [10.0.0.1], lists: [{category: ads, file: ads.txt}, {category: games, file: /srv/lists/games.txt}]}
 `)
-	want := []string{"/etc/phonehome/p.yaml", "/etc/phonehome/docs/extra.md", "/srv/more.md", "/etc/phonehome/ads.txt", "/srv/lists/games.txt"}
+	want := []string{"/etc/phonehome/p.yaml", "/etc/phonehome/docs/extra.md", "/srv/more.md", "/etc/phonehome/ca.pem", "/etc/phonehome/ads.txt", "/srv/lists/games.txt"}
 	if got := f.Files(); !slices.Equal(got, want) {
 		t.Errorf("files:\n got  %v\n want %v", got, want)
 	}

@@ -67,3 +67,7 @@ func NewCert(names ...string) (*Cert, error) {
 		PEM:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 	}, nil
 }
+
+// Cert returns the certificate of an Upstream started WithTLS, whose PEM
+// is a CA file that trusts it; nil without TLS.
+func (u *Upstream) Cert() *Cert { return u.cert }
