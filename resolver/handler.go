@@ -65,6 +65,10 @@ type Handler struct {
 type Pause struct {
 	Until      time.Time
 	Categories []string // none: every category
+	// Reason is what the person who paused said, if anything; By is the
+	// instance that set a fleet-wide pause ("" for one set here alone).
+	// Neither changes a decision.
+	Reason, By string
 }
 
 // State returns the state in use.

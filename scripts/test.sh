@@ -7,20 +7,26 @@
 # the files in deploy/.
 #
 # knot is the authoritative server the resolver's answers are compared
-# through, beside unbound's. Three are daemons Debian would start and
-# enable at once: unbound and knot (which would then hold port 53) and
-# prometheus. The tests start what they need themselves, on loopback ports
+# through, beside unbound's; postgresql gives the fleet tests a throwaway
+# server each. Four are daemons Debian would start and enable at once:
+# unbound and knot (which would then hold port 53), prometheus and
+# postgresql. The tests start what they need themselves, on loopback ports
 # of their own, so while installing, a policy-rc.d forbids starting any
 # service, and the services of packages this script installed are disabled
 # after (a package that was already installed is left as it was).
 #
-# Last, each fuzzer runs for FUZZTIME (20s): the document parser, the
+# Then each fuzzer runs for FUZZTIME (20s): the document parser, the
 # packet path, the host-name rule, the config loader and the list reader.
+# Last, the soak's short form (bench/soak.sh, SOAK_DURATION=90 s of load,
+# under 3 minutes in all; 0 skips it): phonehome under load while its
+# upstream fails, its config is reloaded, floods arrive and its log
+# rotates. It needs root (a network namespace of its own) and dnsperf,
+# iproute2 and curl, installed here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(dnsmasq-base unbound knot bind9-utils bind9-dnsutils chromium prometheus systemd docker-compose)
-daemons=(unbound knot prometheus)
+packages=(dnsperf iproute2 curl dnsmasq-base unbound knot bind9-utils bind9-dnsutils chromium prometheus systemd docker-compose postgresql)
+daemons=(unbound knot prometheus postgresql)
 
 if command -v apt-get >/dev/null 2>&1; then
   sudo=""
@@ -69,3 +75,15 @@ fuzztime=${FUZZTIME:-20s}
 for target in endpoints:FuzzParse endpoints:FuzzHostname resolver:FuzzHandler internal/configfile:FuzzParse policy:FuzzList; do
   go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "$fuzztime" "./${target%%:*}"
 done
+
+soak=${SOAK_DURATION:-90}
+if [ "$soak" != 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    DURATION=$soak bash bench/soak.sh
+  elif [ "${CI:-}" = true ]; then
+    echo "scripts/test.sh: the soak (bench/soak.sh) needs root for its network namespace; CI must run as root" >&2
+    exit 1
+  else
+    echo "scripts/test.sh: skipping the soak (bench/soak.sh): it needs root for its network namespace (sudo DURATION=90 bash bench/soak.sh)" >&2
+  fi
+fi

@@ -22,9 +22,11 @@ func runPause(args []string, stdout, stderr io.Writer) int {
 	addr := fs.String("http", web.DefaultHTTP, "the running phonehome's http address")
 	token := fs.String("token", "", "its http_token, if it has one")
 	cats := fs.String("category", "", "pause only these categories, comma-separated (default: all)")
+	reason := fs.String("reason", "", "why, for whoever looks (the page, the other instances of a fleet)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: phonehome pause DURATION [-category a,b] [-http ADDR] [-token T]")
-		fmt.Fprintln(stderr, "\nTurns sinkholing into logging for DURATION (such as 15m) in a running phonehome.")
+		fmt.Fprintln(stderr, "usage: phonehome pause DURATION [-category a,b] [-reason TEXT] [-http ADDR] [-token T]")
+		fmt.Fprintln(stderr, "\nTurns sinkholing into logging for DURATION (such as 15m) in a running phonehome,")
+		fmt.Fprintln(stderr, "and in every instance that shares its database (history.dsn).")
 		fs.PrintDefaults()
 	}
 	// The duration may come before the flags.
@@ -42,7 +44,7 @@ func runPause(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	req := web.PauseRequest{Duration: dur}
+	req := web.PauseRequest{Duration: dur, Reason: *reason}
 	for _, c := range strings.Split(*cats, ",") {
 		if c = strings.TrimSpace(c); c != "" {
 			req.Categories = append(req.Categories, c)
@@ -72,5 +74,12 @@ func runPause(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintf(stdout, "paused for %s\n", dur)
+	// Paused there, but not shared with the other instances (yet).
+	var reply struct {
+		Warning string `json:"warning"`
+	}
+	if json.Unmarshal(out, &reply) == nil && reply.Warning != "" {
+		fmt.Fprintf(stderr, "phonehome pause: %s\n", reply.Warning)
+	}
 	return 0
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/phonehome/phonehome/endpoints"
 	"github.com/phonehome/phonehome/internal/configfile"
+	"github.com/phonehome/phonehome/internal/fleet"
 	"github.com/phonehome/phonehome/internal/history"
 	"github.com/phonehome/phonehome/internal/querylog"
 	"github.com/phonehome/phonehome/internal/watch"
@@ -145,6 +146,18 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 		return fail(err)
 	}
 	defer srv.Close(context.Background())
+	// With a shared database (history.dsn), pause and resume reach every
+	// instance. The fleet connects in the background and is never on the
+	// answer path: without the database the pause stays local.
+	if dsn, ok := cfg.History.Shared(); ok {
+		fl, err := fleet.New(fleet.Options{ConnString: dsn, Instance: cfg.History.InstanceName(), Apply: srv.SetPause, Log: log})
+		if err != nil {
+			return fail(err)
+		}
+		defer fl.Close()
+		reg.MustRegister(fl.Collector())
+		apiOpts = append(apiOpts, web.WithPause(fl.SetPause))
+	}
 
 	var api *web.API
 	restartNeeded := configfile.NewRestartMetric(reg)

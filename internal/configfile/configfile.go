@@ -29,7 +29,8 @@ type File struct {
 	// http, http_token, http_hosts.
 	Web      web.Config      `yaml:",inline"`
 	QueryLog querylog.Config `yaml:"querylog"`
-	// history: off, or path, flush, retention, events_retention, max_size.
+	// history: off, or path, flush, retention, events_retention, max_size,
+	// dsn, instance.
 	History history.Config `yaml:"history"`
 	// WatchConfig reloads when the file, or a document or list it names,
 	// changes, as SIGHUP does (cmd/phonehome, internal/watch). Read at
@@ -114,7 +115,7 @@ func (f *File) Files() []string {
 
 // StartOnly are the keys read at start only: a reload leaves them as they
 // were, and says so. Every other key takes effect on reload.
-var StartOnly = []string{"listen", "http", "querylog.output", "history", "history.path", "watch_config"}
+var StartOnly = []string{"listen", "http", "querylog.output", "history", "history.path", "history.dsn", "history.instance", "watch_config"}
 
 // RestartNeeded names the start-only keys whose value in next differs
 // from the running config's.
@@ -135,6 +136,17 @@ func RestartNeeded(running, next *File) []string {
 	} else if running.History.Path != next.History.Path {
 		keys = append(keys, "history.path")
 	}
+	// The shared database is connected to at start, as this instance.
+	if !running.History.Off && !next.History.Off {
+		dsn, on := running.History.Shared()
+		nextDSN, nextOn := next.History.Shared()
+		if dsn != nextDSN || on != nextOn {
+			keys = append(keys, "history.dsn")
+		}
+		if running.History.InstanceName() != next.History.InstanceName() {
+			keys = append(keys, "history.instance")
+		}
+	}
 	// The watcher is started (or not) at start.
 	if running.WatchConfig != next.WatchConfig {
 		keys = append(keys, "watch_config")
@@ -147,7 +159,7 @@ func RestartNeeded(running, next *File) []string {
 // the running one. The function it returns sets it after a reload.
 func NewRestartMetric(reg prometheus.Registerer) func(keys []string) {
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "phonehome_config_restart_needed",
-		Help: "1 for each key read only at start (listen, http, querylog.output, history on or off, history.path, watch_config) whose value in the config file differs from the running one."}, []string{"key"})
+		Help: "1 for each key read only at start (listen, http, querylog.output, history on or off, history.path, history.dsn, history.instance, watch_config) whose value in the config file differs from the running one."}, []string{"key"})
 	reg.MustRegister(g)
 	set := func(keys []string) {
 		for _, k := range StartOnly {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/phonehome/phonehome/internal/config"
@@ -31,7 +32,33 @@ type Config struct {
 	// MaxSize bounds the file: past it the oldest events go first, then
 	// the oldest counts.
 	MaxSize ByteSize `yaml:"max_size"`
+	// DSN names the PostgreSQL database that several phonehome instances
+	// share (see Shared): a URL (postgres://user@host:5432/db) or libpq's
+	// key=value pairs, with what it leaves out (the password, say) taken
+	// from the standard PG* environment variables and ~/.pgpass, as libpq
+	// does; or the word env, which takes all of it from the PG*
+	// variables. Left out (or empty), it is $PHONEHOME_HISTORY_DSN; with
+	// neither, there is none. Read at start only.
+	DSN string `yaml:"dsn"`
+	// Instance is this phonehome's name in the shared database (who set a
+	// pause; later, whose history a row is); default the host name. Read
+	// at start only.
+	Instance string `yaml:"instance"`
 }
+
+// EnvDSN is the environment variable that gives history.dsn when the
+// config file leaves it out (the Kubernetes manifests pass it from a
+// Secret). The PG* variables alone never turn PostgreSQL on: a shell
+// that has PGHOST set for psql must not move phonehome's history.
+const EnvDSN = "PHONEHOME_HISTORY_DSN"
+
+// DSNFromEnv is the history.dsn that takes the whole connection from the
+// standard PG* environment variables.
+const DSNFromEnv = "env"
+
+// maxInstance bounds instance names: a host name (HOST_NAME_MAX) or a
+// Kubernetes pod name fits.
+const maxInstance = 64
 
 // The defaults of the history: keys.
 const (
@@ -60,7 +87,7 @@ func (c *Config) UnmarshalConfig(d *config.Decoder, n *yaml.Node, path string) {
 		case "off", "false":
 			c.Off = true
 		default:
-			d.Errorf(n, "%s: %q: want off, or a mapping of path, flush, retention, events_retention, max_size", path, n.Value)
+			d.Errorf(n, "%s: %q: want off, or a mapping of path, flush, retention, events_retention, max_size, dsn, instance", path, n.Value)
 		}
 		return
 	}
@@ -91,6 +118,41 @@ func (c *Config) SetDefaults() {
 	}
 }
 
+// Shared returns the connection string of the PostgreSQL database shared
+// by several instances, as pgx reads it ("" for history.dsn: env: all of
+// it from the PG* variables), and whether there is one: history.dsn, else
+// $PHONEHOME_HISTORY_DSN; none with history: off. Only the fleet-wide
+// pause uses it yet; the history itself stays in the file.
+func (c *Config) Shared() (connString string, ok bool) {
+	dsn := c.DSN
+	if dsn == "" {
+		dsn = strings.TrimSpace(os.Getenv(EnvDSN))
+	}
+	if c.Off || dsn == "" {
+		return "", false
+	}
+	if dsn == DSNFromEnv {
+		return "", true
+	}
+	return dsn, true
+}
+
+// InstanceName is history.instance, else the host name (a pod's name on
+// Kubernetes), cut to maxInstance bytes.
+func (c *Config) InstanceName() string {
+	if c.Instance != "" {
+		return c.Instance
+	}
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "phonehome"
+	}
+	if len(h) > maxInstance {
+		h = h[:maxInstance]
+	}
+	return h
+}
+
 // Check reports values out of their bounds, at their place in the file. It
 // runs before SetDefaults: a zero is a key not written.
 func (c *Config) Check(r *config.Report) {
@@ -112,6 +174,51 @@ func (c *Config) Check(r *config.Report) {
 	if strings.ContainsRune(c.Path, 0) {
 		r.Value("history.path", "history.path has a NUL byte")
 	}
+	switch dsn := os.Getenv(EnvDSN); {
+	case c.DSN != "":
+		if err := checkDSN(c.DSN); err != nil {
+			r.Value("history.dsn", "history.dsn: %v", err)
+		}
+	case strings.TrimSpace(dsn) != "":
+		if err := checkDSN(strings.TrimSpace(dsn)); err != nil {
+			r.Key("history", "history.dsn: $%s: %v", EnvDSN, err)
+		}
+	}
+	if c.Instance != "" {
+		if err := checkInstance(c.Instance); err != nil {
+			r.Value("history.instance", "history.instance: %v", err)
+		}
+	}
+}
+
+// checkDSN parses a connection string as pgx will when connecting (with
+// the PG* variables and ~/.pgpass). Its error does not repeat the string,
+// which may hold a password.
+func checkDSN(dsn string) error {
+	if dsn == DSNFromEnv {
+		dsn = ""
+	}
+	if _, err := pgconn.ParseConfig(dsn); err != nil {
+		msg := err.Error()
+		// pgx's message quotes the string, with passwords masked as far
+		// as it can tell them: keep only what it says is wrong.
+		if i := strings.LastIndex(msg, "`: "); i >= 0 {
+			msg = msg[i+3:]
+		}
+		return fmt.Errorf("not a PostgreSQL connection string (postgres://user@host/db, key=value pairs, or env): %s", msg)
+	}
+	return nil
+}
+
+// checkInstance accepts a host name's letters: ASCII letters, digits, '.',
+// '-' and '_', at most maxInstance of them.
+func checkInstance(s string) error {
+	if len(s) > maxInstance || strings.IndexFunc(s, func(c rune) bool {
+		return !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '-' || c == '_')
+	}) >= 0 {
+		return fmt.Errorf("%q: want at most %d letters, digits, dots, hyphens and underscores, such as dns1 or a host name", s, maxInstance)
+	}
+	return nil
 }
 
 // DefaultPath is history.db in the service's state directory:

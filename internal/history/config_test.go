@@ -60,9 +60,9 @@ func TestConfigParse(t *testing.T) {
 // place in the file.
 func TestConfigErrors(t *testing.T) {
 	for _, c := range []struct{ text, want string }{
-		{"history: on\n", `p.yaml:1:10: history: "on": want off, or a mapping of path, flush, retention, events_retention, max_size`},
+		{"history: on\n", `p.yaml:1:10: history: "on": want off, or a mapping of path, flush, retention, events_retention, max_size, dsn, instance`},
 		{"history: [a]\n", `p.yaml:1:10: history: want a mapping of keys to values`},
-		{"history:\n  pth: x\n", `p.yaml:2:3: unknown key "pth" in history (valid: events_retention, flush, max_size, path, retention)`},
+		{"history:\n  pth: x\n", `p.yaml:2:3: unknown key "pth" in history (valid: dsn, events_retention, flush, instance, max_size, path, retention)`},
 		{"history: {flush: 5}\n", "p.yaml:1:18: history.flush: cannot unmarshal !!int `5` into time.Duration"},
 		{"history: {flush: 1ms}\n", "p.yaml:1:18: history.flush is 1ms: want 10ms to 10m0s"},
 		{"history: {flush: 1h}\n", "p.yaml:1:18: history.flush is 1h0m0s: want 10ms to 10m0s"},

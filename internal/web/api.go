@@ -98,6 +98,10 @@ type API struct {
 	refused  *prometheus.CounterVec   // phonehome_http_refused_total{reason}
 	token    atomic.Pointer[string]
 	hosts    atomic.Pointer[map[string]bool] // http_hosts, as normalHost gives them
+
+	// setPause pauses (nil resumes): the resolver's own, or the fleet's
+	// (WithPause).
+	setPause func(*resolver.Pause) error
 }
 
 // NewAPI serves s: the metrics of reg (where it adds its own), the page's
@@ -109,6 +113,7 @@ func NewAPI(s *resolver.Server, activity *Activity, reg *prometheus.Registry, c 
 		reg = prometheus.NewRegistry()
 	}
 	a := &API{resolver: s, activity: activity, gatherer: reg, reload: reload, refused: newRefusedMetric(reg)}
+	a.setPause = func(p *resolver.Pause) error { s.SetPause(p); return nil }
 	for _, o := range opts {
 		o(a)
 	}
@@ -166,8 +171,7 @@ func (a *API) Handler() http.Handler {
 	a.historyRoutes(mux)
 	mux.HandleFunc("POST /api/pause", a.guard(a.pause))
 	mux.HandleFunc("POST /api/resume", a.guard(func(w http.ResponseWriter, _ *http.Request) {
-		a.resolver.SetPause(nil)
-		replyJSON(w, map[string]any{"paused": nil})
+		replyJSON(w, pauseReply(nil, a.setPause(nil)))
 	}))
 	mux.HandleFunc("POST /api/reload", a.guard(func(w http.ResponseWriter, _ *http.Request) {
 		restart, err := a.reload()
@@ -197,19 +201,43 @@ func Serve(addr string, h http.Handler) (*http.Server, string, error) {
 type Pause struct {
 	Until      time.Time `json:"until"`
 	Categories []string  `json:"categories,omitempty"`
+	Reason     string    `json:"reason,omitempty"`
+	By         string    `json:"by,omitempty"` // the instance that set a fleet-wide pause
 }
 
 func pauseOf(p *resolver.Pause) *Pause {
 	if p == nil {
 		return nil
 	}
-	return &Pause{Until: p.Until, Categories: p.Categories}
+	return &Pause{Until: p.Until, Categories: p.Categories, Reason: p.Reason, By: p.By}
 }
 
 // PauseRequest is the body of POST /api/pause, as "phonehome pause" sends it.
 type PauseRequest struct {
 	Duration   string   `json:"duration"` // "15m"
 	Categories []string `json:"categories"`
+	Reason     string   `json:"reason,omitempty"`
+}
+
+// maxReason bounds a pause's reason.
+const maxReason = 200
+
+// WithPause makes pause and resume go through set (the fleet's: it
+// applies them here and shares them with the other instances) rather than
+// straight to the resolver. An error from set means it applied here only;
+// the answer says so in "warning".
+func WithPause(set func(*resolver.Pause) error) Option {
+	return func(a *API) { a.setPause = set }
+}
+
+// pauseReply is the answer to a pause or resume: the pause in force, and
+// a warning when it was not shared with the other instances.
+func pauseReply(p *resolver.Pause, err error) map[string]any {
+	reply := map[string]any{"paused": pauseOf(p)}
+	if err != nil {
+		reply["warning"] = err.Error()
+	}
+	return reply
 }
 
 func (a *API) pause(w http.ResponseWriter, r *http.Request) {
@@ -228,9 +256,13 @@ func (a *API) pause(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "duration: want a Go duration between 1s and 24h, such as 15m\n", http.StatusBadRequest)
 		return
 	}
-	p := &resolver.Pause{Until: time.Now().Add(d), Categories: req.Categories}
-	a.resolver.SetPause(p)
-	replyJSON(w, map[string]any{"paused": pauseOf(p)})
+	if len(req.Reason) > maxReason {
+		http.Error(w, fmt.Sprintf("reason: want at most %d bytes\n", maxReason), http.StatusBadRequest)
+		return
+	}
+	p := &resolver.Pause{Until: time.Now().Add(d), Categories: req.Categories, Reason: req.Reason}
+	err = a.setPause(p)
+	replyJSON(w, pauseReply(a.resolver.Paused(), err))
 }
 
 func replyJSON(w http.ResponseWriter, v any) {
