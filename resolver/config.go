@@ -38,8 +38,23 @@ type Config struct {
 	// Canary answers Firefox's use-application-dns.net with NXDOMAIN, so
 	// that Firefox keeps using the network's resolver instead of its own
 	// DNS over HTTPS (default true).
-	Canary *bool         `yaml:"canary"`
-	Policy policy.Config `yaml:",inline"`
+	Canary *bool `yaml:"canary"`
+	// TLSListen and HTTPSListen are where clients get DNS over TLS (RFC
+	// 7858) and DNS over HTTPS (RFC 8484, on /dns-query): host:port, or an
+	// address alone for the usual port (853, 443). Both need TLSCert and
+	// TLSKey. Bound at start, as Listen is.
+	TLSListen   []string `yaml:"tls_listen"`
+	HTTPSListen []string `yaml:"https_listen"`
+	// TLSCert and TLSKey are the PEM files of the listeners' certificate
+	// (with its chain after it) and its private key, read at start and on
+	// every reload.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	// TrustedProxies are the addresses whose X-Forwarded-For header names
+	// the client of a DNS-over-HTTPS request: reverse proxies in front of
+	// https_listen. From anyone else the header is ignored.
+	TrustedProxies []policy.Prefix `yaml:"trusted_proxies"`
+	Policy         policy.Config   `yaml:",inline"`
 
 	// Source is where the config was read from: the file, for relative
 	// paths, and the place of each key, for errors. nil for a config
@@ -107,6 +122,10 @@ const (
 	DefaultRateLimit = 200
 	DefaultCacheSize = 20000
 	DefaultMaxChain  = 16
+	// The ports of tls_listen and https_listen addresses written without
+	// one: DNS over TLS's (RFC 7858) and HTTPS's.
+	DefaultTLSPort   = "853"
+	DefaultHTTPSPort = "443"
 )
 
 var (
@@ -162,6 +181,12 @@ func (c *Config) SetDefaults() {
 		on := true
 		c.Canary = &on
 	}
+	for i, a := range c.TLSListen {
+		c.TLSListen[i] = withPort(a, DefaultTLSPort)
+	}
+	for i, a := range c.HTTPSListen {
+		c.HTTPSListen[i] = withPort(a, DefaultHTTPSPort)
+	}
 	c.Policy.SetDefaults()
 }
 
@@ -188,6 +213,8 @@ func (c *Config) Check(r *config.Report) {
 	}
 	if err := checkLoop(c.listen(), c.Upstreams); err != nil {
 		r.Key("upstreams", "%v", err)
+	} else if err := c.checkEncryptedLoop(); err != nil {
+		r.Key("upstreams", "%v", err)
 	}
 	if c.Cache.MaxTTL != 0 && c.Cache.MinTTL > c.Cache.MaxTTL {
 		r.Value("cache", "cache min_ttl is more than max_ttl")
@@ -198,7 +225,43 @@ func (c *Config) Check(r *config.Report) {
 	if c.CNAME.MaxChain < 0 || c.CNAME.MaxChain > 64 {
 		r.Value("cname.max_chain", "cname max_chain is %d: want 1 to 64 names", c.CNAME.MaxChain)
 	}
+	c.checkEncrypted(r)
 	c.Policy.Check(r)
+}
+
+// checkEncrypted checks the encrypted listeners' keys: their addresses,
+// and a certificate for them. Whether the files can be read and the key
+// matches the certificate is seen when they are loaded (serverCert).
+func (c *Config) checkEncrypted(r *config.Report) {
+	for _, l := range []struct {
+		key   string
+		addrs []string
+	}{{"tls_listen", c.TLSListen}, {"https_listen", c.HTTPSListen}} {
+		for i, a := range l.addrs {
+			if err := config.CheckHostPort(withPort(a, "0")); err != nil {
+				r.Value(fmt.Sprintf("%s[%d]", l.key, i), "%s: %v", l.key, err)
+			}
+		}
+	}
+	switch {
+	case c.TLSCert != "" && c.TLSKey == "":
+		r.Key("tls_cert", "tls_cert needs tls_key: the certificate's private key (PEM)")
+	case c.TLSKey != "" && c.TLSCert == "":
+		r.Key("tls_key", "tls_key needs tls_cert: the certificate (PEM)")
+	case c.TLSCert == "" && len(c.TLSListen) > 0:
+		r.Key("tls_listen", "tls_listen needs a certificate: tls_cert and tls_key (PEM files)")
+	case c.TLSCert == "" && len(c.HTTPSListen) > 0:
+		r.Key("https_listen", "https_listen needs a certificate: tls_cert and tls_key (PEM files)")
+	}
+}
+
+// withPort gives an address written without a port (192.168.1.2, ::) the
+// port port; host:port is returned as it is.
+func withPort(a, port string) string {
+	if ip, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(a, "["), "]")); err == nil {
+		return net.JoinHostPort(ip.String(), port)
+	}
+	return a
 }
 
 // listen returns the listen addresses, the default ones when none is set.
@@ -423,6 +486,28 @@ func (c *Config) upstreamRoots() (*x509.CertPool, [sha256.Size]byte, error) {
 // checkLoop refuses an upstream that is one of phonehome's own listen
 // addresses: every query would go round until it timed out.
 func checkLoop(listen, upstreams []string) error {
+	return checkLoopOver(listen, upstreams, "udp", "tcp")
+}
+
+// checkEncryptedLoop is checkLoop for the encrypted listeners: a tls://
+// upstream that is a tls_listen address, an https:// one whose address is
+// an https_listen one.
+func (c *Config) checkEncryptedLoop() error {
+	var tlsAddrs, httpsAddrs []string
+	for _, a := range c.TLSListen {
+		tlsAddrs = append(tlsAddrs, withPort(a, DefaultTLSPort))
+	}
+	for _, a := range c.HTTPSListen {
+		httpsAddrs = append(httpsAddrs, withPort(a, DefaultHTTPSPort))
+	}
+	if err := checkLoopOver(tlsAddrs, c.Upstreams, "tls"); err != nil {
+		return err
+	}
+	return checkLoopOver(httpsAddrs, c.Upstreams, "https")
+}
+
+// checkLoopOver is checkLoop for the upstreams of the given schemes.
+func checkLoopOver(listen, upstreams []string, schemes ...string) error {
 	for _, l := range listen {
 		lh, lp, err := net.SplitHostPort(l)
 		if err != nil {
@@ -431,7 +516,7 @@ func checkLoop(listen, upstreams []string) error {
 		la, _ := netip.ParseAddr(lh)
 		for _, u := range upstreams {
 			pu, err := ParseUpstreamAddr(u)
-			if err != nil || pu.Scheme == "tls" || pu.Scheme == "https" {
+			if err != nil || pu.Addr == "" || !slices.Contains(schemes, pu.Scheme) {
 				continue
 			}
 			uh, up, _ := net.SplitHostPort(pu.Addr)

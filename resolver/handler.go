@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -35,6 +36,11 @@ type State struct {
 	InspectCNAME bool
 	MaxChain     int
 	Canary       bool // answer use-application-dns.net with NXDOMAIN
+	// Cert is the encrypted listeners' certificate (tls_cert, tls_key),
+	// nil without one; TrustedProxies are the peers whose X-Forwarded-For
+	// names a DNS-over-HTTPS client (trusted_proxies).
+	Cert           *tls.Certificate
+	TrustedProxies []netip.Prefix
 }
 
 // Counters count what the request path turns away.
@@ -58,6 +64,9 @@ type Handler struct {
 	pause atomic.Pointer[Pause]
 	// warned holds what warnThroughProtection has said.
 	warned sync.Map
+	// ddr answers _dns.resolver.arpa with the encrypted listeners; nil
+	// without any. Set before the listeners start, never changed after.
+	ddr *designated
 }
 
 // Pause turns sinkholing into logging until a time, for some categories or
@@ -114,16 +123,20 @@ const maxUDP = 1232
 
 // ServeDNS answers one query.
 func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
-	start := time.Now()
 	st := h.state.Load()
+	// The client is the writer's peer: the UDP sender, the TCP or TLS
+	// connection's, or for DNS over HTTPS the connection's or, from a
+	// trusted proxy, the one its X-Forwarded-For names (dohlisten.go).
 	client := addrOf(w.RemoteAddr())
+	a := Answer{Start: time.Now(), Client: client, Transport: transportOf(w), Source: SourceLocal}
 
 	// 1. Access first: clients outside access.allow get REFUSED and
 	// nothing is forwarded or remembered for them.
 	if !st.Allowed(client) {
 		h.counters.Refused.Add(1)
 		h.reply(w, req, rcodeMsg(req, dns.RcodeRefused), 0, "")
-		h.done(Answer{Start: start, Client: client, Rcode: dns.RcodeRefused, Source: SourceLocal})
+		a.Rcode = dns.RcodeRefused
+		h.done(a)
 		return
 	}
 	// 2. Rate limit per client address, after access, so that strangers
@@ -134,16 +147,20 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	}
 	// 3. Protocol: one question, QUERY only, no CHAOS, ANY gets the
 	// minimal RFC 8482 answer; and the names that tell clients to stay
-	// (Firefox's canary, DDR).
+	// (Firefox's canary, DDR: the encrypted listeners, ddr.go).
 	if m := protocol(req, st.Canary); m != nil {
+		if h.ddr != nil && isDDR(req) {
+			h.ddr.answer(m, w, st)
+		}
 		h.reply(w, req, m, 0, "")
-		h.done(Answer{Start: start, Client: client, Rcode: m.Rcode, Source: SourceLocal})
+		a.Rcode = m.Rcode
+		h.done(a)
 		return
 	}
 	// 4. The policy decides before the cache: one cache serves every
 	// group, and a reload never serves a stale decision.
 	q := req.Question[0]
-	a := Answer{Start: start, Client: client, Question: q, Decision: st.Policy.Decide(client, q.Name)}
+	a.Question, a.Decision = q, st.Policy.Decide(client, q.Name)
 	h.pauseIfAsked(&a.Decision)
 
 	// 5. Sinkholed names are answered here and never reach an upstream.
@@ -368,7 +385,7 @@ func (h *Handler) reply(w dns.ResponseWriter, req, m *dns.Msg, ede uint16, text 
 	// costs the packer a map, two allocations per query on the hot path.
 	// A chain, an RRset, a negative answer and its proofs all gain more.
 	lone := len(m.Answer) == 1 && len(m.Ns) == 0 && len(m.Extra) == 0
-	size := dns.MinMsgSize
+	size, pad := dns.MinMsgSize, false
 	if o := req.IsEdns0(); o != nil {
 		size = max(dns.MinMsgSize, min(int(o.UDPSize()), maxUDP))
 		m.SetEdns0(maxUDP, o.Do())
@@ -376,6 +393,10 @@ func (h *Handler) reply(w dns.ResponseWriter, req, m *dns.Msg, ede uint16, text 
 			opt := m.IsEdns0()
 			opt.Option = append(opt.Option, &dns.EDNS0_EDE{InfoCode: ede, ExtraText: text})
 		}
+		// Padding (RFC 7830) only for a client that padded its query,
+		// and only over TLS and HTTPS, where it hides the answer's size
+		// (RFC 8467).
+		pad = len(o.Option) > 0 && padded(o) && encrypted(w)
 	}
 	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
 		// Truncate compresses if the answer does not fit otherwise and
@@ -390,6 +411,9 @@ func (h *Handler) reply(w dns.ResponseWriter, req, m *dns.Msg, ede uint16, text 
 		}
 	}
 	m.Compress = m.Compress || !lone
+	if pad {
+		padAnswer(m) // last: the padding makes up the length of the rest
+	}
 	if err := w.WriteMsg(m); err != nil && h.log != nil {
 		h.log.Debug("writing answer", "err", err)
 	}
@@ -428,4 +452,26 @@ func addrOf(a net.Addr) netip.Addr {
 	}
 	addr, _ := netip.AddrFromSlice(ip)
 	return addr.Unmap()
+}
+
+// transportOf is what the query answered through w came over.
+func transportOf(w dns.ResponseWriter) Transport {
+	switch w := w.(type) {
+	case *batchWriter, *udpWriter:
+		return TransportUDP
+	case *tcpConn:
+		return w.s.transport
+	case *dohWriter:
+		return TransportDoH
+	}
+	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+		return TransportUDP
+	}
+	return TransportTCP
+}
+
+// encrypted reports whether answers through w go over TLS or HTTPS.
+func encrypted(w dns.ResponseWriter) bool {
+	t := transportOf(w)
+	return t == TransportDoT || t == TransportDoH
 }

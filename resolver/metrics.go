@@ -17,7 +17,7 @@ import (
 const (
 	labelGroup, labelEdition, labelCategory, labelAction = "group", "edition", "category", "action"
 	labelEndpoint, labelRcode, labelSource, labelReason  = "endpoint", "rcode", "source", "reason"
-	labelUpstream, labelResult                           = "upstream", "result"
+	labelUpstream, labelResult, labelTransport           = "upstream", "result", "transport"
 )
 
 // Metrics are the resolver's Prometheus metrics. They are registered on the
@@ -44,8 +44,8 @@ type Metrics struct {
 	lastReload prometheus.Gauge
 	catalog    *prometheus.GaugeVec
 
-	// responses[rcode][source]; rcodes past 15 count as 15.
-	responses [16][numSources]atomic.Uint64
+	// responses[rcode][source][transport]; rcodes past 15 count as 15.
+	responses [16][numSources][numTransports]atomic.Uint64
 	cache     [3]atomic.Uint64 // by cacheHit, cacheMiss, cacheStale
 
 	children sync.Map // queryKey → prometheus.Counter, endpointKey → prometheus.Counter
@@ -110,7 +110,7 @@ func (m *Metrics) Answered(a Answer) {
 	if a.Decided() {
 		m.decided(a.Decision)
 	}
-	m.responses[min(a.Rcode, 15)][a.Source].Add(1)
+	m.responses[min(a.Rcode, 15)][a.Source][a.Transport].Add(1)
 	m.duration[a.Source].Observe(a.Duration.Seconds())
 }
 
@@ -235,13 +235,13 @@ type funcCollector struct {
 }
 
 var (
-	descResponses = prometheus.NewDesc("phonehome_responses_total", "Answers sent, by rcode and by where they came from (cache, upstream, sinkhole, stale, local).", []string{labelRcode, labelSource}, nil)
+	descResponses = prometheus.NewDesc("phonehome_responses_total", "Answers sent, by rcode, by where they came from (cache, upstream, sinkhole, stale, local) and by what the query came over (udp, tcp, dot: DNS over TLS, doh: DNS over HTTPS).", []string{labelRcode, labelSource, labelTransport}, nil)
 	descRefused   = prometheus.NewDesc("phonehome_refused_total", "Queries turned away, by reason: access (answered REFUSED), rate_limit (dropped), malformed (not parsed), overload (answered SERVFAIL at once, too many queries waiting for upstreams).", []string{labelReason}, nil)
 	descCacheReqs = prometheus.NewDesc("phonehome_cache_requests_total", "Cache lookups, by result (hit, miss, stale).", []string{labelResult}, nil)
 	descCacheLen  = prometheus.NewDesc("phonehome_cache_entries", "Answers held in the cache.", nil, nil)
-	descTCPConns  = prometheus.NewDesc("phonehome_tcp_connections", "TCP connections open.", nil, nil)
+	descTCPConns  = prometheus.NewDesc("phonehome_tcp_connections", "TCP connections open: DNS over TCP, TLS and HTTPS.", nil, nil)
 	descTCPLimit  = prometheus.NewDesc("phonehome_tcp_connections_limit", "The most TCP connections open at once: 256, or fewer under a low open-file limit.", nil, nil)
-	descTCPClosed = prometheus.NewDesc("phonehome_tcp_closed_total", "TCP connections phonehome closed, by reason: at once, unread, access (client outside access.allow), limit (the most open in all), per_client (the most open from that address); later, idle (no query for 5 s), slow (a message not all there 3 s after its first byte), write (an answer not taken within 5 s).", []string{labelReason}, nil)
+	descTCPClosed = prometheus.NewDesc("phonehome_tcp_closed_total", "TCP connections (DNS over TCP, TLS and HTTPS) phonehome closed, by reason: at once, unread, access (client outside access.allow), limit (the most open in all), per_client (the most open from that address); later, idle (no query for 5 s), slow (a message not all there 3 s after its first byte), write (an answer not taken within 5 s).", []string{labelReason}, nil)
 )
 
 func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -257,8 +257,10 @@ func (c *funcCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *funcCollector) Collect(ch chan<- prometheus.Metric) {
 	for rc := range c.m.responses {
 		for s := range c.m.responses[rc] {
-			if n := c.m.responses[rc][s].Load(); n > 0 {
-				ch <- prometheus.MustNewConstMetric(descResponses, prometheus.CounterValue, float64(n), dns.RcodeToString[rc], sourceNames[s])
+			for t := range c.m.responses[rc][s] {
+				if n := c.m.responses[rc][s][t].Load(); n > 0 {
+					ch <- prometheus.MustNewConstMetric(descResponses, prometheus.CounterValue, float64(n), dns.RcodeToString[rc], sourceNames[s], transportNames[t])
+				}
 			}
 		}
 	}

@@ -31,7 +31,10 @@ type Answer struct {
 	Decision policy.Decision
 	Rcode    int
 	Source   AnswerSource
-	Duration time.Duration // from Start until the answer was sent
+	// Transport is what the query came over: UDP, TCP, DNS over TLS or
+	// DNS over HTTPS.
+	Transport Transport
+	Duration  time.Duration // from Start until the answer was sent
 }
 
 // Decided reports whether the policy decided the query.
@@ -59,3 +62,19 @@ const (
 var sourceNames = [numSources]string{"cache", "upstream", "sinkhole", "stale", "local"}
 
 func (s AnswerSource) String() string { return sourceNames[s] }
+
+// Transport is what a query came over.
+type Transport uint8
+
+// The transports, the values of the metrics' transport label.
+const (
+	TransportUDP Transport = iota
+	TransportTCP
+	TransportDoT // DNS over TLS (RFC 7858): tls_listen
+	TransportDoH // DNS over HTTPS (RFC 8484): https_listen
+	numTransports
+)
+
+var transportNames = [numTransports]string{"udp", "tcp", "dot", "doh"}
+
+func (t Transport) String() string { return transportNames[t] }

@@ -3,11 +3,13 @@ package resolver
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +43,16 @@ func newState(cfg *Config, prev *State, opts *Options) (*State, []string, error)
 	roots, ca, err := cfg.upstreamRoots()
 	if err != nil {
 		return nil, warns, err
+	}
+	cert, err := cfg.serverCert()
+	if err != nil {
+		return nil, warns, err
+	}
+	warns = append(warns, certWarnings(cfg, cert, time.Now())...)
+	if cert == nil && prev != nil {
+		// tls_listen and https_listen are gone from the file, and the
+		// listeners wait for a restart: they keep their certificate.
+		cert = prev.Cert
 	}
 	// An upstream the running state has already keeps its health and its
 	// open connections, unless it verifies certificates and
@@ -77,6 +89,10 @@ func newState(cfg *Config, prev *State, opts *Options) (*State, []string, error)
 	}
 	for _, a := range cfg.Access.Allow {
 		st.Allow = append(st.Allow, a.Prefix)
+	}
+	st.Cert = cert
+	for _, p := range cfg.TrustedProxies {
+		st.TrustedProxies = append(st.TrustedProxies, p.Prefix)
 	}
 	st.Forwarder.TryTimeout = cmp.Or(opts.TryTimeout, st.Forwarder.TryTimeout)
 	st.Forwarder.Timeout = cmp.Or(opts.Timeout, st.Forwarder.Timeout)
@@ -133,7 +149,9 @@ type Server struct {
 
 	udp     []*udpServer
 	tcp     []*tcpServer
-	tcpGate *tcpGate // the TCP connections of every listener
+	dot     []*tcpServer // DNS over TLS: the TCP loop on TLS listeners
+	doh     []*dohServer
+	tcpGate *tcpGate // the connections of every TCP, TLS and HTTPS listener
 	closed  atomic.Bool
 }
 
@@ -161,9 +179,22 @@ func New(cfg *Config, opts Options) (*Server, error) {
 	h.observers = append(h.observers, opts.Observers...)
 	s.handler = h
 	h.metrics.setState(st)
-	if err := s.listenOn(cfg.Listen); err != nil {
+	// The encrypted listeners are bound first, so that DDR can name them
+	// from the first query on.
+	if err := s.listenEncrypted(cfg); err != nil {
 		st.Forwarder.Close()
 		return nil, err
+	}
+	if err := s.listenOn(cfg.Listen); err != nil {
+		s.closeEncrypted()
+		st.Forwarder.Close()
+		return nil, err
+	}
+	for _, t := range s.dot {
+		t.start()
+	}
+	for _, d := range s.doh {
+		d.start()
 	}
 	h.metrics.reloaded(nil)
 	return s, nil
@@ -300,7 +331,7 @@ func (s *Server) listenOn(addrs []string) error {
 			closeAll()
 			return fmt.Errorf("listening on %s/udp: %w", a, err)
 		}
-		s.tcp = append(s.tcp, newTCPServer(s.handler, ln, s.tcpGate))
+		s.tcp = append(s.tcp, newTCPServer(s.handler, ln, s.tcpGate, TransportTCP))
 	}
 	for _, u := range s.udp {
 		u.start(min(runtime.GOMAXPROCS(0), 8))
@@ -309,6 +340,58 @@ func (s *Server) listenOn(addrs []string) error {
 		t.start()
 	}
 	return nil
+}
+
+// listenEncrypted binds the encrypted listeners, DNS over HTTPS
+// (https_listen) and DNS over TLS (tls_listen), without serving yet, or
+// binds none and says which address failed. Each hands its queries to the
+// same Handler.ServeDNS as UDP and TCP, its connections bounded by the same
+// gate: DNS over TLS is the TCP loop on a tls.Listener (tcp.go), DNS over
+// HTTPS an http.Server (dohlisten.go). Their certificate is the state's,
+// read at every handshake, so a reload changes it. DDR names them
+// (ddr.go).
+func (s *Server) listenEncrypted(cfg *Config) error {
+	ddr := &designated{}
+	bind := func(a, key string) (net.Listener, error) {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			s.closeEncrypted()
+			_, port, _ := net.SplitHostPort(a)
+			return nil, fmt.Errorf("listening on %s/tcp (%s): %w%s", a, key, err, BindHint(port, err, key+":"))
+		}
+		return ln, nil
+	}
+	for _, a := range cfg.HTTPSListen {
+		ln, err := bind(a, "https_listen")
+		if err != nil {
+			return err
+		}
+		s.doh = append(s.doh, newDoHServer(s.handler, ln, s.tcpGate, s.State().Forwarder.Timeout, s.log))
+		ddr.add(true, ln.Addr())
+	}
+	for _, a := range cfg.TLSListen {
+		ln, err := bind(a, "tls_listen")
+		if err != nil {
+			return err
+		}
+		s.dot = append(s.dot, newTCPServer(s.handler, tls.NewListener(ln, s.handler.tlsConfig("dot")), s.tcpGate, TransportDoT))
+		ddr.add(false, ln.Addr())
+	}
+	if len(ddr.endpoints) > 0 {
+		s.handler.ddr = ddr
+	}
+	return nil
+}
+
+// closeEncrypted closes the encrypted listeners bound but not serving.
+func (s *Server) closeEncrypted() {
+	for _, t := range s.dot {
+		t.ln.Close()
+	}
+	for _, d := range s.doh {
+		d.ln.Close()
+	}
+	s.dot, s.doh = nil, nil
 }
 
 // listenPair binds a over UDP, then TCP on the same port. When the kernel
@@ -351,6 +434,27 @@ func CheckListen(addrs []string) []string {
 	return warns
 }
 
+// CheckEncryptedListen is CheckListen for the encrypted listeners'
+// addresses (tls_listen, https_listen), over TCP.
+func CheckEncryptedListen(tlsAddrs, httpsAddrs []string) []string {
+	var warns []string
+	for _, l := range []struct {
+		key   string
+		addrs []string
+	}{{"tls_listen", tlsAddrs}, {"https_listen", httpsAddrs}} {
+		for _, a := range l.addrs {
+			ln, err := net.Listen("tcp", a)
+			if err != nil {
+				_, port, _ := net.SplitHostPort(a)
+				warns = append(warns, fmt.Sprintf("listening on %s/tcp (%s): %v%s", a, l.key, err, BindHint(port, err, l.key+":")))
+				continue
+			}
+			ln.Close()
+		}
+	}
+	return warns
+}
+
 // BindHint says, for an error binding port, who usually holds the port or
 // what a low port needs, and which flag or key (choose) picks another; ""
 // for other errors.
@@ -382,16 +486,40 @@ func (s *Server) Addrs() []string {
 	return out
 }
 
+// TLSAddrs returns the bound DNS-over-TLS addresses, in the order of
+// tls_listen.
+func (s *Server) TLSAddrs() []string {
+	var out []string
+	for _, t := range s.dot {
+		out = append(out, t.ln.Addr().String())
+	}
+	return out
+}
+
+// HTTPSAddrs returns the bound DNS-over-HTTPS addresses, in the order of
+// https_listen.
+func (s *Server) HTTPSAddrs() []string {
+	var out []string
+	for _, d := range s.doh {
+		out = append(out, d.addr().String())
+	}
+	return out
+}
+
 // shutdown stops listening and lets queries in flight finish until ctx
-// ends; then every TCP connection is closed.
+// ends; then every TCP, TLS and HTTPS connection is closed.
 func (s *Server) shutdown(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, u := range s.udp {
 		wg.Go(func() { u.shutdown(ctx) })
 	}
-	errs := make([]error, len(s.tcp))
-	for i, t := range s.tcp {
+	streams := slices.Concat(s.tcp, s.dot)
+	errs := make([]error, len(streams)+len(s.doh))
+	for i, t := range streams {
 		wg.Go(func() { errs[i] = t.shutdown(ctx) })
+	}
+	for i, d := range s.doh {
+		wg.Go(func() { errs[len(streams)+i] = d.shutdown(ctx) })
 	}
 	wg.Wait()
 	for _, err := range errs {

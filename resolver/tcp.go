@@ -29,10 +29,16 @@ import (
 // outside access.allow before reading anything; a connection is closed
 // when it sits idle, or when a message is not all there soon after its
 // first byte.
+//
+// DNS over TLS (RFC 7858, tls_listen) is this loop on a tls.Listener: the
+// gate admits or closes a connection before its handshake, which then
+// takes place within the idle timeout, as the first read.
 type tcpServer struct {
 	h    *Handler
 	ln   net.Listener
 	gate *tcpGate
+	// transport is TransportTCP, or TransportDoT for a TLS listener.
+	transport Transport
 
 	stopping atomic.Bool
 	mu       sync.Mutex
@@ -142,14 +148,16 @@ func newTCPGate(l TCPLimits) *tcpGate {
 
 // enter admits a connection from client, or counts why not: a client
 // outside access.allow, or one connection too many in all or from client.
-func (g *tcpGate) enter(client netip.Addr, st *State) bool {
+// A proxy (a trusted one, in front of DNS over HTTPS) carries the
+// connections of many clients: it is held to the bound in all only.
+func (g *tcpGate) enter(client netip.Addr, st *State, proxy bool) bool {
 	why := tcpAccess
 	if st.Allowed(client) {
 		g.mu.Lock()
 		switch {
 		case g.open >= g.limits.Conns:
 			why = tcpLimit
-		case g.perClient[client] >= g.limits.PerClient:
+		case !proxy && g.perClient[client] >= g.limits.PerClient:
 			why = tcpPerClient
 		default:
 			g.open++
@@ -180,8 +188,8 @@ func (g *tcpGate) conns() int {
 	return g.open
 }
 
-func newTCPServer(h *Handler, ln net.Listener, gate *tcpGate) *tcpServer {
-	return &tcpServer{h: h, ln: ln, gate: gate, conns: map[*tcpConn]struct{}{}}
+func newTCPServer(h *Handler, ln net.Listener, gate *tcpGate, t Transport) *tcpServer {
+	return &tcpServer{h: h, ln: ln, gate: gate, transport: t, conns: map[*tcpConn]struct{}{}}
 }
 
 func (s *tcpServer) start() {
@@ -215,7 +223,7 @@ func (s *tcpServer) serve() {
 // unread: a client outside access.allow, or one too many.
 func (s *tcpServer) admit(nc net.Conn) {
 	client := addrOf(nc.RemoteAddr())
-	if !s.gate.enter(client, s.h.State()) {
+	if !s.gate.enter(client, s.h.State(), false) {
 		nc.Close()
 		return
 	}

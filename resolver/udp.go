@@ -110,7 +110,7 @@ func (s *udpServer) serve() {
 			w.udpReply = udpReply{s: s, addr: addr}
 			w.batch = b
 			if s.pktinfo {
-				w.oob = s.answerOOB(p.OOB[:p.NN])
+				w.oob, w.dst = s.answerOOB(p.OOB[:p.NN])
 			}
 			s.handle(w, p.Buffers[0][:p.N])
 		}
@@ -144,33 +144,33 @@ func (s *udpServer) handle(w *batchWriter, b []byte) {
 }
 
 // answerOOB is the control message that sends an answer from the address
-// its query came to (as received in oob), or nil.
-func (s *udpServer) answerOOB(oob []byte) []byte {
+// its query came to (as received in oob), and that address; or nil.
+func (s *udpServer) answerOOB(oob []byte) ([]byte, net.IP) {
 	var dst net.IP
 	if s.v6 {
 		var cm ipv6.ControlMessage
 		if cm.Parse(oob) != nil {
-			return nil
+			return nil, nil
 		}
 		dst = cm.Dst
 	} else {
 		var cm ipv4.ControlMessage
 		if cm.Parse(oob) != nil {
-			return nil
+			return nil, nil
 		}
 		dst = cm.Dst
 	}
 	if dst == nil {
-		return nil
+		return nil, nil
 	}
 	// An IPv4 query on a dual-stack socket arrives with a v4-mapped address;
 	// the IPv6 control message cannot carry that, the IPv4 one can.
 	if v4 := dst.To4(); v4 != nil {
-		return (&ipv4.ControlMessage{Src: v4}).Marshal()
+		return (&ipv4.ControlMessage{Src: v4}).Marshal(), dst
 	}
 	// Only the source: the kernel routes the answer, so a host whose
 	// routes are asymmetric still reaches the client.
-	return (&ipv6.ControlMessage{Src: dst}).Marshal()
+	return (&ipv6.ControlMessage{Src: dst}).Marshal(), dst
 }
 
 // shutdown stops reading, waits until every handed-off query is answered or
@@ -199,9 +199,19 @@ type udpReply struct {
 	s    *udpServer
 	addr *net.UDPAddr
 	oob  []byte // the answer's source address, on a wildcard socket
+	dst  net.IP // and that address, which the query came to
 }
 
-func (r *udpReply) LocalAddr() net.Addr  { return r.s.conn.LocalAddr() }
+// LocalAddr is the address the query came to: the socket's, or on a
+// wildcard socket the one the kernel reported.
+func (r *udpReply) LocalAddr() net.Addr {
+	la := r.s.conn.LocalAddr()
+	if r.dst == nil {
+		return la
+	}
+	return &net.UDPAddr{IP: r.dst, Port: la.(*net.UDPAddr).Port}
+}
+
 func (r *udpReply) RemoteAddr() net.Addr { return r.addr }
 func (r *udpReply) Close() error         { return nil }
 func (r *udpReply) TsigStatus() error    { return nil }
@@ -243,7 +253,7 @@ func (w *batchWriter) queue(b []byte) {
 }
 
 func (w *batchWriter) HandOff(f func(dns.ResponseWriter)) {
-	s, own := w.s, &udpWriter{udpReply{s: w.s, addr: w.addr, oob: bytes.Clone(w.oob)}}
+	s, own := w.s, &udpWriter{udpReply{s: w.s, addr: w.addr, oob: bytes.Clone(w.oob), dst: w.dst}}
 	s.handed.Add(1)
 	go func() {
 		defer s.handed.Done()

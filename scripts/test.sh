@@ -25,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(dnsperf iproute2 curl dnsmasq-base unbound knot bind9-utils bind9-dnsutils chromium prometheus systemd docker-compose postgresql)
+packages=(dnsperf iproute2 curl dnsmasq-base unbound knot knot-dnsutils bind9-utils bind9-dnsutils chromium prometheus systemd docker-compose postgresql)
 daemons=(unbound knot prometheus postgresql)
 
 if command -v apt-get >/dev/null 2>&1; then
@@ -72,7 +72,7 @@ go vet ./...
 go test -race ./...
 
 fuzztime=${FUZZTIME:-20s}
-for target in endpoints:FuzzParse endpoints:FuzzHostname resolver:FuzzHandler internal/configfile:FuzzParse policy:FuzzList; do
+for target in endpoints:FuzzParse endpoints:FuzzHostname resolver:FuzzHandler resolver:FuzzDoHRequest internal/configfile:FuzzParse policy:FuzzList; do
   go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "$fuzztime" "./${target%%:*}"
 done
 

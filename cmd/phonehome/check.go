@@ -228,6 +228,7 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 		// What only binding can tell: a port taken now (by a phonehome
 		// already running, too) or one this user may not bind.
 		warns = append(warns, resolver.CheckListen(cfg.Listen)...)
+		warns = append(warns, resolver.CheckEncryptedListen(cfg.TLSListen, cfg.HTTPSListen)...)
 		printWarnings(stderr, warns)
 	}
 	if err != nil {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -27,7 +29,23 @@ func TestReloadEachKey(t *testing.T) {
 	cfg, qlog := filepath.Join(dir, "phonehome.yaml"), filepath.Join(dir, "queries.jsonl")
 	os.WriteFile(filepath.Join(dir, "list.txt"), []byte("listed.example.net\n"), 0o644)
 	doc1909, _ := filepath.Abs("../../endpoints/docs/windows-endpoints-1909-non-enterprise-editions.md")
-	base := fmt.Sprintf("upstreams: [%q]\naccess: {rate_limit: 0}\nquerylog: {output: %q}\n", up.Addr(), qlog)
+	// DNS over TLS and over HTTPS, with a certificate from a CA of the
+	// test's, and another certificate for the tls_cert case.
+	ca, err := dnstest.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := dnstest.Leaf{IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	for _, name := range []string{"cert", "new-cert"} {
+		c, k, err := ca.Issue(leaf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, name+".pem"), c, 0o644)
+		os.WriteFile(filepath.Join(dir, name+"-key.pem"), k, 0o600)
+	}
+	base := fmt.Sprintf("upstreams: [%q]\naccess: {rate_limit: 0}\nquerylog: {output: %q}\n", up.Addr(), qlog) +
+		"tls_listen: [\"127.0.0.1:0\"]\nhttps_listen: [\"127.0.0.1:0\"]\ntls_cert: cert.pem\ntls_key: cert-key.pem\n"
 	write := func(s string) {
 		t.Helper()
 		if err := os.WriteFile(cfg, []byte(s), 0o644); err != nil {
@@ -164,6 +182,41 @@ func TestReloadEachKey(t *testing.T) {
 				t.Error("an unlisted name is not in the query log")
 			}
 		}},
+		// The certificate of the encrypted listeners, at the next
+		// handshake.
+		{"tls_cert, tls_key", "tls_cert: new-cert.pem\ntls_key: new-cert-key.pem\n", func(t *testing.T) {
+			want, err := tls.X509KeyPair(mustRead(t, filepath.Join(dir, "new-cert.pem")), mustRead(t, filepath.Join(dir, "new-cert-key.pem")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 3 * time.Second}, "tcp", ph.tls[0], &tls.Config{RootCAs: ca.Pool, ServerName: "127.0.0.1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if got := conn.ConnectionState().PeerCertificates[0]; !got.Equal(want.Leaf) {
+				t.Errorf("DNS over TLS gave certificate %v, not the new one %v", got.SerialNumber, want.Leaf.SerialNumber)
+			}
+		}},
+		// X-Forwarded-For from a trusted proxy names the client of a DNS
+		// over HTTPS query.
+		{"trusted_proxies", "trusted_proxies: [127.0.0.1]\n", func(t *testing.T) {
+			q := new(dns.Msg)
+			q.SetQuestion("watson.telemetry.microsoft.com.", dns.TypeA)
+			b, _ := q.Pack()
+			r, _ := http.NewRequest(http.MethodPost, "https://"+ph.https[0]+"/dns-query", bytes.NewReader(b))
+			r.Header.Set("Content-Type", "application/dns-message")
+			r.Header.Set("X-Forwarded-For", "192.168.77.7")
+			c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool}}}
+			resp, err := c.Do(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !logged(t, `"client":"192.168.77.7"`) {
+				t.Errorf("HTTP %d; the query log lacks the proxied client", resp.StatusCode)
+			}
+		}},
 		{"querylog.anonymize_clients", fmt.Sprintf("querylog: {output: %q, anonymize_clients: true}\n", qlog), func(t *testing.T) {
 			ask(t, "127.0.0.6", "watson.telemetry.microsoft.com.")
 			if !logged(t, `"client":"127.0.0.0","group":"default","name":"watson.telemetry.microsoft.com."`) {
@@ -192,6 +245,18 @@ func TestReloadEachKey(t *testing.T) {
 		})
 	}
 
+	// The encrypted listeners are bound at start, as listen is.
+	for _, key := range []string{"tls_listen", "https_listen"} {
+		t.Run(key, func(t *testing.T) {
+			write(strings.Replace(base, key+`: ["127.0.0.1:0"]`, key+`: ["127.0.0.1:0", "[::1]:0"]`, 1))
+			if restart := reload(t); !slices.Equal(restart, []string{key}) {
+				t.Errorf("restart needed for %v, want %s", restart, key)
+			}
+			write(base)
+			reload(t)
+		})
+	}
+
 	t.Run("start-only keys", func(t *testing.T) {
 		// Listen and http from the file, not from flags, which win.
 		conf := filepath.Join(dir, "start.yaml")
@@ -213,4 +278,14 @@ func TestReloadEachKey(t *testing.T) {
 			t.Errorf("no log line names the keys:\n%s", ph.logs.String())
 		}
 	})
+}
+
+// mustRead reads a file the test wrote.
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -70,8 +70,9 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 
 // bound are the addresses serve listens on.
 type bound struct {
-	dns  []string
-	http string // "" when off
+	dns        []string
+	tls, https []string // DNS over TLS and over HTTPS, when configured
+	http       string   // "" when off
 }
 
 // serve runs the daemon until SIGINT or SIGTERM, or until stop is closed.
@@ -189,7 +190,7 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 		}
 		return restart, nil
 	}
-	b := bound{dns: srv.Addrs()}
+	b := bound{dns: srv.Addrs(), tls: srv.TLSAddrs(), https: srv.HTTPSAddrs()}
 	if *cfg.Web.HTTP != "" {
 		api = web.NewAPI(srv, activity, reg, cfg.Web, reload, apiOpts...)
 		hs, addr, err := web.Serve(*cfg.Web.HTTP, api.Handler())
@@ -274,9 +275,17 @@ func logStart(log *slog.Logger, b bound, st *resolver.State, cfg *configfile.Fil
 	for _, g := range append([]*policy.Group{st.Policy.Default}, st.Policy.Groups...) {
 		groups = append(groups, g.Name)
 	}
-	log.Info("phonehome serving", "listen", strings.Join(b.dns, ","), "http", cmp.Or(b.http, "off"), "upstreams", strings.Join(ups, ","),
+	attrs := []any{"listen", strings.Join(b.dns, ",")}
+	if len(b.tls) > 0 {
+		attrs = append(attrs, "tls_listen", strings.Join(b.tls, ","))
+	}
+	if len(b.https) > 0 {
+		attrs = append(attrs, "https_listen", strings.Join(b.https, ","))
+	}
+	attrs = append(attrs, "http", cmp.Or(b.http, "off"), "upstreams", strings.Join(ups, ","),
 		"catalog", strings.Join(cat, ","), "groups", strings.Join(groups, ","), "config", cmp.Or(cfg.Source.FileName(), "built-in defaults"),
 		"history", historyWhere(cfg))
+	log.Info("phonehome serving", attrs...)
 }
 
 // historyWhere names the history file, or says it is off.

@@ -87,8 +87,8 @@ func (f *File) setDefaults() {
 	f.History.SetDefaults()
 }
 
-// Files are the config file and the documents, list files and upstream CA
-// file it names, relative paths made relative to the file: what
+// Files are the config file and the documents, list files, upstream CA
+// file and listeners' certificate and key it names, relative paths made relative to the file: what
 // watch_config watches.
 // A config built in code has none.
 func (f *File) Files() []string {
@@ -105,6 +105,8 @@ func (f *File) Files() []string {
 		add(d)
 	}
 	add(f.UpstreamTLSCA)
+	add(f.TLSCert)
+	add(f.TLSKey)
 	for _, g := range append([]policy.GroupConfig{f.Policy.Rules.Default}, f.Policy.Rules.Groups...) {
 		for _, l := range g.Lists {
 			add(l.File)
@@ -115,7 +117,7 @@ func (f *File) Files() []string {
 
 // StartOnly are the keys read at start only: a reload leaves them as they
 // were, and says so. Every other key takes effect on reload.
-var StartOnly = []string{"listen", "http", "querylog.output", "history", "history.path", "history.dsn", "history.instance", "watch_config"}
+var StartOnly = []string{"listen", "tls_listen", "https_listen", "http", "querylog.output", "history", "history.path", "history.dsn", "history.instance", "watch_config"}
 
 // RestartNeeded names the start-only keys whose value in next differs
 // from the running config's.
@@ -123,6 +125,12 @@ func RestartNeeded(running, next *File) []string {
 	var keys []string
 	if !slices.Equal(running.Listen, next.Listen) {
 		keys = append(keys, "listen")
+	}
+	if !slices.Equal(running.TLSListen, next.TLSListen) {
+		keys = append(keys, "tls_listen")
+	}
+	if !slices.Equal(running.HTTPSListen, next.HTTPSListen) {
+		keys = append(keys, "https_listen")
 	}
 	if *running.Web.HTTP != *next.Web.HTTP {
 		keys = append(keys, "http")
@@ -159,7 +167,7 @@ func RestartNeeded(running, next *File) []string {
 // the running one. The function it returns sets it after a reload.
 func NewRestartMetric(reg prometheus.Registerer) func(keys []string) {
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "phonehome_config_restart_needed",
-		Help: "1 for each key read only at start (listen, http, querylog.output, history on or off, history.path, history.dsn, history.instance, watch_config) whose value in the config file differs from the running one."}, []string{"key"})
+		Help: "1 for each key read only at start (listen, tls_listen, https_listen, http, querylog.output, history on or off, history.path, history.dsn, history.instance, watch_config) whose value in the config file differs from the running one."}, []string{"key"})
 	reg.MustRegister(g)
 	set := func(keys []string) {
 		for _, k := range StartOnly {
