@@ -40,10 +40,9 @@
 # EDNS0. A query without an answer within LOST_AFTER (5) seconds is lost.
 #
 # The schedule: after a warm-up (a good reload; 5,200 names from 8 other
-# addresses, to fill the cache; 8 s of the clients' load with the stub
-# dropping queries for 4 s, a broken reload and a 3 s flood, so that
-# phonehome has reached its working size; then idle for 2 s, and until the
-# reload's old forwarder is retired) the run is DURATION / (9 * PHASE)
+# addresses, to fill the cache; 13 s of the clients' load with the faults
+# on top of each other, so that phonehome has reached its working size; then idle
+# for 2 s, and until the reload's old forwarder is retired) the run is DURATION / (9 * PHASE)
 # cycles (at least 1) of nine phases of PHASE (10) seconds each:
 #   steady     load alone;
 #   restart    the stub is killed (SIGKILL) and restarted 3 s later;
@@ -498,10 +497,14 @@ dnsperf_client() {
 # ---------------------------------------------------------------------------
 # Warm-up, to bring phonehome to its working size before the start
 # level is taken: a good reload; the cache filled from 8 other addresses;
-# then a rehearsal of 8 s of the clients' load during which the stub drops
-# every query for 4 s (so queries pile up waiting, as they do in the fault
-# phases), a broken reload is refused, and a flood runs for 3 s; then idle
-# for 2 s, and at least until the good reload's old forwarder is retired.
+# then a rehearsal of 13 s of the clients' load in which the faults come
+# on top of each other: for 9 s the stub answers late (so queries pile up
+# waiting, as they do in the fault phases) while the over-limit client and
+# the flood run and a broken reload is refused; then the stub drops every
+# query for 2 s, and is killed and back 1.5 s later; then idle for 2 s,
+# and at least until the good reload's old forwarder is retired. Without
+# the rehearsal of every fault, the first cycle's peaks would raise the
+# resident memory the Go runtime keeps, which is not growth.
 # ---------------------------------------------------------------------------
 say "phonehome (pid $ph) serving; warming up"
 t_warm=$(now_ms)
@@ -521,21 +524,28 @@ wait "${warm[@]}" || true
 t_rehearsal=$(now_ms)
 warm=()
 for ((c = 1; c <= CLIENTS; c++)); do
-	gen_input "$c" 0 $((RATE * 10)) >"$work/inputs/0.c$c"
-	PHASE=8 dnsperf_client "127.0.0.$((10 + c))" "$RATE" "$work/inputs/0.c$c" "$work/runs/warm.c$c" &
+	gen_input "$c" 0 $((RATE * 15)) >"$work/inputs/0.c$c"
+	PHASE=13 dnsperf_client "127.0.0.$((10 + c))" "$RATE" "$work/inputs/0.c$c" "$work/runs/warm.c$c" &
 	warm+=($!)
 done
-stub_fault drop
+gen_input 9 0 $((OVER_RATE * 9)) >"$work/inputs/0.over"
+stub_fault slow
 sleep_until $((t_rehearsal + 1000))
 reload 1 0
-sleep_until $((t_rehearsal + 4000))
-stub_fault
-"${on_load[@]}" "$bin/flood" -server "127.0.0.1:$PH_PORT" -from 127.0.66.1 -sources 20 -duration 3s \
+# The over-limit client's drops are expected: its file is not a warm.* one.
+PHASE=8 dnsperf_client 127.0.0.20 "$OVER_RATE" "$work/inputs/0.over" "$work/runs/warmover" &
+warm+=($!)
+"${on_load[@]}" "$bin/flood" -server "127.0.0.1:$PH_PORT" -from 127.0.66.1 -sources 20 -duration 8s \
 	-udp-rate "$FLOOD_UDP" -tcp-conns "$FLOOD_TCP" >"$work/runs/warm.flood" 2>&1 || true
+stub_fault drop
+sleep_until $((t_rehearsal + 11000))
+stub_kill
+sleep_until $((t_rehearsal + 12500))
+stub_start
 wait "${warm[@]}" || true
 warm_lost=$(cat "$work"/runs/warm.* | awk '/Queries lost:/ { s += $3 } END { print s + 0 }')
 sleep 2
-sleep_until $((t_warm + 11000))
+sleep_until $((t_warm + 17000))
 alive "after the warm-up"
 scrape "$work/metrics/start"
 rss_start=$(rss_kb "$ph") fd_start=$(fds "$ph")
