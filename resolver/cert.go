@@ -71,10 +71,10 @@ func (c *Config) serverCert() (*tls.Certificate, error) {
 
 // certWarnings says what is wrong with a certificate that loaded: expired
 // or not valid yet, which every client refuses; and, with encrypted
-// listeners, addresses phonehome listens on that it does not name, which
-// clients that find the listeners through DDR (RFC 9462) need: they check
-// that the certificate names the address they asked in plain DNS, and keep
-// to plain DNS when it does not.
+// listeners, what clients that find the listeners through DDR (RFC 9462)
+// need: a host name, without which DDR is off (ddr.go), and the addresses
+// phonehome listens on, since they check that the certificate names the
+// address they asked in plain DNS, and keep to plain DNS when it does not.
 func certWarnings(c *Config, cert *tls.Certificate, now time.Time) []string {
 	if cert == nil || cert.Leaf == nil {
 		return nil
@@ -89,6 +89,10 @@ func certWarnings(c *Config, cert *tls.Certificate, now time.Time) []string {
 	}
 	if len(c.TLSListen) == 0 && len(c.HTTPSListen) == 0 {
 		return warns
+	}
+	if certHost(cert) == "" {
+		warns = append(warns, fmt.Sprintf("tls_cert: the certificate in %s names no host (a DNS name in subjectAltName, not a wildcard): DDR is off, and _dns.resolver.arpa gets NODATA, since its records must name the encrypted resolver by a host name (RFC 9462, section 4); the README's private CA recipe puts one in",
+			file))
 	}
 	var missing []string
 	for _, ip := range listenIPs(slices.Concat(c.listen(), c.TLSListen, c.HTTPSListen)) {

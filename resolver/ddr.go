@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"crypto/tls"
 	"net"
 	"net/netip"
 	"slices"
@@ -14,8 +15,14 @@ import (
 // and learns where phonehome serves DNS over TLS and over HTTPS (RFC 9461).
 // A client doing verified discovery then connects there and uses it only
 // if the certificate names the address it asked in plain DNS (certWarnings
-// says when it does not). Without encrypted listeners the answer is NODATA
-// (protocol).
+// says when it does not). The records' target is the certificate's host
+// name: RFC 9462, section 4, rules out "." as the target of these records
+// (resolver.arpa is a special-use name no one owns, so it cannot stand for
+// the resolver) and asks for the name clients use for DNS over TLS and in
+// the DoH template. Without encrypted listeners, or with a certificate that
+// names no host (certWarnings says so at start and at each reload), the
+// answer is NODATA (protocol), as the same section asks of a resolver with
+// no designated resolvers.
 
 // designated is what DDR tells: one SVCB record per encrypted listener,
 // DNS over HTTPS first (https_listen, then tls_listen, each in the config's
@@ -54,19 +61,13 @@ func isDDR(req *dns.Msg) bool {
 // with a record per listener: ALPN (dot, or h2 with the dohpath template),
 // port, and the address as a hint. A listener bound to a wildcard address
 // is reached at the address the query came to; a loopback one is left out
-// for clients elsewhere. The records' target is the first name of the
-// certificate (a client that connects by name needs it: Android's Private
-// DNS, for one), else "." (the owner: clients connect by the hints); with a
-// name, the additional section gives its addresses too.
+// for clients elsewhere. The records' target is the certificate's host
+// name (certHost), and the additional section gives its addresses too; a
+// certificate without one leaves m NODATA.
 func (d *designated) answer(m *dns.Msg, w dns.ResponseWriter, st *State) {
-	target := "."
-	if st.Cert != nil && st.Cert.Leaf != nil {
-		for _, n := range st.Cert.Leaf.DNSNames {
-			if _, ok := dns.IsDomainName(n); ok && !strings.HasPrefix(n, "*") {
-				target = dns.Fqdn(strings.ToLower(n))
-				break
-			}
-		}
+	target := certHost(st.Cert)
+	if target == "" {
+		return
 	}
 	client, local := addrOf(w.RemoteAddr()), addrOf(w.LocalAddr())
 	name := m.Question[0].Name
@@ -103,9 +104,6 @@ func (d *designated) answer(m *dns.Msg, w dns.ResponseWriter, st *State) {
 			hints = append(hints, ip)
 		}
 	}
-	if target == "." {
-		return
-	}
 	for _, ip := range hints {
 		hdr := dns.RR_Header{Name: target, Class: dns.ClassINET, Ttl: ddrTTL}
 		if ip.Is4() {
@@ -116,4 +114,20 @@ func (d *designated) answer(m *dns.Msg, w dns.ResponseWriter, st *State) {
 			m.Extra = append(m.Extra, &dns.AAAA{Hdr: hdr, AAAA: ip.AsSlice()})
 		}
 	}
+}
+
+// certHost is the name DDR gives as its records' target: the first DNS
+// name of the certificate that is not a wildcard, lower-case and fully
+// qualified; "" when it has none. A client that connects by name needs it
+// (Android's Private DNS, for one), and RFC 9462 allows no other target.
+func certHost(cert *tls.Certificate) string {
+	if cert == nil || cert.Leaf == nil {
+		return ""
+	}
+	for _, n := range cert.Leaf.DNSNames {
+		if _, ok := dns.IsDomainName(n); ok && !strings.HasPrefix(n, "*") {
+			return dns.Fqdn(strings.ToLower(n))
+		}
+	}
+	return ""
 }

@@ -25,14 +25,22 @@ import (
 // Handler.ServeDNS as UDP and TCP, with a dohWriter whose RemoteAddr is the
 // client: the connection's peer, or what a trusted proxy's
 // X-Forwarded-For names (dohClientAddr). The answer is the body, with
-// Cache-Control max-age from its smallest TTL.
+// Cache-Control private, max-age from its smallest TTL.
 //
 // The TCP bounds hold here too, with the same counts: the gate admits a
 // connection in all and per client address (a trusted proxy, which
 // carries many clients, in all only), and closes one from outside
-// access.allow before its handshake; net/http closes a connection idle for
-// the idle timeout (HTTP/1.1 between requests, HTTP/2 without a stream), and
-// a request not all there within the message timeout, handshake included.
+// access.allow before its handshake; net/http bounds the handshake and a
+// request not all there by the message timeout, and closes a connection
+// idle for the idle timeout of encrypted connections (HTTP/1.1 between
+// requests, HTTP/2 without a stream).
+//
+// A request's body is read no further than a query, and closed before the
+// query waits for the upstreams: a client cannot have the server hold what
+// it keeps sending meanwhile. HTTP/2's flow control windows are the
+// smallest net/http takes for a connection, and a few queries' worth for a
+// stream, so what a connection's streams may send ahead of the handler is
+// bounded by tens of kilobytes, not net/http's megabyte a stream.
 type dohServer struct {
 	h    *Handler
 	ln   net.Listener // the TCP listener
@@ -46,6 +54,13 @@ const (
 	dohMaxHeader = 16 << 10
 	// dohQueryPath is the one path answered.
 	dohQueryPath = dohPath
+	// dohConnWindow and dohStreamWindow are the HTTP/2 flow control
+	// windows for what clients send: a connection's at HTTP/2's initial
+	// 64 KiB, the least net/http takes, and a stream's four times the
+	// longest query (tcpQuery). net/http's own are 1 MiB each, all of
+	// which a client may send whether or not a handler reads it.
+	dohConnWindow   = 64 << 10
+	dohStreamWindow = 16 << 10
 )
 
 // newDoHServer serves DNS over HTTPS on ln, once started. answerWithin is
@@ -67,11 +82,16 @@ func newDoHServer(h *Handler, ln net.Listener, gate *tcpGate, answerWithin time.
 		// As many streams at once on a connection as TCP lets a
 		// connection have queries waiting; a client that does not read
 		// its answers loses the connection.
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: tcpInFlight, WriteByteTimeout: tcpWriteTimeout},
+		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: tcpInFlight, WriteByteTimeout: tcpWriteTimeout,
+			MaxReceiveBufferPerConnection: dohConnWindow, MaxReceiveBufferPerStream: dohStreamWindow},
+		// The handshake is bounded by the message time (net/http takes
+		// the least of these timeouts), so a client that never completes
+		// it is cut as soon as over TCP; a connection that has served
+		// queries is kept for the next ones as long as DNS over TLS's.
 		ReadHeaderTimeout: limits.Message,
 		ReadTimeout:       limits.Message,
 		WriteTimeout:      answerWithin + tcpWriteTimeout,
-		IdleTimeout:       limits.Idle,
+		IdleTimeout:       limits.TLSIdle,
 		MaxHeaderBytes:    dohMaxHeader,
 		// Failed handshakes and broken requests are the client's
 		// business: logged at debug level only.
@@ -108,7 +128,11 @@ func (d *dohServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	b, status, why := dohQuery(r)
+	b, status, why := dohQuery(w, r)
+	// Nothing more is read: whatever else the client sends on the stream
+	// (a GET may carry a body too) is dropped, not kept while the query
+	// waits for the upstreams.
+	r.Body.Close()
 	if status != 0 {
 		if status == http.StatusMethodNotAllowed {
 			w.Header().Set("Allow", "GET, POST")
@@ -151,9 +175,10 @@ func (d *dohServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // dohQuery reads the DNS message of a request (RFC 8484, section 4.1): the
 // dns parameter of a GET, base64url without padding (padding is
-// forgiven), or the body of a POST of application/dns-message. Anything
-// else gets a 4xx status and why.
-func dohQuery(r *http.Request) (b []byte, status int, why string) {
+// forgiven), or the body of a POST of application/dns-message, read no
+// further than the longest query: a body that says or turns out to be
+// longer gets 413 at once. Anything else gets a 4xx status and why.
+func dohQuery(w http.ResponseWriter, r *http.Request) (b []byte, status int, why string) {
 	switch r.Method {
 	case http.MethodGet:
 		v := r.URL.Query()["dns"]
@@ -172,12 +197,16 @@ func dohQuery(r *http.Request) (b []byte, status int, why string) {
 		if !isDNSMessage(r.Header.Get("Content-Type")) {
 			return nil, http.StatusUnsupportedMediaType, "a POST carries " + dohMediaType
 		}
-		var err error
-		if b, err = io.ReadAll(io.LimitReader(r.Body, tcpQuery+1)); err != nil {
-			return nil, http.StatusBadRequest, "reading the body: " + err.Error()
-		}
-		if len(b) > tcpQuery {
+		if r.ContentLength > tcpQuery {
 			return nil, http.StatusRequestEntityTooLarge, "the body is longer than a query"
+		}
+		var err error
+		if b, err = io.ReadAll(http.MaxBytesReader(w, r.Body, tcpQuery)); err != nil {
+			var tooLong *http.MaxBytesError
+			if errors.As(err, &tooLong) {
+				return nil, http.StatusRequestEntityTooLarge, "the body is longer than a query"
+			}
+			return nil, http.StatusBadRequest, "reading the body: " + err.Error()
 		}
 	default:
 		return nil, http.StatusMethodNotAllowed, "GET or POST"
@@ -258,7 +287,7 @@ type dohWriter struct {
 }
 
 // WriteMsg sends the answer, 200 whatever its rcode (RFC 8484, section
-// 4.2.1), with Cache-Control max-age from its smallest TTL.
+// 4.2.1), with Cache-Control private, max-age from its smallest TTL.
 func (d *dohWriter) WriteMsg(m *dns.Msg) error {
 	b, err := m.Pack()
 	if err != nil {
@@ -288,7 +317,11 @@ func (d *dohWriter) send(b []byte, maxAge uint32) error {
 	h := d.w.Header()
 	h.Set("Content-Type", dohMediaType)
 	h.Set("Content-Length", strconv.Itoa(len(b)))
-	h.Set("Cache-Control", "max-age="+strconv.FormatUint(uint64(maxAge), 10))
+	// private: the answer is this client's. The decision depends on the
+	// client's group and on pauses, so a shared cache (a proxy in front
+	// of https_listen) must not give it to another client; the client's
+	// own cache may keep it for the TTL (RFC 9111, section 5.2.2.7).
+	h.Set("Cache-Control", "private, max-age="+strconv.FormatUint(uint64(maxAge), 10))
 	_, err := d.w.Write(b)
 	return err
 }

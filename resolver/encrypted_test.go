@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -539,7 +541,10 @@ func (w *ddrWriter) LocalAddr() net.Addr { return w.local }
 
 // TestDDRAddresses: a listener on a wildcard address is given at the
 // address the query came to (of its family), and one on loopback only to
-// clients on loopback; a certificate without a name gives the target ".".
+// clients on loopback; the target is the certificate's first host name
+// (not a wildcard), given the hinted addresses in the additional section.
+// A certificate that names no host gives no record at all: RFC 9462,
+// section 4, rules out the target "." for _dns.resolver.arpa.
 func TestDDRAddresses(t *testing.T) {
 	d := &designated{}
 	for _, e := range []struct {
@@ -548,24 +553,25 @@ func TestDDRAddresses(t *testing.T) {
 	}{{true, "0.0.0.0:443"}, {false, "[::]:853"}, {false, "127.0.0.1:853"}} {
 		d.add(e.doh, net.TCPAddrFromAddrPort(netip.MustParseAddrPort(e.addr)))
 	}
-	st := &State{}
+	named := &State{Cert: &tls.Certificate{Leaf: &x509.Certificate{DNSNames: []string{"*.home.arpa", "PhoneHome.home.arpa"}}}}
 	for _, c := range []struct {
 		local, remote string
 		want          []string
+		extra         string
 	}{
-		{"192.168.1.2:53", "192.168.1.30:5000", []string{"h2 443 ipv4hint=192.168.1.2", "dot 853 ipv4hint=192.168.1.2"}},
-		{"[fd00::2]:53", "[fd00::30]:5000", []string{"dot 853 ipv6hint=fd00::2"}},
-		{"127.0.0.1:53", "127.0.0.1:5000", []string{"h2 443 ipv4hint=127.0.0.1", "dot 853 ipv4hint=127.0.0.1", "dot 853 ipv4hint=127.0.0.1"}},
-		{"0.0.0.0:53", "192.168.1.30:5000", []string{}},
+		{"192.168.1.2:53", "192.168.1.30:5000", []string{"h2 443 ipv4hint=192.168.1.2", "dot 853 ipv4hint=192.168.1.2"}, "A 192.168.1.2"},
+		{"[fd00::2]:53", "[fd00::30]:5000", []string{"dot 853 ipv6hint=fd00::2"}, "AAAA fd00::2"},
+		{"127.0.0.1:53", "127.0.0.1:5000", []string{"h2 443 ipv4hint=127.0.0.1", "dot 853 ipv4hint=127.0.0.1", "dot 853 ipv4hint=127.0.0.1"}, "A 127.0.0.1"},
+		{"0.0.0.0:53", "192.168.1.30:5000", []string{}, ""},
 	} {
 		w := &ddrWriter{fakeWriter: fakeWriter{remote: net.UDPAddrFromAddrPort(netip.MustParseAddrPort(c.remote))}, local: net.UDPAddrFromAddrPort(netip.MustParseAddrPort(c.local))}
 		m := rcodeMsg(query("_dns.resolver.arpa.", dns.TypeSVCB, false), dns.RcodeSuccess)
-		d.answer(m, w, st)
+		d.answer(m, w, named)
 		got := []string{}
 		for _, rr := range m.Answer {
 			svcb := rr.(*dns.SVCB)
-			if svcb.Target != "." {
-				t.Errorf("target %s without a certificate name", svcb.Target)
+			if svcb.Target != "phonehome.home.arpa." {
+				t.Errorf("target %s, want the certificate's host name", svcb.Target)
 			}
 			var kv []string
 			for _, v := range svcb.Value {
@@ -580,15 +586,88 @@ func TestDDRAddresses(t *testing.T) {
 		if strings.Join(got, "; ") != strings.Join(c.want, "; ") {
 			t.Errorf("a query to %s from %s: %q, want %q", c.local, c.remote, got, c.want)
 		}
-		if len(m.Extra) != 0 {
-			t.Errorf("additional records without a name: %v", m.Extra)
+		var extra []string
+		for _, rr := range m.Extra {
+			h := rr.Header()
+			extra = append(extra, h.Name+" "+dns.TypeToString[h.Rrtype]+" "+strings.TrimPrefix(rr.String(), h.String()))
 		}
+		want := ""
+		if c.extra != "" {
+			want = "phonehome.home.arpa. " + c.extra
+		}
+		if strings.Join(extra, "; ") != want {
+			t.Errorf("a query to %s from %s: additional %q, want %q", c.local, c.remote, extra, want)
+		}
+
+		// Without a host name: NODATA, whatever the listeners.
+		for _, st := range []*State{{}, {Cert: &tls.Certificate{Leaf: &x509.Certificate{DNSNames: []string{"*.home.arpa"}, IPAddresses: []net.IP{net.ParseIP("192.168.1.2")}}}}} {
+			m := rcodeMsg(query("_dns.resolver.arpa.", dns.TypeSVCB, false), dns.RcodeSuccess)
+			d.answer(m, w, st)
+			if m.Rcode != dns.RcodeSuccess || len(m.Answer) != 0 || len(m.Extra) != 0 {
+				t.Errorf("a query to %s from %s, the certificate naming no host: %v", c.local, c.remote, m)
+			}
+		}
+	}
+}
+
+// TestDDRNeedsHostName: with a certificate that names addresses only, DDR
+// is off, _dns.resolver.arpa NODATA, and phonehome says why at start and
+// at each reload; a certificate with a host name put in its place turns
+// DDR on from the reload.
+func TestDDRNeedsHostName(t *testing.T) {
+	up := dnstest.Start(t)
+	addressesOnly := dnstest.Leaf{IPs: loopbackLeaf.IPs}
+	s := startEncrypted(t, Options{}, addressesOnly, "", up)
+	const warning = "names no host"
+	if n := strings.Count(s.logs.String(), warning); n != 1 {
+		t.Errorf("%d warnings at start:\n%s", n, s.logs.String())
+	}
+	ddr := query("_dns.resolver.arpa.", dns.TypeSVCB, true)
+	check := func(what string, records int) {
+		t.Helper()
+		for _, network := range []string{"udp", "tcp"} {
+			r := s.testServer.ask(t, network, "", ddr)
+			if r.Rcode != dns.RcodeSuccess || len(r.Answer) != records {
+				t.Errorf("%s, over %s: %v", what, network, r)
+			}
+			for _, rr := range r.Answer {
+				if rr.(*dns.SVCB).Target != "phonehome.test." {
+					t.Errorf("%s: target %s", what, rr.(*dns.SVCB).Target)
+				}
+			}
+		}
+		if r, err := s.ask(t, "dot", "", ddr); err != nil || len(r.Answer) != records {
+			t.Errorf("%s, over TLS: %v %v", what, r, err)
+		}
+	}
+	check("addresses only", 0)
+
+	s.writeCert(t, loopbackLeaf)
+	if err := s.srv.Reload(s.parse(t)); err != nil {
+		t.Fatal(err)
+	}
+	check("with a host name", 2)
+	if n := strings.Count(s.logs.String(), warning); n != 1 {
+		t.Errorf("%d warnings once the certificate has a host name, want the one at start:\n%s", n, s.logs.String())
+	}
+
+	s.writeCert(t, addressesOnly)
+	if err := s.srv.Reload(s.parse(t)); err != nil {
+		t.Fatal(err)
+	}
+	check("addresses only again", 0)
+	if n := strings.Count(s.logs.String(), warning); n != 2 {
+		t.Errorf("%d warnings after the reload:\n%s", n, s.logs.String())
+	}
+	if up.Seen("_dns.resolver.arpa") != 0 {
+		t.Error("the DDR name went upstream")
 	}
 }
 
 // TestDoHCacheControl: a DoH answer may be cached by HTTP for its smallest
 // TTL: the record's, the sinkhole's, a negative answer's SOA minimum, and
-// not at all for REFUSED.
+// not at all for REFUSED; and only by the client, never by a shared cache
+// (private), since the answer depends on the client's group and on pauses.
 func TestDoHCacheControl(t *testing.T) {
 	up := dnstest.Start(t)
 	up.SetTTL(123)
@@ -599,10 +678,10 @@ func TestDoHCacheControl(t *testing.T) {
 		qtype uint16
 		want  string
 	}{
-		{"www.example.com.", dns.TypeA, "max-age=123"},
-		{"v10.events.data.microsoft.com.", dns.TypeA, "max-age=45"},
-		{"v10.events.data.microsoft.com.", dns.TypeTXT, "max-age=45"}, // NODATA with the sinkhole's SOA
-		{"gone." + dnstest.NXDomainZone, dns.TypeA, fmt.Sprintf("max-age=%d", dnstest.NegativeTTL)},
+		{"www.example.com.", dns.TypeA, "private, max-age=123"},
+		{"v10.events.data.microsoft.com.", dns.TypeA, "private, max-age=45"},
+		{"v10.events.data.microsoft.com.", dns.TypeTXT, "private, max-age=45"}, // NODATA with the sinkhole's SOA
+		{"gone." + dnstest.NXDomainZone, dns.TypeA, fmt.Sprintf("private, max-age=%d", dnstest.NegativeTTL)},
 	} {
 		_, resp, err := askDoH(c, s.dohRequest(http.MethodGet, query(q.name, q.qtype, false)))
 		if err != nil {
@@ -620,7 +699,7 @@ func TestDoHCacheControl(t *testing.T) {
 	r := s.dohRequest(http.MethodGet, query("www.example.com.", dns.TypeA, false))
 	r.Header.Set("X-Forwarded-For", "192.0.2.77")
 	m, resp, err := askDoH(c, r)
-	if err != nil || m.Rcode != dns.RcodeRefused || resp.Header.Get("Cache-Control") != "max-age=0" {
+	if err != nil || m.Rcode != dns.RcodeRefused || resp.Header.Get("Cache-Control") != "private, max-age=0" {
 		t.Errorf("refused: %v %v %v", m, resp.Header, err)
 	}
 }
@@ -687,11 +766,14 @@ func TestPadding(t *testing.T) {
 
 // TestDoTBounds: the bounds of DNS over TCP hold for DNS over TLS, with the
 // same counts: connections per client, a connection that never starts its
-// handshake, one idle after its answer, and one trickling a message.
+// handshake (cut at the idle time of plain TCP, however long the idle time
+// of TLS connections), one idle after its answer, and one trickling a
+// message.
 func TestDoTBounds(t *testing.T) {
 	up := dnstest.Start(t)
 	// A second, not less: the handshake happens within the idle time.
-	s := startEncrypted(t, Options{TCP: TCPLimits{PerClient: 2, Idle: time.Second, Message: time.Second}}, loopbackLeaf, "", up)
+	// Once it is done, a connection may idle for two.
+	s := startEncrypted(t, Options{TCP: TCPLimits{PerClient: 2, Idle: time.Second, Message: time.Second, TLSIdle: 2 * time.Second}}, loopbackLeaf, "", up)
 	g := s.srv.tcpGate
 
 	// Per client: the third connection from one address is closed unread.
@@ -786,30 +868,44 @@ func TestEncryptedDefaults(t *testing.T) {
 }
 
 // TestCertCoverage: the warning names the addresses the certificate lacks
-// and says why they matter; loopback addresses need none.
+// and says why they matter; loopback addresses need none. A certificate
+// that names no host is warned of too: DDR is off without one.
 func TestCertCoverage(t *testing.T) {
 	ca, err := dnstest.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPEM, keyPEM, err := ca.Issue(dnstest.Leaf{IPs: []net.IP{net.ParseIP("192.168.1.2")}})
-	if err != nil {
-		t.Fatal(err)
+	issue := func(leaf dnstest.Leaf) *tls.Certificate {
+		t.Helper()
+		certPEM, keyPEM, err := ca.Issue(leaf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &cert
 	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert := issue(dnstest.Leaf{Names: []string{"phonehome.home.arpa"}, IPs: []net.IP{net.ParseIP("192.168.1.2")}})
 	cfg := &Config{Listen: []string{"192.168.1.2:53", "192.168.1.3:53", "127.0.0.1:53", "[fd00::2]:53"}, TLSListen: []string{"192.168.1.2:853"}, TLSCert: "cert.pem"}
-	warns := certWarnings(cfg, &cert, time.Now())
+	warns := certWarnings(cfg, cert, time.Now())
 	if len(warns) != 1 || !strings.Contains(warns[0], "does not name 192.168.1.3, fd00::2, where phonehome listens") || !strings.Contains(warns[0], "DDR") {
 		t.Errorf("warnings: %q", warns)
 	}
+	// Addresses only, or a wildcard name: no host for DDR's records.
+	for _, leaf := range []dnstest.Leaf{{IPs: []net.IP{net.ParseIP("192.168.1.2")}}, {Names: []string{"*.home.arpa"}, IPs: []net.IP{net.ParseIP("192.168.1.2")}}} {
+		cfg := &Config{Listen: []string{"192.168.1.2:53"}, HTTPSListen: []string{"192.168.1.2:443"}, TLSCert: "cert.pem"}
+		warns := certWarnings(cfg, issue(leaf), time.Now())
+		if len(warns) != 1 || !strings.Contains(warns[0], "cert.pem names no host") || !strings.Contains(warns[0], "DDR is off") || !strings.Contains(warns[0], "RFC 9462, section 4") {
+			t.Errorf("a certificate for %v %v: %q", leaf.Names, leaf.IPs, warns)
+		}
+	}
 	cfg.TLSListen = nil
-	if warns := certWarnings(cfg, &cert, time.Now()); len(warns) != 0 {
+	if warns := certWarnings(cfg, issue(dnstest.Leaf{IPs: []net.IP{net.ParseIP("192.168.1.2")}}), time.Now()); len(warns) != 0 {
 		t.Errorf("without encrypted listeners: %q", warns)
 	}
-	if warns := certWarnings(cfg, &cert, time.Now().Add(48*time.Hour)); len(warns) != 1 || !strings.Contains(warns[0], "expired on") {
+	if warns := certWarnings(cfg, cert, time.Now().Add(48*time.Hour)); len(warns) != 1 || !strings.Contains(warns[0], "expired on") {
 		t.Errorf("expired: %q", warns)
 	}
 }
@@ -865,6 +961,33 @@ func TestDoHRequests(t *testing.T) {
 			t.Errorf("405 without Allow: %v", res.Header)
 		}
 	}
+	// A body longer than a query, its length said (over either protocol)
+	// or not (HTTP/2 only: over HTTP/1.1 the server then closes the
+	// connection with the rest unread, which may reset it before the
+	// client reads the 413): 413.
+	for _, h2 := range []bool{true, false} {
+		c := s.httpClient(t, "", h2)
+		for _, length := range []int64{5000, -1} {
+			if length < 0 && !h2 {
+				continue
+			}
+			req, err := http.NewRequest("POST", base+"/dns-query", bytes.NewReader(append(bytes.Clone(q), make([]byte, 5000-len(q))...)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.ContentLength = length
+			req.Header.Set("Content-Type", "application/dns-message")
+			res, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("a 5000-byte POST (HTTP/2 %v, length %d): %v", h2, length, err)
+			}
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			if res.StatusCode != http.StatusRequestEntityTooLarge {
+				t.Errorf("a 5000-byte POST (HTTP/2 %v, length %d): %d", h2, length, res.StatusCode)
+			}
+		}
+	}
 }
 
 // TestDoHRateLimit: over the rate limit a DoH request gets 429, where a UDP
@@ -892,7 +1015,7 @@ func TestDoHRateLimit(t *testing.T) {
 func TestDoHBounds(t *testing.T) {
 	up := dnstest.Start(t)
 	// A second, not less: net/http bounds the handshake by the message time.
-	s := startEncrypted(t, Options{TCP: TCPLimits{PerClient: 2, Idle: time.Second, Message: time.Second}}, loopbackLeaf, "", up)
+	s := startEncrypted(t, Options{TCP: TCPLimits{PerClient: 2, Idle: time.Second, Message: time.Second, TLSIdle: time.Second}}, loopbackLeaf, "", up)
 	g := s.srv.tcpGate
 	var held []net.Conn
 	for range 3 {
@@ -917,5 +1040,61 @@ func TestDoHBounds(t *testing.T) {
 		}
 		// The client keeps its connection; the server closes it.
 		waitFor(t, "the idle connection closed", func() bool { return g.conns() == 0 })
+	}
+}
+
+// TestEncryptedIdle: a DNS-over-TLS or DNS-over-HTTPS connection that has
+// served a query is kept for the next one past the idle time of plain TCP
+// (RFC 7858, section 3.4), while a plain TCP connection opened after its
+// answer is closed for idling meanwhile. No clock is read: the plain
+// connection, closed by the server, is the measure of the time gone.
+func TestEncryptedIdle(t *testing.T) {
+	up := dnstest.Start(t)
+	s := startEncrypted(t, Options{TCP: TCPLimits{Idle: 200 * time.Millisecond, TLSIdle: time.Minute}}, loopbackLeaf, "access: {rate_limit: 0}\n", up)
+	g := s.srv.tcpGate
+
+	dot, err := tls.DialWithDialer(dialer(""), "tcp", s.dot, s.tlsConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dot.Close()
+	dc := &dns.Conn{Conn: dot}
+	ask := func(name string) {
+		t.Helper()
+		if err := dc.WriteMsg(query(name, dns.TypeA, false)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		dot.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if r, err := dc.ReadMsg(); err != nil || answerText(r) != dnstest.AnswerA {
+			t.Fatalf("%s: %v %v", name, r, err)
+		}
+	}
+	ask("first.example.")
+	var reused bool
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }}
+	doh := s.httpClient(t, "", true)
+	if _, _, err := askDoH(doh, s.dohRequest(http.MethodGet, query("first.example.", dns.TypeA, false)).WithContext(httptrace.WithClientTrace(context.Background(), trace))); err != nil {
+		t.Fatal(err)
+	}
+
+	// A plain TCP connection, opened after both answers, idles out.
+	if why := closedByServer(dialFrom(t, s.testServer, "127.0.0.1")); why != "" {
+		t.Fatalf("plain TCP connection: %s", why)
+	}
+	waitFor(t, "the plain connection counted", func() bool { return g.count(tcpIdle) >= 1 })
+
+	// Both encrypted connections have been idle longer, and serve on.
+	ask("second.example.")
+	if _, _, err := askDoH(doh, s.dohRequest(http.MethodGet, query("second.example.", dns.TypeA, false)).WithContext(httptrace.WithClientTrace(context.Background(), trace))); err != nil || !reused {
+		t.Errorf("DNS over HTTPS after the plain idle time: reused %v, %v", reused, err)
+	}
+	if n := g.count(tcpIdle); n != 1 {
+		t.Errorf("%d connections closed idle, want the plain one", n)
+	}
+
+	// One that never completes its handshake is cut at the plain bound
+	// all the same.
+	if why := closedByServer(dialFrom(t, &testServer{addr: s.dot}, "127.0.0.1")); why != "" {
+		t.Errorf("a DoT connection without a handshake: %s", why)
 	}
 }

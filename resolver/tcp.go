@@ -3,6 +3,7 @@ package resolver
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -31,8 +32,11 @@ import (
 // first byte.
 //
 // DNS over TLS (RFC 7858, tls_listen) is this loop on a tls.Listener: the
-// gate admits or closes a connection before its handshake, which then
-// takes place within the idle timeout, as the first read.
+// gate admits or closes a connection before its handshake, which must then
+// be done within the idle timeout of plain TCP; from then on the
+// connection waits for its next query for the longer idle timeout of
+// encrypted connections, since a new one costs the client a handshake
+// (RFC 7858, section 3.4).
 type tcpServer struct {
 	h    *Handler
 	ln   net.Listener
@@ -54,15 +58,23 @@ type TCPLimits struct {
 	// (16).
 	Conns, PerClient int
 	// Idle is how long a connection may wait for the first byte of its
-	// next query (5 s); Message how long the rest of a message may take
-	// once its first byte has come (3 s), however it is sliced.
+	// next query (5 s), and a DNS-over-TLS one for its handshake to be
+	// done (DNS over HTTPS: the message time, as net/http has it);
+	// Message how long the rest of a message may take once its first
+	// byte has come (3 s), however it is sliced.
 	Idle, Message time.Duration
+	// TLSIdle is Idle for a DNS-over-TLS or DNS-over-HTTPS connection
+	// once its handshake is done (30 s, unbound's tcp-idle-timeout):
+	// browsers and Android's Private DNS pause between queries, and each
+	// new connection costs them a TLS handshake (RFC 7858, section 3.4).
+	TLSIdle time.Duration
 }
 
 const (
 	defaultTCPPerClient = 16
-	defaultTCPIdle      = 5 * time.Second // RFC 7766 section 6.2.3: a few seconds
-	defaultTCPMessage   = 3 * time.Second // room for a lost segment's retransmission
+	defaultTCPIdle      = 5 * time.Second  // RFC 7766 section 6.2.3: a few seconds
+	defaultTCPMessage   = 3 * time.Second  // room for a lost segment's retransmission
+	defaultTLSIdle      = 30 * time.Second // unbound's tcp-idle-timeout
 	// tcpWriteTimeout cuts a client that does not take its answers.
 	tcpWriteTimeout = 5 * time.Second
 	// tcpQuery is the longest message read; a longer one is no query and
@@ -88,6 +100,9 @@ func (l TCPLimits) withDefaults() TCPLimits {
 	}
 	if l.Message <= 0 {
 		l.Message = defaultTCPMessage
+	}
+	if l.TLSIdle <= 0 {
+		l.TLSIdle = defaultTLSIdle
 	}
 	return l
 }
@@ -298,8 +313,20 @@ func (c *tcpConn) serve() {
 		c.s.mu.Unlock()
 		c.s.wg.Done()
 	}()
+	idle := c.s.gate.limits.Idle
+	if tc, ok := c.conn.(*tls.Conn); ok {
+		// The handshake within the idle timeout of plain TCP: a client
+		// that opened a connection and does nothing with it is cut as
+		// soon as over TCP. Only then is the connection worth keeping.
+		c.deadline(idle)
+		if err := tc.Handshake(); err != nil {
+			c.failed(err, tcpIdle)
+			return
+		}
+		idle = c.s.gate.limits.TLSIdle
+	}
 	for {
-		b, err := c.read()
+		b, err := c.read(idle)
 		if err != nil {
 			return
 		}
@@ -310,13 +337,13 @@ func (c *tcpConn) serve() {
 // errTooLong ends a connection whose message cannot be a query.
 var errTooLong = errors.New("message too long for a query")
 
-// read returns the next message. It waits up to the idle timeout for the
-// message's first byte; from then the whole message must be there within
-// the message timeout, however slowly it trickles in.
-func (c *tcpConn) read() ([]byte, error) {
+// read returns the next message. It waits up to idle for the message's
+// first byte; from then the whole message must be there within the message
+// timeout, however slowly it trickles in.
+func (c *tcpConn) read(idle time.Duration) ([]byte, error) {
 	limits := &c.s.gate.limits
 	if c.r.Buffered() == 0 {
-		c.deadline(limits.Idle)
+		c.deadline(idle)
 		if _, err := c.r.Peek(1); err != nil {
 			return nil, c.failed(err, tcpIdle)
 		}
