@@ -87,6 +87,11 @@ func TestImageServes(t *testing.T) {
 	pc.Close()
 
 	cmd := imageCommand(t, out, ic, "-listen", "127.0.0.1:0", "-http", "127.0.0.1:0", "-upstream", dead, "-upstream", up.Addr())
+	// A shared database that is not there (a Unix socket in an empty
+	// directory), as the Kubernetes manifests pass one: the fleet's series
+	// are served too (phonehome_fleet_connected at 0), and the
+	// HEALTHCHECK passes without the database.
+	cmd.Env = append(cmd.Env, k8sDSNEnv+"=host="+t.TempDir()+" user=phonehome dbname=phonehome sslmode=disable")
 	// Files rather than buffers: the process writes them directly, and the
 	// test reads them while it runs.
 	logs, err := os.Create(filepath.Join(t.TempDir(), "stderr"))

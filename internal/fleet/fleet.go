@@ -10,16 +10,21 @@
 // The database is never on the answer path. The resolver's pause is an
 // atomic pointer that Apply sets; a pause set here is applied here at
 // once, whatever the database does, and written to it when it can be.
-// While the database is down, slow or refuses the password, the resolver
-// answers as before and a pause stays local: the problem is logged once,
-// phonehome_fleet_connected is 0, and a goroutine of its own reconnects
-// with backoff (up to 30 s), then writes what was set meanwhile.
+// While the database is down, slow, refuses the password or denies this
+// user a permission, the resolver answers as before and a pause stays
+// local: the problem is logged once, phonehome_fleet_connected is 0, and
+// a goroutine of its own reconnects with backoff (up to 30 s), then
+// writes what was set meanwhile.
 //
 // The newest row by set_at is in force. A pause or resume set while the
 // database is reachable is written as the newest, whatever this
 // instance's clock says; one set here during an outage keeps the time it
 // was set, so when the database returns it is shared unless another
-// instance has set something since.
+// instance has set something since, which this one then applies.
+//
+// Once the tables are there, the database user needs SELECT and INSERT on
+// them (and DELETE on pause for the retention, which is skipped without);
+// creating or migrating them needs CREATE on the schema.
 package fleet
 
 import (
@@ -29,7 +34,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,6 +77,9 @@ type tuning struct {
 	timeout time.Duration
 	// wait is how long SetPause waits for its row to be written.
 	wait time.Duration
+	// now is the clock that dates a pause or resume set here (nil:
+	// time.Now); tests set it behind.
+	now func() time.Time
 }
 
 var defaults = tuning{listen: true, listenSQL: "LISTEN " + channel, poll: time.Second, minBackoff: 500 * time.Millisecond, maxBackoff: 30 * time.Second,
@@ -97,7 +104,9 @@ type Fleet struct {
 	mu sync.Mutex
 	// pending is a pause or resume set here and not written yet.
 	pending *publication
-	// applied is the row last applied (rowKey{-1} before the first read).
+	// applied is the row whose pause applies here: the row last applied,
+	// or the one last written from here (rowKey{-1} before the first
+	// read). sync applies the newest row when it is another.
 	applied rowKey
 	// interrupt ends the wait for a notification (nil when not waiting),
 	// so that a pause set here is written at once.
@@ -106,8 +115,9 @@ type Fleet struct {
 	lastErr error
 
 	// down is true from a failure until a connection works; noListen
-	// once the database has refused LISTEN. Read and written by run alone.
-	down, noListen bool
+	// once the database has refused LISTEN, noPrune the retention's
+	// DELETE. Read and written by run alone.
+	down, noListen, noPrune bool
 }
 
 // publication is a pause (nil: a resume) set here, to be written.
@@ -137,6 +147,9 @@ func start(o Options, tune tuning) (*Fleet, error) {
 	if o.Apply == nil || o.Instance == "" {
 		return nil, errors.New("fleet: Options need Apply and Instance")
 	}
+	if tune.now == nil {
+		tune.now = time.Now
+	}
 	cfg, err := pgx.ParseConfig(o.ConnString)
 	if err != nil {
 		msg := err.Error()
@@ -149,12 +162,12 @@ func start(o Options, tune tuning) (*Fleet, error) {
 	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
 		cfg.RuntimeParams["application_name"] = "phonehome " + o.Instance
 	}
-	// The server gives up on a statement when phonehome does, so that a
-	// statement stuck behind a lock does not keep its backend after the
-	// connection is gone.
-	if _, ok := cfg.RuntimeParams["statement_timeout"]; !ok {
-		cfg.RuntimeParams["statement_timeout"] = strconv.FormatInt(tune.timeout.Milliseconds(), 10)
-	}
+	// No other startup parameter (statement_timeout, say): PgBouncer
+	// refuses a connection that sends one it does not know ("unsupported
+	// startup parameter"). Each statement is bounded by its context
+	// (tune.timeout), and the server gives up on it then too: when a
+	// context ends, pgx closes the connection with a cancel request, so a
+	// statement stuck behind a lock does not keep its backend waiting.
 	// A few small statements: no statement cache to keep, and unnamed
 	// statements work behind a pooler in transaction mode too.
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
@@ -175,7 +188,7 @@ func start(o Options, tune tuning) (*Fleet, error) {
 // seconds; it is written when the database is back, unless something
 // newer has been set by then.
 func (f *Fleet) SetPause(p *resolver.Pause) error {
-	pub := &publication{setAt: time.Now(), online: f.connected.Load(), result: make(chan error, 1)}
+	pub := &publication{setAt: f.tune.now(), online: f.connected.Load(), result: make(chan error, 1)}
 	if p != nil {
 		c := *p
 		c.By = f.o.Instance
@@ -197,7 +210,7 @@ func (f *Fleet) SetPause(p *resolver.Pause) error {
 		if lastErr == nil {
 			lastErr = errors.New("not connected yet")
 		}
-		return fmt.Errorf("applied on this instance only: the shared database is unreachable (%v); the others get it once this one reaches the database", lastErr)
+		return fmt.Errorf("applied on this instance only: %s; the others get it once this one reaches the database", describe(lastErr))
 	}
 	timer := time.NewTimer(f.tune.wait)
 	defer timer.Stop()
@@ -278,6 +291,9 @@ func (f *Fleet) connect(ctx context.Context) (conn *pgx.Conn, listening bool, er
 		return nil, false, err
 	}
 	err = migrate(ctx, conn)
+	if err == nil {
+		err = f.prune(ctx, conn)
+	}
 	if err == nil && f.tune.listen {
 		_, err = conn.Exec(ctx, f.tune.listenSQL)
 		var pgErr *pgconn.PgError
@@ -295,6 +311,29 @@ func (f *Fleet) connect(ctx context.Context) (conn *pgx.Conn, listening bool, er
 		return nil, false, err
 	}
 	return conn, listening, nil
+}
+
+// prune deletes old rows of pause, if this user may: a refusal is said
+// once (a warning, with what to grant) and the connection goes on. A
+// broken connection or a database too slow to answer is an error, as for
+// any other statement.
+func (f *Fleet) prune(ctx context.Context, conn *pgx.Conn) error {
+	err := prune(ctx, conn)
+	var pgErr *pgconn.PgError
+	if err == nil || !errors.As(err, &pgErr) || retryable(pgErr.Code) || conn.IsClosed() {
+		return err
+	}
+	if f.noPrune {
+		f.log.Debug("fleet: rows of pause older than 30 days are kept", "err", err)
+		return nil
+	}
+	f.noPrune = true
+	attrs := []any{"err", err}
+	if pgErr.Code == insufficientPrivilege {
+		attrs = append(attrs, "hint", "grant DELETE on pause to this user, or delete them as the tables' owner")
+	}
+	f.log.Warn("fleet: cannot delete the rows of pause older than 30 days; the table keeps them (logged once)", attrs...)
+	return nil
 }
 
 // session keeps the pause in step over one connection until it fails or
@@ -349,7 +388,7 @@ func (f *Fleet) publish(ctx context.Context, conn *pgx.Conn) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.tune.timeout)
 	defer cancel()
-	err := insert(ctx, conn, f.o.Instance, pub)
+	key, err := insert(ctx, conn, f.o.Instance, pub)
 	// SetPause hears of it last, once this is all done.
 	defer pub.report(err)
 	var pgErr *pgconn.PgError
@@ -358,11 +397,22 @@ func (f *Fleet) publish(ctx context.Context, conn *pgx.Conn) error {
 		return fmt.Errorf("writing a pause: %w", err)
 	}
 	if refused {
-		f.log.Error("fleet: the shared database refused a pause or resume; it applies on this instance only", "err", err)
+		attrs := []any{"err", err}
+		if pgErr.Code == insufficientPrivilege {
+			attrs = append(attrs, "hint", grantHint)
+		}
+		f.log.Error("fleet: the shared database refused a pause or resume; it applies on this instance only", attrs...)
 	}
 	f.mu.Lock()
 	if f.pending == pub {
 		f.pending = nil
+		// What applies here is now this row, which is not the newest if
+		// it was set during an outage and another instance has set
+		// something since by the database's order: then sync applies
+		// that one, even if it is the row applied before.
+		if !refused {
+			f.applied = key
+		}
 	}
 	f.mu.Unlock()
 	return nil
@@ -430,12 +480,17 @@ func (f *Fleet) fail(err error) {
 	f.mu.Unlock()
 	if !f.down {
 		f.down = true
-		attrs := []any{"err", err}
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && (pgErr.Code == "28P01" || pgErr.Code == "28000") {
-			attrs = append(attrs, "hint", "the database refused this user or password: check history.dsn, $PGPASSWORD or ~/.pgpass")
+		switch {
+		case errors.As(err, &pgErr) && pgErr.Code == insufficientPrivilege:
+			f.log.Error("fleet: permission denied in the shared database; DNS goes on, pause and resume stay on this instance until this user may (retrying with backoff, logged once)",
+				"err", err, "user", f.cfg.User, "hint", grantHint)
+		case errors.As(err, &pgErr) && (pgErr.Code == "28P01" || pgErr.Code == "28000"):
+			f.log.Error("fleet: the shared database is unreachable; DNS goes on, pause and resume stay on this instance until it is back (retrying with backoff, logged once)",
+				"err", err, "hint", "the database refused this user or password: check history.dsn, $PGPASSWORD or ~/.pgpass")
+		default:
+			f.log.Error("fleet: the shared database is unreachable; DNS goes on, pause and resume stay on this instance until it is back (retrying with backoff, logged once)", "err", err)
 		}
-		f.log.Error("fleet: the shared database is unreachable; DNS goes on, pause and resume stay on this instance until it is back (retrying with backoff, logged once)", attrs...)
 	}
 	f.setConnected(false)
 	f.m.failures.Inc()
@@ -448,6 +503,22 @@ func (f *Fleet) setConnected(ok bool) {
 		v = 1
 	}
 	f.m.connected.Set(v)
+}
+
+// insufficientPrivilege is the SQLSTATE of "permission denied".
+const insufficientPrivilege = "42501"
+
+// grantHint says what a user that is denied needs.
+const grantHint = "grant this user SELECT and INSERT on the tables schema_version and pause, or let the owner migrate first (start phonehome once as a user that may create tables in the schema)"
+
+// describe says why the database is not shared, for the log and
+// SetPause: a permission this user lacks, or the database out of reach.
+func describe(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == insufficientPrivilege {
+		return fmt.Sprintf("permission denied: %v; %s", err, grantHint)
+	}
+	return fmt.Sprintf("the shared database is unreachable (%v)", err)
 }
 
 // cmpErr is err, or an error saying what when err is nil.

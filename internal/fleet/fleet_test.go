@@ -289,7 +289,8 @@ func TestDatabaseDown(t *testing.T) {
 
 // TestDatabaseSlow: statements stuck behind a lock time out; the instance
 // counts the database as down, a pause applies here at once, and when the
-// lock goes the pause is shared.
+// lock goes the pause is shared. The server gives up on them too, so the
+// retries do not leave a backend each waiting for the lock.
 func TestDatabaseSlow(t *testing.T) {
 	db := pgtest.Start(t, pgtest.Options{})
 	tune := fast
@@ -317,6 +318,12 @@ func TestDatabaseSlow(t *testing.T) {
 	a.SetPause(p) // an error: not shared yet
 	if got, _ := a.rec.last(); !is(got, p, "a") {
 		t.Errorf("the pause did not apply here: %+v", got)
+	}
+	waitFor(t, "a few more attempts", func() bool { return testutil.ToFloat64(a.m.failures) >= 5 })
+	// One waits for the lock, the attempt under way; two if the server's
+	// cancel of the one before is late.
+	if waiting := count(db.DSN(), "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'phonehome a' AND wait_event_type = 'Lock'"); waiting < 0 || waiting > 2 {
+		t.Errorf("%d of a's statements still wait for the lock after %v attempts", waiting, testutil.ToFloat64(a.m.failures))
 	}
 	if err := tx.Rollback(ctx); err != nil {
 		t.Fatal(err)
@@ -427,11 +434,13 @@ func TestNewestWins(t *testing.T) {
 		t.Fatalf("a second migrate: %v", err)
 	}
 	now := time.Now()
-	write := func(instance string, setAt time.Time, online bool, p *resolver.Pause) {
+	write := func(instance string, setAt time.Time, online bool, p *resolver.Pause) rowKey {
 		t.Helper()
-		if err := insert(ctx, conn, instance, &publication{pause: p, setAt: setAt, online: online}); err != nil {
+		k, err := insert(ctx, conn, instance, &publication{pause: p, setAt: setAt, online: online})
+		if err != nil {
 			t.Fatal(err)
 		}
+		return k
 	}
 	newest := func() row {
 		t.Helper()
@@ -444,14 +453,16 @@ func TestNewestWins(t *testing.T) {
 	if r := newest(); r.id != 0 || r.pause(now) != nil {
 		t.Fatalf("empty table: %+v", r)
 	}
-	write("a", now, true, &resolver.Pause{Until: now.Add(time.Hour)})
-	write("b", now.Add(-2*time.Second), true, nil) // a resume from a clock 2 s behind
-	if r := newest(); r.instance != "b" || r.pause(now) != nil {
+	if k := write("a", now, true, &resolver.Pause{Until: now.Add(time.Hour)}); newest().key() != k {
+		t.Errorf("insert's key %+v is not the newest row's, %+v", k, newest().key())
+	}
+	b := write("b", now.Add(-2*time.Second), true, nil) // a resume from a clock 2 s behind
+	if r := newest(); r.instance != "b" || r.pause(now) != nil || r.key() != b {
 		t.Errorf("the resume set last lost: %+v", r)
 	}
-	write("c", now.Add(-time.Minute), false, &resolver.Pause{Until: now.Add(time.Hour)}) // set during an outage, before
-	if r := newest(); r.instance != "b" {
-		t.Errorf("a pause set earlier during an outage won: %+v", r)
+	c := write("c", now.Add(-time.Minute), false, &resolver.Pause{Until: now.Add(time.Hour)}) // set during an outage, before
+	if r := newest(); r.instance != "b" || c == r.key() || c.id == 0 {
+		t.Errorf("a pause set earlier during an outage won: %+v (its key %+v)", r, c)
 	}
 	if p := (row{id: 1, setAt: now.Add(-time.Hour), until: now.Add(-time.Minute)}).pause(now); p != nil {
 		t.Errorf("an ended pause applies: %+v", p)
@@ -484,4 +495,149 @@ func TestMetricsLint(t *testing.T) {
 	if err != nil || len(problems) > 0 {
 		t.Errorf("promlint: %v %v", err, problems)
 	}
+}
+
+// TestRestrictedUser: a user that may read and add rows but neither
+// create tables nor delete rows works once the owner has migrated. Before
+// that it is told it lacks a permission (once, not as an outage); the
+// retention it may not do is a warning, once.
+func TestRestrictedUser(t *testing.T) {
+	db := pgtest.Start(t, pgtest.Options{})
+	// PostgreSQL 15 no longer lets every user create tables in public;
+	// older servers did.
+	db.Exec("CREATE ROLE app LOGIN; REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+	app := newInstance(t, db.DSNAs("app", ""), "app", fast)
+	waitFor(t, "app refused a few times", func() bool { return testutil.ToFloat64(app.m.failures) >= 3 })
+	if n := app.logs.count("level=ERROR", "permission denied", "let the owner migrate first"); n != 1 || strings.Contains(app.logs.String(), "unreachable") {
+		t.Errorf("want one error saying permission denied, and not unreachable:\n%s", app.logs)
+	}
+	early := &resolver.Pause{Until: time.Now().Add(time.Hour), Reason: "before the grant"}
+	if err := app.SetPause(early); err == nil || !strings.Contains(err.Error(), "permission denied") || strings.Contains(err.Error(), "unreachable") {
+		t.Errorf("SetPause while refused: %v", err)
+	}
+
+	owner := newInstance(t, db.DSN(), "owner", fast)
+	owner.synced(t)
+	db.Exec("GRANT SELECT, INSERT ON schema_version, pause TO app")
+	waitFor(t, "app connected", app.Connected)
+	waitFor(t, "owner has the pause app set before the grant", func() bool {
+		got, _ := owner.rec.last()
+		return is(got, early, "app")
+	})
+
+	if err := owner.SetPause(nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "app has owner's resume", func() bool {
+		got, n := app.rec.last()
+		return got == nil && n > 1
+	})
+	p := &resolver.Pause{Until: time.Now().Add(time.Hour), Categories: []string{"telemetry"}, Reason: "from app"}
+	if err := app.SetPause(p); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "owner has app's pause", func() bool {
+		got, _ := owner.rec.last()
+		return is(got, p, "app")
+	})
+	if n := app.logs.count("level=WARN", "permission denied for table pause", "grant DELETE"); n != 1 {
+		t.Errorf("want one warning about the retention:\n%s", app.logs)
+	}
+	if n := app.logs.count("level=ERROR"); n != 1 {
+		t.Errorf("%d errors logged, want 1:\n%s", n, app.logs)
+	}
+}
+
+// TestStartupParameters: the connection asks the server for nothing at
+// startup that PgBouncer refuses without ignore_startup_parameters
+// ("unsupported startup parameter"): statement timeouts are the
+// contexts'.
+func TestStartupParameters(t *testing.T) {
+	// Not this shell's: they would add their own.
+	t.Setenv("PGAPPNAME", "")
+	t.Setenv("PGOPTIONS", "")
+	f, err := start(Options{ConnString: "host=/nonexistent/phonehome-fleet-test user=x dbname=x", Instance: "a", Apply: func(*resolver.Pause) {}}, fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// What PgBouncer accepts from a client (its track_extra_parameters
+	// aside).
+	accepted := []string{"application_name", "client_encoding", "datestyle", "timezone", "standard_conforming_strings"}
+	for k := range f.cfg.RuntimeParams {
+		if !slices.Contains(accepted, strings.ToLower(k)) {
+			t.Errorf("startup parameter %s=%s: PgBouncer refuses it", k, f.cfg.RuntimeParams[k])
+		}
+	}
+	if f.cfg.RuntimeParams["application_name"] != "phonehome a" {
+		t.Errorf("application_name %q", f.cfg.RuntimeParams["application_name"])
+	}
+}
+
+// TestOutagePauseLoses: a pause set during an outage on an instance whose
+// clock is behind is written when the database returns, but a resume set
+// before it by the others' clocks stays in force, and the instance goes
+// back to it: it does not stay paused alone.
+func TestOutagePauseLoses(t *testing.T) {
+	db := pgtest.Start(t, pgtest.Options{})
+	behind := fast
+	behind.now = func() time.Time { return time.Now().Add(-time.Minute) }
+	a := newInstance(t, db.DSN(), "a", behind)
+	b := newInstance(t, db.DSN(), "b", fast)
+	a.synced(t)
+	b.synced(t)
+	first := &resolver.Pause{Until: time.Now().Add(time.Hour)}
+	if err := b.SetPause(first); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a has b's pause", func() bool {
+		got, _ := a.rec.last()
+		return is(got, first, "b")
+	})
+	if err := b.SetPause(nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a has b's pause and resume", func() bool {
+		got, n := a.rec.last()
+		return got == nil && n >= 3
+	})
+
+	db.Stop()
+	waitFor(t, "a saw the outage", func() bool { return !a.Connected() })
+	p := &resolver.Pause{Until: time.Now().Add(time.Hour), Reason: "during the outage"}
+	a.SetPause(p) // an error: not shared yet
+	if got, _ := a.rec.last(); !is(got, p, "a") {
+		t.Fatalf("the pause did not apply here: %+v", got)
+	}
+	db.Start()
+	waitFor(t, "a wrote its pause", func() bool {
+		return a.Connected() && count(db.DSN(), "SELECT count(*) FROM pause WHERE instance = 'a' AND reason = 'during the outage'") == 1
+	})
+	waitFor(t, "a is back to b's resume", func() bool {
+		got, _ := a.rec.last()
+		return got == nil
+	})
+	if got, _ := b.rec.last(); got != nil {
+		t.Errorf("b has %+v, want the resume", got)
+	}
+	if a.logs.count("resumed by another instance", "by=b") != 2 {
+		t.Errorf("a's log:\n%s", a.logs)
+	}
+}
+
+// count runs a query that counts (-1 when the database cannot say), on
+// a connection of its own.
+func count(dsn, query string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return -1
+	}
+	defer conn.Close(ctx)
+	var n int
+	if err := conn.QueryRow(ctx, query).Scan(&n); err != nil {
+		return -1
+	}
+	return n
 }

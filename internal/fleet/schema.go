@@ -44,10 +44,22 @@ const component = "fleet"
 const migrateLock int64 = 0x70686f6e65686f6d // "phonehom"
 
 // migrate brings the fleet's tables to the version this phonehome
-// writes, in one transaction. A database written by a newer phonehome is
-// left alone: its steps only add.
+// writes. It reads the version first and changes nothing when the tables
+// are up to date, so a user that may only read and add rows works once
+// the tables' owner has migrated: PostgreSQL checks CREATE on the schema
+// before it sees that a table exists, even for CREATE TABLE IF NOT
+// EXISTS. Behind, it migrates in one transaction under migrateLock. A
+// database written by a newer phonehome is left alone: its steps only
+// add.
 func migrate(ctx context.Context, conn *pgx.Conn) error {
-	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+	v, err := schemaVersion(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("reading the fleet's schema version: %w", err)
+	}
+	if v >= len(migrations) {
+		return nil
+	}
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrateLock); err != nil {
 			return err
 		}
@@ -57,13 +69,11 @@ func migrate(ctx context.Context, conn *pgx.Conn) error {
 		)`); err != nil {
 			return err
 		}
-		var v int
-		err := tx.QueryRow(ctx, "SELECT version FROM schema_version WHERE component = $1", component).Scan(&v)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		// Again, under the lock: another instance may have migrated
+		// meanwhile.
+		v, err := schemaVersion(ctx, tx)
+		if err != nil || v >= len(migrations) {
 			return err
-		}
-		if v >= len(migrations) {
-			return nil
 		}
 		for i := v; i < len(migrations); i++ {
 			if _, err := tx.Exec(ctx, migrations[i]); err != nil {
@@ -77,9 +87,34 @@ func migrate(ctx context.Context, conn *pgx.Conn) error {
 	if err != nil {
 		return fmt.Errorf("migrating the fleet's tables: %w", err)
 	}
-	// Rows older than 30 days go, but never the newest: it says what is
-	// in force.
-	_, err = conn.Exec(ctx, `DELETE FROM pause WHERE set_at < now() - interval '30 days'
+	return nil
+}
+
+// querier is a connection or a transaction.
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// schemaVersion is the fleet's version in schema_version: 0 when neither
+// the table nor the row is there.
+func schemaVersion(ctx context.Context, q querier) (int, error) {
+	var exists bool
+	if err := q.QueryRow(ctx, "SELECT to_regclass('schema_version') IS NOT NULL").Scan(&exists); err != nil || !exists {
+		return 0, err
+	}
+	var v int
+	err := q.QueryRow(ctx, "SELECT version FROM schema_version WHERE component = $1", component).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	return v, err
+}
+
+// prune deletes the rows older than 30 days, but never the newest: it
+// says what is in force. It needs DELETE on pause, which a user may lack;
+// then the table keeps them (the caller says so and goes on).
+func prune(ctx context.Context, conn *pgx.Conn) error {
+	_, err := conn.Exec(ctx, `DELETE FROM pause WHERE set_at < now() - interval '30 days'
 		AND id <> (SELECT id FROM pause ORDER BY set_at DESC, id DESC LIMIT 1)`)
 	return err
 }
@@ -128,22 +163,25 @@ func latest(ctx context.Context, conn *pgx.Conn) (row, error) {
 }
 
 // insert writes a pause or resume and notifies every instance, in one
-// statement (the notification goes out when it commits). One set while
-// the database was reachable is made the newest row even if this
-// instance's clock is behind the one that wrote the newest so far: a
-// resume pressed a second after a pause must win. One set during an
-// outage keeps its time, so that it loses to what others set since.
-func insert(ctx context.Context, conn *pgx.Conn, instance string, pub *publication) error {
+// statement (the notification goes out when it commits), and returns the
+// row's key. One set while the database was reachable is made the newest
+// row even if this instance's clock is behind the one that wrote the
+// newest so far: a resume pressed a second after a pause must win. One
+// set during an outage keeps its time, so that it loses to what others
+// set since.
+func insert(ctx context.Context, conn *pgx.Conn, instance string, pub *publication) (rowKey, error) {
 	until, cats, reason := pub.setAt, []string{}, ""
 	if p := pub.pause; p != nil {
 		until, reason = p.Until, p.Reason
 		cats = append(cats, p.Categories...)
 	}
-	_, err := conn.Exec(ctx, `WITH p AS (
+	var k rowKey
+	err := conn.QueryRow(ctx, `WITH p AS (
 			INSERT INTO pause (instance, set_at, until_at, categories, reason)
 			SELECT $1, CASE WHEN $6 THEN greatest($2, (SELECT max(set_at) FROM pause) + interval '1 microsecond') ELSE $2 END, $3, $4, $5
-			RETURNING id
+			RETURNING id, set_at
 		)
-		SELECT pg_notify('`+channel+`', id::text) FROM p`, instance, pub.setAt, until, cats, reason, pub.online)
-	return err
+		SELECT id, set_at, pg_notify('`+channel+`', id::text) FROM p`,
+		instance, pub.setAt, until, cats, reason, pub.online).Scan(&k.id, &k.setAt, nil)
+	return k, err
 }

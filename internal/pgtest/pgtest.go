@@ -108,12 +108,35 @@ func Start(t testing.TB, o Options) *Server {
 func (s *Server) DSN() string { return s.DSNWithPassword(s.password) }
 
 // DSNWithPassword is DSN with another password ("" for none).
-func (s *Server) DSNWithPassword(password string) string {
-	dsn := fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable connect_timeout=10", s.dir, port, User, Database)
+func (s *Server) DSNWithPassword(password string) string { return s.DSNAs(User, password) }
+
+// DSNAs is a connection string for another role ("" for no password), so
+// that a test can connect as a user with fewer rights than the superuser
+// (make it with Exec: CREATE ROLE app LOGIN, with PASSWORD when Options
+// has one).
+func (s *Server) DSNAs(user, password string) string {
+	dsn := fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable connect_timeout=10", s.dir, port, quote(user), Database)
 	if password != "" {
 		dsn += " password=" + quote(password)
 	}
 	return dsn
+}
+
+// Exec runs SQL statements as the superuser in Database (roles, grants,
+// fixtures), failing the test if one fails. Call it from the test's
+// goroutine.
+func (s *Server) Exec(sql string) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, s.DSN())
+	if err != nil {
+		s.t.Fatalf("pgtest: Exec: %v", err)
+	}
+	defer c.Close(context.Background())
+	if _, err := c.Exec(ctx, sql); err != nil {
+		s.t.Fatalf("pgtest: Exec %q: %v", sql, err)
+	}
 }
 
 // Dir is the directory of the server's socket, data and log.

@@ -82,3 +82,25 @@ func TestPassword(t *testing.T) {
 		t.Errorf("DSN %s", s.DSN())
 	}
 }
+
+// TestOtherRole: Exec makes a role, and DSNAs connects as it, with its
+// password when the server asks for one.
+func TestOtherRole(t *testing.T) {
+	s := Start(t, Options{Password: "owner's"})
+	s.Exec(`CREATE ROLE "app user" LOGIN PASSWORD 'app''s'`)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, s.DSNAs("app user", "app's"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	var who string
+	if err := c.QueryRow(ctx, "SELECT current_user").Scan(&who); err != nil || who != "app user" {
+		t.Fatalf("connected as %q, %v", who, err)
+	}
+	var pgErr *pgconn.PgError
+	if err := query(t, s.DSNAs("app user", "wrong")); !errors.As(err, &pgErr) || pgErr.Code != "28P01" {
+		t.Errorf("a wrong password: %v", err)
+	}
+}
