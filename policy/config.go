@@ -37,7 +37,7 @@ type Rules struct {
 // name and no clients.
 type GroupConfig struct {
 	Name    string             `yaml:"name"`
-	Clients []Prefix           `yaml:"clients"`
+	Clients []Client           `yaml:"clients"`
 	Edition *endpoints.Edition `yaml:"edition"`
 	// Windows are the Windows versions of the group's machines: one
 	// ("11"), a list, or a range ("10-1909..11"); all when not given.
@@ -88,6 +88,53 @@ func (p *Prefix) UnmarshalText(b []byte) error {
 	a = a.WithZone("").Unmap()
 	p.Prefix = netip.PrefixFrom(a, a.BitLen())
 	return nil
+}
+
+// Client is one entry of a group's clients: an address or a network, as
+// Prefix reads it ("192.168.1.23", "192.168.1.64/28"), or a mapping that
+// also names one machine ({client: 192.168.1.20, name: kids-pc}). The name
+// is shown beside the address in the query log, on the page, in the API and
+// in the history (internal/clientnames); it decides nothing.
+type Client struct {
+	netip.Prefix
+	Name string
+}
+
+// clientEntry is the mapping form of a Client, as written.
+type clientEntry struct {
+	Client *Prefix `yaml:"client"`
+	Name   string  `yaml:"name"`
+}
+
+// UnmarshalConfig reads an address or network, or a mapping of client:
+// and name:. The name is checked with the rest of the policy (Check).
+func (c *Client) UnmarshalConfig(d *config.Decoder, n *yaml.Node, path string) {
+	if n.Kind != yaml.MappingNode {
+		var p Prefix
+		if d.Scalar(n, &p, path) {
+			c.Prefix = p.Prefix
+		}
+		return
+	}
+	var e clientEntry
+	d.Decode(n, &e, path)
+	switch {
+	case e.Client != nil:
+		c.Prefix = e.Client.Prefix
+	case !hasValue(n, "client"): // a bad value was reported as it was read
+		d.Errorf(n, "%s: an entry with a name needs client: (its address), such as {client: 192.168.1.20, name: kids-pc}", path)
+	}
+	c.Name = strings.TrimSuffix(e.Name, ".")
+}
+
+// hasValue reports whether the mapping n gives the key k a value.
+func hasValue(n *yaml.Node, k string) bool {
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == k {
+			return n.Content[i+1].Tag != "!!null"
+		}
+	}
+	return false
 }
 
 // UnmarshalText reads an action.
@@ -247,6 +294,7 @@ func groupPath(i int) string {
 func (c *Config) Check(r *config.Report) {
 	src := r.Source()
 	names := map[string]config.Pos{}
+	named := map[netip.Addr]namedAt{}
 	for i, g := range c.groups() {
 		gp := groupPath(i)
 		if i == 0 {
@@ -278,7 +326,60 @@ func (c *Config) Check(r *config.Report) {
 			r.Value(gp, "group %q has no clients", g.Name)
 		}
 		g.check(r, gp)
+		g.checkNames(r, gp, named)
 	}
+}
+
+// namedAt is where a client's name was first written.
+type namedAt struct {
+	name string
+	pos  config.Pos
+}
+
+// checkNames reports a machine name that is not a host name, one given to
+// a network rather than to one address, and an address named twice with
+// different names (named holds the names of the groups before).
+func (g *GroupConfig) checkNames(r *config.Report, gp string, named map[netip.Addr]namedAt) {
+	src := r.Source()
+	for i, c := range g.Clients {
+		if c.Name == "" {
+			continue
+		}
+		cp := fmt.Sprintf("%s.clients[%d]", gp, i)
+		if err := config.CheckHostName(c.Name); err != nil {
+			r.Value(cp+".name", "%s: %v", cp, err)
+			continue
+		}
+		if !c.IsValid() {
+			continue // reported as it was read
+		}
+		if !c.IsSingleIP() {
+			r.Value(cp+".client", "%s: a name is for one machine, and %s is a network: name its machines one by one", cp, c.Prefix)
+			continue
+		}
+		a := c.Addr()
+		if first, ok := named[a]; ok && first.name != c.Name {
+			r.Value(cp+".name", "%s is named %q here and %q at line %d: one name per address", a, c.Name, first.name, first.pos.Line)
+			continue
+		} else if !ok {
+			named[a] = namedAt{c.Name, src.Value(cp + ".name")}
+		}
+	}
+}
+
+// ClientNames are the machine names the config gives, by address.
+func (c *Config) ClientNames() map[netip.Addr]string {
+	names := map[netip.Addr]string{}
+	for _, g := range c.Rules.Groups {
+		for _, cl := range g.Clients {
+			if cl.Name != "" && cl.IsValid() && cl.IsSingleIP() {
+				if _, ok := names[cl.Addr()]; !ok {
+					names[cl.Addr()] = cl.Name
+				}
+			}
+		}
+	}
+	return names
 }
 
 // check validates a group's categories and lists.

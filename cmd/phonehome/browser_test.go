@@ -43,6 +43,7 @@ func chromium(t *testing.T) string {
 func TestWebPage(t *testing.T) {
 	browser := chromium(t)
 	up := dnstest.Start(t)
+	up.SetPTR("127.0.0.2", "kids-laptop.lan") // the machine's name, as a router knows it
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "p.yaml")
 	os.WriteFile(cfg, []byte(`access: {rate_limit: 0}
@@ -97,6 +98,10 @@ policy:
 	}
 	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.querySelector("#undocumented").innerText.includes("foo.windows.com")`, chromedp.WithPollingTimeout(20*time.Second))); err != nil {
 		t.Fatalf("the undocumented hosts never showed foo.windows.com: %v\n%s", err, text(`#undocumented`))
+	}
+	// 127.0.0.2's name, looked up once its queries were seen, shows beside its address.
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`["#clients", "#undocumented", "#feed"].every(s => document.querySelector(s).innerText.includes("kids-laptop.lan (127.0.0.2)"))`, chromedp.WithPollingTimeout(20*time.Second))); err != nil {
+		t.Fatalf("the machine's name never showed: %v\n%s\n%s", err, text(`#clients`), text(`#undocumented`))
 	}
 	// The cells of foo.windows.com's row: host (with when it was last seen), domain, queries, machines.
 	undoc, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`[...[...document.querySelectorAll("#undocumented tr")].find(r => r.cells[0].innerText.startsWith("foo.windows.com")).cells].map(c => c.innerText)`))
@@ -178,7 +183,7 @@ policy:
 	if !strings.Contains(clients, "127.0.0.2") || !strings.Contains(clients, "kids-pc") || !strings.Contains(clients, "spotlight") {
 		t.Errorf("machines:\n%s", clients)
 	}
-	if len(undoc) != 4 || !strings.HasPrefix(undoc[0], "foo.windows.com\nlast seen ") || undoc[1] != "windows.com" || undoc[2] != "2" || undoc[3] != "127.0.0.1, 127.0.0.2" {
+	if len(undoc) != 4 || !strings.HasPrefix(undoc[0], "foo.windows.com\nlast seen ") || undoc[1] != "windows.com" || undoc[2] != "2" || undoc[3] != "127.0.0.1, kids-laptop.lan (127.0.0.2)" {
 		t.Errorf("undocumented hosts, foo.windows.com: %q", undoc)
 	}
 	if strings.Contains(filtered, "telemetry") || !strings.Contains(filtered, "arc.msn.com") {

@@ -214,7 +214,7 @@ func historyTop(args []string, stdout, stderr io.Writer) int {
 	}
 	who := "every machine"
 	if q.Client != "" {
-		who = q.Client
+		who = machine(q.Client, historyNames(ctx, r))
 	}
 	fmt.Fprintf(stdout, "# %s, %s to %s: %d endpoints\n", who, stamp(es.From), stamp(es.To), es.Total)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -275,10 +275,11 @@ func historyNew(args []string, stdout, stderr io.Writer) int {
 	} else if n.HistorySince.After(q.Since) {
 		fmt.Fprintf(stderr, "(the history begins at %s: what was asked for before it is not known, so anything then is new)\n", stamp(*n.HistorySince))
 	}
+	names := historyNames(ctx, r)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CLIENT\tFIRST SEEN\tPATTERN\tCATEGORY\tLAST SEEN")
 	for _, e := range n.Endpoints {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.Client, stamp(e.FirstSeen), e.Pattern, e.Category, stamp(e.LastSeen))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", machine(e.Client, names), stamp(e.FirstSeen), e.Pattern, e.Category, stamp(e.LastSeen))
 	}
 	tw.Flush()
 	if n.NextOffset != nil {
@@ -319,6 +320,7 @@ func historyExport(args []string, stdout, stderr io.Writer) int {
 		return c.fail(err)
 	}
 	defer r.Close()
+	names := historyNames(ctx, r)
 	out := bufio.NewWriter(stdout)
 	cw := csv.NewWriter(out)
 	enc := json.NewEncoder(out)
@@ -330,19 +332,21 @@ func historyExport(args []string, stdout, stderr io.Writer) int {
 	}
 	if *table == "events" {
 		if *format == "csv" {
-			cw.Write([]string{"time", "client", "group", "name", "type", "action", "category", "pattern", "windows", "family", "cname", "edition", "rcode", "source", "duration"})
+			cw.Write([]string{"time", "client", "group", "name", "type", "action", "category", "pattern", "windows", "family", "cname", "edition", "rcode", "source", "duration", "client_name"})
 		}
 		err = r.EachEvent(ctx, start, end, func(e *querylog.Record) error {
+			e.ClientName = names[e.Client]
 			return row(e, []string{e.Time.Format(time.RFC3339Nano), e.Client, e.Group, e.Name, e.Type, e.Action, e.Category, e.Pattern,
-				e.Windows, e.Family, e.CNAME, e.Edition, e.Rcode, e.Source, strconv.FormatFloat(e.Duration, 'g', -1, 64)})
+				e.Windows, e.Family, e.CNAME, e.Edition, e.Rcode, e.Source, strconv.FormatFloat(e.Duration, 'g', -1, 64), e.ClientName})
 		})
 	} else {
 		if *format == "csv" {
-			cw.Write([]string{"time", "span", "client", "group", "pattern", "category", "action", "n"})
+			cw.Write([]string{"time", "span", "client", "group", "pattern", "category", "action", "n", "client_name"})
 		}
 		err = r.EachCount(ctx, start, end, func(n *history.CountRow) error {
+			n.ClientName = names[n.Client]
 			return row(n, []string{n.Time.Format(time.RFC3339), strconv.Itoa(n.Span), n.Client, n.Group, n.Pattern, n.Category, n.Action,
-				strconv.FormatInt(n.N, 10)})
+				strconv.FormatInt(n.N, 10), n.ClientName})
 		})
 	}
 	cw.Flush()
@@ -356,4 +360,23 @@ func historyExport(args []string, stdout, stderr io.Writer) int {
 		return c.fail(err)
 	}
 	return 0
+}
+
+// historyNames are the machines' names the file keeps, by client; none
+// when they cannot be read: the addresses are listed all the same.
+func historyNames(ctx context.Context, r *history.Reader) map[string]string {
+	names, err := r.Names(ctx)
+	if err != nil {
+		return nil
+	}
+	return names
+}
+
+// machine spells a client as the page does: "kids-pc (192.168.1.20)", or
+// the address alone when it has no name.
+func machine(client string, names map[string]string) string {
+	if name := names[client]; name != "" {
+		return name + " (" + client + ")"
+	}
+	return client
 }

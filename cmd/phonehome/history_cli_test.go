@@ -133,7 +133,7 @@ func TestHistoryCLI(t *testing.T) {
 		t.Fatalf("export: %d %s", code, errs)
 	}
 	recs, err := csv.NewReader(strings.NewReader(out)).ReadAll()
-	if err != nil || len(recs) != 7 || strings.Join(recs[0], ",") != "time,client,group,name,type,action,category,pattern,windows,family,cname,edition,rcode,source,duration" ||
+	if err != nil || len(recs) != 7 || strings.Join(recs[0], ",") != "time,client,group,name,type,action,category,pattern,windows,family,cname,edition,rcode,source,duration,client_name" ||
 		recs[1][1] != "192.168.1.23" || recs[1][3] != "arc.msn.com." || recs[2][6] != "telemetry" || recs[6][13] != "sinkhole" {
 		t.Errorf("events 4 to 1 hours ago as CSV: %v\n%s", err, out)
 	}

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,8 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/phonehome/phonehome/internal/dnstest"
+	"github.com/phonehome/phonehome/internal/history"
+	"github.com/phonehome/phonehome/internal/querylog"
 )
 
 // TestMain points the history's default file (on unless a config says
@@ -62,19 +66,22 @@ func TestServeHistory(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
+	hr, err := history.OpenReader(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hr.Close()
 	var events []string
 	for deadline := time.Now().Add(5 * time.Second); len(events) < 2 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		events = events[:0]
-		rows, err := db.Query(`SELECT client, name, action, category, pattern FROM events ORDER BY name`)
+		err := hr.EachEvent(context.Background(), time.Unix(0, 0), time.Now().Add(time.Hour), func(e *querylog.Record) error {
+			events = append(events, strings.Join([]string{e.Client, e.Name, e.Action, e.Category, e.Pattern}, " "))
+			return nil
+		})
 		if err != nil {
 			continue // not created yet
 		}
-		for rows.Next() {
-			var c, n, a, cat, p string
-			rows.Scan(&c, &n, &a, &cat, &p)
-			events = append(events, strings.Join([]string{c, n, a, cat, p}, " "))
-		}
-		rows.Close()
+		slices.SortFunc(events, func(a, b string) int { return strings.Compare(strings.Fields(a)[1], strings.Fields(b)[1]) })
 	}
 	want := "127.0.0.1 arc.msn.com. log spotlight arc.msn.com\n" +
 		"127.0.0.1 v10.events.data.microsoft.com. sinkhole telemetry v10.events.data.microsoft.com"

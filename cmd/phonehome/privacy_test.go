@@ -16,10 +16,13 @@ import (
 // TestAnonymizeEveryView: with anonymize_clients, no full client address
 // appears in any view (the query log, the page's API, the metrics),
 // whichever of them are on, for queries over UDP and TCP from several
-// addresses.
+// addresses; nor does any machine's name, from the config or the
+// upstream's PTR records, which are never asked for.
 func TestAnonymizeEveryView(t *testing.T) {
 	up := dnstest.Start(t)
 	clients := []string{"127.0.0.7", "127.0.0.8"}
+	up.SetPTR("127.0.0.7", "study-pc.lan")
+	up.SetPTR("127.0.0.8", "kids-laptop.lan")
 	for _, output := range []string{"off", "file"} {
 		t.Run("querylog "+output, func(t *testing.T) {
 			dir := t.TempDir()
@@ -29,7 +32,8 @@ func TestAnonymizeEveryView(t *testing.T) {
 				out = qlog
 			}
 			cfg := filepath.Join(dir, "phonehome.yaml")
-			os.WriteFile(cfg, []byte("access: {rate_limit: 0}\nquerylog: {output: "+out+", anonymize_clients: true, all_queries: true}\n"), 0o644)
+			os.WriteFile(cfg, []byte("access: {rate_limit: 0}\nquerylog: {output: "+out+", anonymize_clients: true, all_queries: true}\n"+
+				"policy:\n  groups: [{name: kids, clients: [{client: 127.0.0.8, name: kids-pc}, {client: 127.0.0.0, name: anon-net}]}]\n"), 0o644)
 			ph := startServe(t, "-config", cfg, "-listen", "127.0.0.1:0", "-upstream", up.Addr(), "-http", "127.0.0.1:0")
 			for _, from := range clients {
 				for _, network := range []string{"udp", "tcp"} {
@@ -59,10 +63,15 @@ func TestAnonymizeEveryView(t *testing.T) {
 				views["query log"] = string(b)
 			}
 			for view, text := range views {
-				for _, c := range clients {
+				for _, c := range append(clients, "kids-pc", "study-pc", "kids-laptop", "anon-net", `"client_name"`) {
 					if strings.Contains(text, c) {
 						t.Errorf("%s shows %s:\n%s", view, c, text)
 					}
+				}
+			}
+			for _, c := range clients {
+				if rev, _ := dns.ReverseAddr(c); up.Seen(rev) != 0 {
+					t.Errorf("%s was looked up", c)
 				}
 			}
 			for _, view := range []string{"/api/clients", "/api/events", "/api/undocumented", "query log"} {

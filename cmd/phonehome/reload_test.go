@@ -182,6 +182,20 @@ func TestReloadEachKey(t *testing.T) {
 				t.Error("an unlisted name is not in the query log")
 			}
 		}},
+		// A machine's name from the config, in the query log beside its
+		// address; client_names: off takes every name away.
+		{"policy.groups clients name", "policy:\n  groups:\n    - {name: lab, clients: [{client: 127.0.0.12, name: lab-pc}]}\n", func(t *testing.T) {
+			ask(t, "127.0.0.12", "watson.telemetry.microsoft.com.")
+			if !logged(t, `"client":"127.0.0.12","client_name":"lab-pc","group":"lab"`) {
+				t.Error("the query log lacks the name")
+			}
+		}},
+		{"client_names", "client_names: \"off\"\npolicy:\n  groups:\n    - {name: lab, clients: [{client: 127.0.0.13, name: lab-pc}]}\n", func(t *testing.T) {
+			ask(t, "127.0.0.13", "watson.telemetry.microsoft.com.")
+			if !logged(t, `"client":"127.0.0.13","group":"lab"`) {
+				t.Error("with client_names: off the query log has a name, or no line")
+			}
+		}},
 		// The certificate of the encrypted listeners, at the next
 		// handshake.
 		{"tls_cert, tls_key", "tls_cert: new-cert.pem\ntls_key: new-cert-key.pem\n", func(t *testing.T) {

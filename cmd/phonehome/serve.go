@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/phonehome/phonehome/endpoints"
+	"github.com/phonehome/phonehome/internal/clientnames"
 	"github.com/phonehome/phonehome/internal/configfile"
 	"github.com/phonehome/phonehome/internal/fleet"
 	"github.com/phonehome/phonehome/internal/history"
@@ -106,7 +107,14 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 	// One registry for the process, passed down; nothing registers globally.
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ql, err := querylog.Open(cfg.QueryLog)
+	// Machines' names: the config's, else PTR lookups through the
+	// upstreams once the resolver runs (names.Start below), never on the
+	// answer path. Closed last (deferred first): the query log and the
+	// history ask for names until they close.
+	names := clientnames.New(cfg.Names, clientnames.Options{Log: log, ConfigNames: cfg.Policy.ClientNames(), Anonymize: cfg.QueryLog.AnonymizeClients})
+	defer names.Close()
+	reg.MustRegister(names.Collector())
+	ql, err := querylog.Open(cfg.QueryLog, names)
 	if err != nil {
 		return fail(err)
 	}
@@ -120,7 +128,7 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 	// The history follows the query log's privacy rules. A file that cannot
 	// be opened does not stop the resolver: the store says why, keeps
 	// counting (bounded) and tries again at every flush.
-	hist, err := history.Open(cfg.History, history.Options{Log: log, AllQueries: cfg.QueryLog.AllQueries, AnonymizeClients: cfg.QueryLog.AnonymizeClients})
+	hist, err := history.Open(cfg.History, history.Options{Log: log, AllQueries: cfg.QueryLog.AllQueries, AnonymizeClients: cfg.QueryLog.AnonymizeClients, Names: names})
 	if err != nil {
 		log.Error("history: the file cannot be opened yet; answering goes on", "path", cfg.History.Path, "err", err)
 	}
@@ -147,6 +155,8 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 		return fail(err)
 	}
 	defer srv.Close(context.Background())
+	names.Start(srv.Lookup)
+	apiOpts = append(apiOpts, web.WithNames(names))
 	// With a shared database (history.dsn), pause and resume reach every
 	// instance. The fleet connects in the background and is never on the
 	// answer path: without the database the pause stays local.
@@ -180,6 +190,7 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 		ql.Apply(next.QueryLog)
 		hist.Apply(next.History, next.QueryLog)
 		activity.SetAnonymize(next.QueryLog.AnonymizeClients)
+		names.Apply(next.Names, next.Policy.ClientNames(), next.QueryLog.AnonymizeClients)
 		if api != nil {
 			api.Apply(next.Web)
 		}

@@ -203,3 +203,24 @@ func CheckHostPort(s string) error {
 	}
 	return nil
 }
+
+// CheckHostName accepts a host name as DHCP and reverse DNS give them:
+// letters, digits, hyphens and underscores between dots, at most 63 bytes
+// a label and 253 in all, a trailing dot allowed (kids-pc, kids-pc.lan).
+// It is the syntax of a machine's name in the config and in PTR answers,
+// and of the names in http_hosts.
+func CheckHostName(s string) error {
+	name := strings.TrimSuffix(s, ".")
+	if name == "" || len(name) > 253 {
+		return fmt.Errorf("%q is not a host name", s)
+	}
+	for _, label := range strings.Split(name, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' ||
+			strings.IndexFunc(label, func(c rune) bool {
+				return !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_')
+			}) >= 0 {
+			return fmt.Errorf("%q is not a host name (letters, digits and hyphens between dots, such as kids-pc.lan)", s)
+		}
+	}
+	return nil
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/phonehome/phonehome/internal/clientnames"
 	"github.com/phonehome/phonehome/internal/config"
 	"github.com/phonehome/phonehome/internal/history"
 	"github.com/phonehome/phonehome/internal/querylog"
@@ -32,6 +33,8 @@ type File struct {
 	// history: off, or path, flush, retention, events_retention, max_size,
 	// dsn, instance.
 	History history.Config `yaml:"history"`
+	// client_names: where machines' names come from (ptr, config, off).
+	Names clientnames.Config `yaml:",inline"`
 	// WatchConfig reloads when the file, or a document or list it names,
 	// changes, as SIGHUP does (cmd/phonehome, internal/watch). Read at
 	// start only: it decides what the process runs, as listen does.
@@ -77,12 +80,14 @@ func (f *File) Check(r *config.Report) {
 	f.Config.Check(r)
 	f.Web.Check(r)
 	f.History.Check(r)
+	f.Names.Check(r)
 }
 
 func (f *File) setDefaults() {
 	f.Config.SetDefaults()
 	f.Web.SetDefaults()
 	f.QueryLog.SetDefaults()
+	f.Names.SetDefaults()
 	f.History.Path = f.Source.Resolve(f.History.Path)
 	f.History.SetDefaults()
 }

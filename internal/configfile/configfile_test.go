@@ -40,7 +40,7 @@ func TestConfigDefaults(t *testing.T) {
 // TestConfigErrors: every error path, with the exact message a user sees.
 func TestConfigErrors(t *testing.T) {
 	for _, c := range []struct{ text, want string }{
-		{"lisen: [\":53\"]\n", `p.yaml:1:1: unknown key "lisen" in the top level (valid: access, cache, canary, catalog, cname, history, http, http_hosts, http_token, https_listen, listen, policy, querylog, sinkhole, tls_cert, tls_key, tls_listen, trusted_proxies, upstream_tls_ca, upstreams, watch_config)`},
+		{"lisen: [\":53\"]\n", `p.yaml:1:1: unknown key "lisen" in the top level (valid: access, cache, canary, catalog, client_names, cname, history, http, http_hosts, http_token, https_listen, listen, policy, querylog, sinkhole, tls_cert, tls_key, tls_listen, trusted_proxies, upstream_tls_ca, upstreams, watch_config)`},
 		{"cache:\n  sise: 10\n", `p.yaml:2:3: unknown key "sise" in cache (valid: max_ttl, min_ttl, size)`},
 		{"cache: {size: lots}\n", "p.yaml:1:15: cache.size: cannot unmarshal !!str `lots` into int"},
 		{"cache: {max_ttl: forever}\n", "p.yaml:1:18: cache.max_ttl: cannot unmarshal !!str `forever` into time.Duration"},
@@ -98,7 +98,7 @@ func TestConfigErrorsAll(t *testing.T) {
 	// A group without clients is reported beside an earlier error; one whose
 	// only client is bad is reported once, at the client.
 	_, err = Parse("p.yaml", []byte("lisen: x\npolicy:\n  groups:\n    - {name: a, clients: []}\n    - {name: b, clients: [10.0.0.300]}\n"))
-	want := "p.yaml:1:1: unknown key \"lisen\" in the top level (valid: access, cache, canary, catalog, cname, history, http, http_hosts, http_token, https_listen, listen, policy, querylog, sinkhole, tls_cert, tls_key, tls_listen, trusted_proxies, upstream_tls_ca, upstreams, watch_config)\n" +
+	want := "p.yaml:1:1: unknown key \"lisen\" in the top level (valid: access, cache, canary, catalog, client_names, cname, history, http, http_hosts, http_token, https_listen, listen, policy, querylog, sinkhole, tls_cert, tls_key, tls_listen, trusted_proxies, upstream_tls_ca, upstreams, watch_config)\n" +
 		"p.yaml:4:7: group \"a\" has no clients\n" +
 		"p.yaml:5:27: policy.groups[1].clients: bad client address \"10.0.0.300\": want an address or CIDR such as 192.168.1.0/24"
 	if err == nil || !sameLines(err.Error(), want) {

@@ -150,6 +150,7 @@ type Upstream struct {
 	last       *dns.Msg
 	seen       map[string]int
 	chains     map[string][]string       // by canonical question name
+	ptrs       map[string]string         // PTR answers, by canonical reverse name
 	accepted   int                       // TCP or TLS connections
 	open       map[*trackedConn]struct{} // of those, not yet closed
 }
@@ -389,6 +390,7 @@ type behaviour struct {
 	ttl     uint32
 	handler dns.HandlerFunc
 	chain   []string // CNAMEs the default answer goes through
+	ptr     string   // the PTR answer's name (SetPTR)
 }
 
 // record counts r and returns the behaviour to reply with.
@@ -406,8 +408,29 @@ func (u *Upstream) record(r *dns.Msg, tcp bool) behaviour {
 	b := behaviour{mode: u.mode, delay: u.delay, ttl: u.ttl, handler: u.handler}
 	if len(r.Question) > 0 {
 		b.chain = u.chains[canonical(r.Question[0].Name)]
+		if r.Question[0].Qtype == dns.TypePTR {
+			b.ptr = u.ptrs[canonical(r.Question[0].Name)]
+		}
 	}
 	return b
+}
+
+// SetPTR makes the default answer to a PTR query for addr's reverse name
+// (1.0.0.127.in-addr.arpa. for 127.0.0.1) a PTR record to name, with the
+// answer TTL; "" takes it back (NOERROR with no answer, as for any PTR
+// query not set). It names a machine as a home router does its DHCP
+// clients.
+func (u *Upstream) SetPTR(addr, name string) {
+	rev, err := dns.ReverseAddr(addr)
+	if err != nil {
+		panic("dnstest: SetPTR: " + err.Error())
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.ptrs == nil {
+		u.ptrs = map[string]string{}
+	}
+	u.ptrs[canonical(rev)] = name
 }
 
 // SetChain makes the default answer for name an alias chain: a CNAME from
@@ -466,6 +489,9 @@ func (u *Upstream) serveDNS(w dns.ResponseWriter, r *dns.Msg) {
 	default:
 		answer(m, b.ttl)
 		aliases(m, b.chain, b.ttl)
+		if b.ptr != "" {
+			m.Answer = []dns.RR{&dns.PTR{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypePTR, Class: dns.ClassINET, Ttl: b.ttl}, Ptr: dns.Fqdn(b.ptr)}}
+		}
 	}
 	if opt := r.IsEdns0(); opt != nil {
 		m.SetEdns0(opt.UDPSize(), opt.Do())

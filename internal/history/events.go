@@ -1,9 +1,14 @@
 package history
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -55,47 +60,76 @@ type EventPage struct {
 	Next   string            `json:"next"`
 }
 
-const eventColumns = `id, time_ms, client, grp, name, type, action, category, pattern, windows, family, cname, edition, rcode, source, duration`
-
-// scanEvent reads a row of eventColumns.
-func scanEvent(rows *sql.Rows) (EventCursor, querylog.Record, error) {
-	var c EventCursor
-	var e querylog.Record
-	err := rows.Scan(&c.ID, &c.TimeMs, &e.Client, &e.Group, &e.Name, &e.Type, &e.Action, &e.Category, &e.Pattern,
-		&e.Windows, &e.Family, &e.CNAME, &e.Edition, &e.Rcode, &e.Source, &e.Duration)
-	e.Time = time.UnixMilli(c.TimeMs).UTC()
-	return c, e, err
+// foundEvent is a stored event a read found, with its place.
+type foundEvent struct {
+	at EventCursor
+	e  packedEvent
 }
 
-// Events returns the events before q.Before, newest first: through
-// events_client with a client, else events_time; a category, group or
-// action is a condition on the rows that range reads.
+// errEnough stops a read of blocks once no later block can change what it
+// returns.
+var errEnough = errors.New("enough")
+
+// Events returns the events before q.Before, newest first. It reads blocks
+// by first_ms down from the cursor, keeping the events the filter's
+// details name, until it holds a page of events newer than any block left
+// can hold (first_ms + blockSpan); a filter that no detail matches reads
+// no block.
 func (r *Reader) Events(ctx context.Context, q EventsQuery) (*EventPage, error) {
 	limit, err := page(q.Limit, 0)
 	if err != nil {
 		return nil, err
 	}
-	where := []string{`time_ms <= ? AND (time_ms < ? OR id < ?)`}
-	args := []any{q.Before.TimeMs, q.Before.TimeMs, q.Before.ID}
-	for _, c := range []struct{ col, v string }{{"client", q.Client}, {"grp", q.Group}, {"category", q.Category}, {"action", q.Action}} {
-		if c.v != "" {
-			where = append(where, c.col+" = ?")
-			args = append(args, c.v)
-		}
-	}
 	out := &EventPage{Events: []querylog.Record{}}
-	var last EventCursor
-	err = r.each(ctx, func(rows *sql.Rows) error {
-		c, e, err := scanEvent(rows)
-		last = c
-		out.Events = append(out.Events, e)
-		return err
-	}, `SELECT `+eventColumns+` FROM events WHERE `+strings.Join(where, " AND ")+` ORDER BY time_ms DESC, id DESC LIMIT ?`, append(args, limit)...)
+	before := q.Before
+	err = r.read(ctx, func(tx *sql.Tx) error {
+		keep, err := r.detailFilter(ctx, tx, q.Filter)
+		if err != nil || keep.none {
+			return err
+		}
+		var found []foundEvent
+		err = r.eachOn(ctx, tx, func(rows *sql.Rows) error {
+			var id, first int64
+			var data []byte
+			if err := rows.Scan(&id, &first, &data); err != nil {
+				return err
+			}
+			if err := eachPacked(id, first, data, func(eid int64, e packedEvent) error {
+				if (e.ms < before.TimeMs || e.ms == before.TimeMs && eid < before.ID) && keep.has(e.detail) {
+					found = append(found, foundEvent{EventCursor{e.ms, eid}, e})
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+			final := 0 // events no block left can come before: none holds one after first + blockSpan
+			for _, f := range found {
+				if f.at.TimeMs > first+blockSpan {
+					final++
+				}
+			}
+			if final >= limit {
+				return errEnough
+			}
+			return nil
+		}, `SELECT id, first_ms, data FROM event_blocks WHERE first_ms <= ? ORDER BY first_ms DESC, id DESC`, before.TimeMs)
+		if err != nil && !errors.Is(err, errEnough) {
+			return err
+		}
+		slices.SortFunc(found, func(x, y foundEvent) int {
+			return cmp.Or(cmp.Compare(y.at.TimeMs, x.at.TimeMs), cmp.Compare(y.at.ID, x.at.ID))
+		})
+		found = found[:min(limit, len(found))]
+		if out.Events, err = r.spell(ctx, tx, found, map[int64]eventDetail{}); err != nil {
+			return err
+		}
+		if len(found) == limit {
+			out.Next = found[limit-1].at.String()
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	if len(out.Events) == limit {
-		out.Next = last.String()
 	}
 	return out, nil
 }
@@ -112,15 +146,54 @@ func (r *Reader) EachEvent(ctx context.Context, from, to time.Time, fn func(*que
 		return err
 	}
 	after := EventCursor{TimeMs: from.UnixMilli(), ID: -1}
+	end := to.UnixMilli()
+	details := map[int64]eventDetail{} // the details read for pages before
 	for {
+		if len(details) > maxDetailCache {
+			clear(details)
+		}
 		var recs []querylog.Record
-		err := r.each(ctx, func(rows *sql.Rows) error {
-			c, e, err := scanEvent(rows)
-			after = c
-			recs = append(recs, e)
+		err := r.read(ctx, func(tx *sql.Tx) error {
+			var found []foundEvent
+			err := r.eachOn(ctx, tx, func(rows *sql.Rows) error {
+				var id, first int64
+				var data []byte
+				if err := rows.Scan(&id, &first, &data); err != nil {
+					return err
+				}
+				if err := eachPacked(id, first, data, func(eid int64, e packedEvent) error {
+					if (e.ms > after.TimeMs || e.ms == after.TimeMs && eid > after.ID) && e.ms < end {
+						found = append(found, foundEvent{EventCursor{e.ms, eid}, e})
+					}
+					return nil
+				}); err != nil {
+					return err
+				}
+				final := 0 // events no block left can come before: none starts before first
+				for _, f := range found {
+					if f.at.TimeMs < first {
+						final++
+					}
+				}
+				if final >= exportPage {
+					return errEnough
+				}
+				return nil
+			}, `SELECT id, first_ms, data FROM event_blocks WHERE first_ms >= ? AND first_ms < ? ORDER BY first_ms, id`,
+				after.TimeMs-blockSpan, end)
+			if err != nil && !errors.Is(err, errEnough) {
+				return err
+			}
+			slices.SortFunc(found, func(x, y foundEvent) int {
+				return cmp.Or(cmp.Compare(x.at.TimeMs, y.at.TimeMs), cmp.Compare(x.at.ID, y.at.ID))
+			})
+			found = found[:min(exportPage, len(found))]
+			if len(found) > 0 {
+				after = found[len(found)-1].at
+			}
+			recs, err = r.spell(ctx, tx, found, details)
 			return err
-		}, `SELECT `+eventColumns+` FROM events WHERE time_ms >= ? AND (time_ms > ? OR id > ?) AND time_ms < ?
-			ORDER BY time_ms, id LIMIT ?`, after.TimeMs, after.TimeMs, after.ID, to.UnixMilli(), exportPage)
+		})
 		if err != nil {
 			return err
 		}
@@ -135,17 +208,106 @@ func (r *Reader) EachEvent(ctx context.Context, from, to time.Time, fn func(*que
 	}
 }
 
+// detailSet is the event details a Filter keeps.
+type detailSet struct {
+	all  bool // no filter
+	none bool // no detail matches
+	ids  map[int64]struct{}
+}
+
+func (d *detailSet) has(id int64) bool {
+	if d.all {
+		return true
+	}
+	_, ok := d.ids[id]
+	return ok
+}
+
+// detailFilter reads the details f keeps: through the details' unique
+// index with a client, else by reading them all (a detail per client,
+// name, type and answer: thousands, not millions).
+func (r *Reader) detailFilter(ctx context.Context, tx *sql.Tx, f Filter) (*detailSet, error) {
+	var where []string
+	var args []any
+	for _, c := range []struct{ col, v string }{{"client", f.Client}, {"grp", f.Group}, {"category", f.Category}, {"action", f.Action}} {
+		if c.v != "" {
+			where = append(where, c.col+" = ?")
+			args = append(args, c.v)
+		}
+	}
+	if len(where) == 0 {
+		return &detailSet{all: true}, nil
+	}
+	d := &detailSet{ids: map[int64]struct{}{}}
+	err := r.eachOn(ctx, tx, func(rows *sql.Rows) error {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return err
+		}
+		d.ids[id] = struct{}{}
+		return nil
+	}, `SELECT id FROM event_details WHERE `+strings.Join(where, " AND "), args...)
+	d.none = len(d.ids) == 0
+	return d, err
+}
+
+// spell makes query log records of found events, with their details:
+// those in details (read before: an id always names the same detail), and
+// the others, which it reads and adds to details.
+func (r *Reader) spell(ctx context.Context, tx *sql.Tx, found []foundEvent, details map[int64]eventDetail) ([]querylog.Record, error) {
+	ids := map[int64]struct{}{}
+	for _, f := range found {
+		if _, ok := details[f.e.detail]; !ok {
+			ids[f.e.detail] = struct{}{}
+		}
+	}
+	if len(ids) == 0 {
+		return records(found, details), nil
+	}
+	list, _ := json.Marshal(slices.Collect(maps.Keys(ids)))
+	err := r.eachOn(ctx, tx, func(rows *sql.Rows) error {
+		var id int64
+		var d eventDetail
+		if err := rows.Scan(&id, &d.client, &d.group, &d.name, &d.qtype, &d.action, &d.category, &d.pattern, &d.windows, &d.family,
+			&d.cname, &d.edition, &d.rcode, &d.source); err != nil {
+			return err
+		}
+		details[id] = d
+		return nil
+	}, `SELECT id, client, grp, name, type, action, category, pattern, windows, family, cname, edition, rcode, source
+		FROM event_details WHERE id IN (SELECT value FROM json_each(?))`, string(list))
+	if err != nil {
+		return nil, err
+	}
+	return records(found, details), nil
+}
+
+// records makes query log records of found events, with their details.
+func records(found []foundEvent, details map[int64]eventDetail) []querylog.Record {
+	recs := make([]querylog.Record, len(found))
+	for i, f := range found {
+		d := details[f.e.detail] // always there: retention keeps the details of the events it keeps
+		recs[i] = querylog.Record{Time: time.UnixMilli(f.at.TimeMs).UTC(), Client: d.client, Group: d.group, Name: d.name, Type: d.qtype,
+			Action: d.action, Category: d.category, Pattern: d.pattern, Windows: d.windows, Family: d.family, CNAME: d.cname,
+			Edition: d.edition, Rcode: d.rcode, Source: d.source, Duration: float64(f.e.us) / 1e6}
+	}
+	return recs
+}
+
 // CountRow is a row of counts with its series spelled out: N queries in
 // the Span (60 or 3600 seconds) starting at Time.
 type CountRow struct {
-	Time     time.Time `json:"time"`
-	Span     int       `json:"span"`
-	Client   string    `json:"client"`
-	Group    string    `json:"group"`
-	Pattern  string    `json:"pattern"`
-	Category string    `json:"category"`
-	Action   string    `json:"action"`
-	N        int64     `json:"n"`
+	Time   time.Time `json:"time"`
+	Span   int       `json:"span"`
+	Client string    `json:"client"`
+	// ClientName is the client's name, from Reader.Names, filled in by
+	// who shows it (phonehome history export).
+	ClientName string `json:"client_name,omitempty"`
+	Group      string `json:"group"`
+	Pattern    string `json:"pattern"`
+	Category   string `json:"category"`
+	Action     string `json:"action"`
+	N          int64  `json:"n"`
 }
 
 // EachCount calls fn for each row of counts whose bucket starts from from

@@ -59,7 +59,8 @@ func (s *Store) rollup(ctx context.Context, now time.Time) error {
 }
 
 // expire deletes counts and first/last-seen rows older than retention,
-// events older than events_retention, and series no count uses.
+// events older than events_retention, series no count uses and event
+// details no event names.
 func (s *Store) expire(ctx context.Context, now time.Time, cfg *Config) error {
 	counts := now.Add(-time.Duration(cfg.Retention))
 	events := now.Add(-time.Duration(cfg.EventsRetention))
@@ -80,26 +81,35 @@ func (s *Store) expire(ctx context.Context, now time.Time, cfg *Config) error {
 		{`DELETE FROM totals WHERE span = 3600 AND bucket <= ?`, counts.Unix() - hourSpan},
 		{`DELETE FROM pattern_totals WHERE bucket <= ?`, counts.Unix() - hourSpan},
 		{`DELETE FROM seen WHERE last_ms < ?`, counts.UnixMilli()},
-		{`DELETE FROM events WHERE time_ms < ?`, events.UnixMilli()},
+		// A block of events goes once its last event is past the
+		// retention: an event may stay up to blockSpan longer.
+		{`DELETE FROM event_blocks WHERE first_ms < ?1 AND last_ms < ?1`, events.UnixMilli()},
 	} {
 		if _, err := tx.ExecContext(ctx, q.sql, q.arg); err != nil {
 			return fmt.Errorf("history: retention: %w", err)
 		}
 	}
-	if err := dropUnusedSeries(ctx, tx); err != nil {
+	if err := dropUnused(ctx, tx); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
 		return err
 	}
 	clear(s.series) // some of them may be gone
+	s.details.forget()
 	return nil
 }
 
-// dropUnusedSeries deletes the series that no count row uses.
-func dropUnusedSeries(ctx context.Context, tx *sql.Tx) error {
+// dropUnused deletes the series that no count row uses, and the event
+// details that no event names: those whose last_ms is more than
+// detailStamp before the oldest event.
+func dropUnused(ctx context.Context, tx *sql.Tx) error {
 	if _, err := tx.ExecContext(ctx, `DELETE FROM series WHERE NOT EXISTS (SELECT 1 FROM counts WHERE counts.series = series.id)`); err != nil {
 		return fmt.Errorf("history: deleting unused series: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM event_details WHERE last_ms < coalesce((SELECT min(first_ms) FROM event_blocks), 1 << 62) - ?`,
+		detailStamp); err != nil {
+		return fmt.Errorf("history: deleting unused event details: %w", err)
 	}
 	return nil
 }
@@ -143,11 +153,12 @@ func (s *Store) enforceSize(ctx context.Context) error {
 			break
 		}
 		// Delete a share of the rows a little larger than the share of
-		// pages to free, at least 100 rows; then look again.
+		// pages to free, at least a block of events or 100 rows of
+		// counts; then look again.
 		share := float64(used-target)/float64(used)*1.1 + 0.001
-		n, err := s.deleteOldest(ctx, `events`, `time_ms`, share)
+		n, err := s.deleteOldest(ctx, `event_blocks`, `first_ms`, share, 1)
 		if err == nil && n == 0 {
-			n, err = s.deleteOldest(ctx, `counts`, `bucket`, share)
+			n, err = s.deleteOldest(ctx, `counts`, `bucket`, share, 100)
 			if err == nil && n > 0 {
 				err = trimTotals(ctx, s.db)
 			}
@@ -169,13 +180,14 @@ func (s *Store) enforceSize(ctx context.Context) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM seen WHERE last_ms < coalesce((SELECT min(bucket) FROM counts), 0) * 1000`); err != nil {
 			return fmt.Errorf("history: deleting first seen: %w", err)
 		}
-		if err := dropUnusedSeries(ctx, tx); err != nil {
+		if err := dropUnused(ctx, tx); err != nil {
 			return err
 		}
 		if err := tx.Commit(); err != nil {
 			return err
 		}
 		clear(s.series)
+		s.details.forget()
 	}
 	_, count, free, err := s.pages(ctx)
 	if err != nil {
@@ -228,13 +240,13 @@ func trimTotals(ctx context.Context, db *sql.DB) error {
 }
 
 // deleteOldest deletes about share of table's rows, oldest by column
-// first, and at least 100 (or all there are).
-func (s *Store) deleteOldest(ctx context.Context, table, column string, share float64) (int64, error) {
+// first, and at least least (or all there are).
+func (s *Store) deleteOldest(ctx context.Context, table, column string, share float64, least int64) (int64, error) {
 	var rows int64
 	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM `+table).Scan(&rows); err != nil || rows == 0 {
 		return 0, err
 	}
-	n := max(100, int64(float64(rows)*share))
+	n := max(least, int64(float64(rows)*share))
 	var edge int64
 	err := s.db.QueryRowContext(ctx, `SELECT `+column+` FROM `+table+` ORDER BY `+column+` LIMIT 1 OFFSET ?`, min(n, rows)-1).Scan(&edge)
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 type metrics struct {
 	path                 string
 	rowsCounts, rowsSeen prometheus.Counter
+	rowsTotals           prometheus.Counter
+	rowsPatternTotals    prometheus.Counter
 	rowsEvents           prometheus.Counter
 	rows                 *prometheus.CounterVec
 	writeSeconds         prometheus.Histogram
@@ -29,8 +31,9 @@ const (
 func newMetrics(path string) *metrics {
 	m := &metrics{path: path}
 	m.rows = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_history_rows_written_total",
-		Help: "Rows written to the history file, by table: counts, seen (first and last seen), events."}, []string{labelTable})
+		Help: "Rows written to the history file, by table: counts, seen (first and last seen), totals and pattern_totals (every client's counts together), events (the events, packed in blocks)."}, []string{labelTable})
 	m.rowsCounts, m.rowsSeen, m.rowsEvents = m.rows.WithLabelValues("counts"), m.rows.WithLabelValues("seen"), m.rows.WithLabelValues("events")
+	m.rowsTotals, m.rowsPatternTotals = m.rows.WithLabelValues("totals"), m.rows.WithLabelValues("pattern_totals")
 	m.writeSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "phonehome_history_write_duration_seconds",
 		Help:    "Time to write one flush of the history (one transaction).",
 		Buckets: prometheus.ExponentialBuckets(0.001, 4, 8)})

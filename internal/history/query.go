@@ -33,7 +33,10 @@ type Endpoint struct {
 // patterns of every page; NextOffset is the next page's offset, or nil
 // after the last.
 type Endpoints struct {
-	Client     string     `json:"client,omitempty"`
+	Client string `json:"client,omitempty"`
+	// ClientName is the client's name, filled in from Reader.Names by
+	// who shows it (the API).
+	ClientName string     `json:"client_name,omitempty"`
 	From       time.Time  `json:"from"`
 	To         time.Time  `json:"to"`
 	Endpoints  []Endpoint `json:"endpoints"`
@@ -146,11 +149,12 @@ type NewQuery struct {
 
 // NewEndpoint is a pattern a client asked for first at FirstSeen.
 type NewEndpoint struct {
-	Client    string    `json:"client"`
-	Pattern   string    `json:"pattern"`
-	Category  string    `json:"category"`
-	FirstSeen time.Time `json:"first_seen"`
-	LastSeen  time.Time `json:"last_seen"`
+	Client     string    `json:"client"`
+	ClientName string    `json:"client_name,omitempty"` // from Reader.Names, by who shows it
+	Pattern    string    `json:"pattern"`
+	Category   string    `json:"category"`
+	FirstSeen  time.Time `json:"first_seen"`
+	LastSeen   time.Time `json:"last_seen"`
 }
 
 // NewEndpoints is a page of first contacts, by client, then by time.

@@ -105,24 +105,48 @@ func (r *Reader) Check(ctx context.Context) error {
 	return nil
 }
 
+// queryer is the connection pool or a read transaction.
+type queryer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
 // query runs a read after Check.
-func (r *Reader) query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+func (r *Reader) query(ctx context.Context, on queryer, q string, args ...any) (*sql.Rows, error) {
 	if err := r.Check(ctx); err != nil {
 		return nil, err
 	}
 	if r.trace != nil {
 		r.trace(q, args)
 	}
-	rows, err := r.db.QueryContext(ctx, q, args...)
+	rows, err := on.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("history: reading %s: %w", r.path, err)
 	}
 	return rows, nil
 }
 
+// read runs fn in a read transaction, so that its queries read one
+// snapshot of the file.
+func (r *Reader) read(ctx context.Context, fn func(*sql.Tx) error) error {
+	if err := r.Check(ctx); err != nil {
+		return err
+	}
+	tx, err := r.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return fmt.Errorf("history: reading %s: %w", r.path, err)
+	}
+	defer tx.Rollback()
+	return fn(tx)
+}
+
 // each runs q and calls fn for each row, which it scans.
 func (r *Reader) each(ctx context.Context, fn func(*sql.Rows) error, q string, args ...any) error {
-	rows, err := r.query(ctx, q, args...)
+	return r.eachOn(ctx, r.db, fn, q, args...)
+}
+
+// eachOn is each on a read transaction (or the pool).
+func (r *Reader) eachOn(ctx context.Context, on queryer, fn func(*sql.Rows) error, q string, args ...any) error {
+	rows, err := r.query(ctx, on, q, args...)
 	if err != nil {
 		return err
 	}

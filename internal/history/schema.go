@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"math"
 )
 
 // migrations are the schema, as the ordered steps that made it: a file at
@@ -32,6 +33,19 @@ import (
 //     series of a household (query.go) reads these.
 //   - pattern_totals: the counts of every client together per hour,
 //     pattern, category and action; the household's top endpoints.
+//   - event_details and event_blocks (from schema 4, in place of
+//     events): the events packed, a block of them to a row
+//     (eventblocks.go). A detail is what events repeat: the query log's
+//     fields but the time and the duration; last_ms is about the last
+//     event that names it (an hour late at most: the writer updates it
+//     once an hour), so that retention can tell the details no event
+//     names any longer. An id is never used again (AUTOINCREMENT), so a
+//     reader may keep what it read of a detail.
+//   - client_names (from schema 5): each client's name, from the config
+//     or its PTR record, as the query log spells the client; updated_ms
+//     is when it was last known to be its name (rewritten hourly while
+//     it is), so that rows of machines gone for the retention are
+//     dropped. Readers join it to what they list (names.go).
 var migrations = []string{
 	// 1: the first schema.
 	`CREATE TABLE series (
@@ -117,6 +131,49 @@ var migrations = []string{
 		FROM counts c JOIN series s ON s.id = c.series WHERE s.pattern <> '' GROUP BY 1, 2, 3, 4;
 	DROP INDEX counts_series;
 	CREATE INDEX counts_series ON counts (series, bucket, n);`,
+
+	// 4: the events packed in blocks, a week of a busy household in a
+	// twenty-fifth of the space (eventblocks.go); packEvents moves the
+	// events of schema 3 into them and drops their table.
+	`CREATE TABLE event_details (
+		id       INTEGER PRIMARY KEY AUTOINCREMENT,
+		client   TEXT NOT NULL,
+		grp      TEXT NOT NULL,
+		name     TEXT NOT NULL,
+		type     TEXT NOT NULL,
+		action   TEXT NOT NULL,
+		category TEXT NOT NULL,
+		pattern  TEXT NOT NULL,
+		windows  TEXT NOT NULL,
+		family   TEXT NOT NULL,
+		cname    TEXT NOT NULL,
+		edition  TEXT NOT NULL,
+		rcode    TEXT NOT NULL,
+		source   TEXT NOT NULL,
+		last_ms  INTEGER NOT NULL,
+		UNIQUE (client, grp, name, type, action, category, pattern, windows, family, cname, edition, rcode, source)
+	);
+	CREATE TABLE event_blocks (
+		id       INTEGER PRIMARY KEY,
+		first_ms INTEGER NOT NULL,
+		last_ms  INTEGER NOT NULL,
+		n        INTEGER NOT NULL,
+		data     BLOB NOT NULL
+	);
+	CREATE INDEX event_blocks_first ON event_blocks (first_ms);`,
+
+	// 5: machines' names (internal/clientnames), written by names.go.
+	`CREATE TABLE client_names (
+		client     TEXT PRIMARY KEY,
+		name       TEXT NOT NULL,
+		updated_ms INTEGER NOT NULL
+	) WITHOUT ROWID;`,
+}
+
+// migrationCode is what SQL cannot do of a migration: by the version the
+// step reaches, a function run after the step's SQL, in its transaction.
+var migrationCode = map[int]func(context.Context, *sql.Tx) error{
+	4: packEvents,
 }
 
 // SchemaVersion is the schema this build writes.
@@ -146,6 +203,9 @@ func migrateTo(ctx context.Context, db *sql.DB, to int) error {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, migrations[v])
+		if code := migrationCode[v+1]; err == nil && code != nil {
+			err = code(ctx, tx)
+		}
 		if err == nil {
 			_, err = tx.ExecContext(ctx, `DELETE FROM schema_version`)
 		}
@@ -174,4 +234,69 @@ func schemaVersion(ctx context.Context, db *sql.DB) (int, error) {
 		return 0, fmt.Errorf("reading the schema version: %w", err)
 	}
 	return v, nil
+}
+
+// packEvents moves the events of schema 3, one row each, into blocks, and
+// drops their table. It reads them a page at a time, in time order.
+func packEvents(ctx context.Context, tx *sql.Tx) error {
+	detail, err := prepareDetails(ctx, tx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, s := range []*sql.Stmt{detail.find, detail.insert, detail.stamp} {
+			if s != nil {
+				s.Close()
+			}
+		}
+	}()
+	insert, err := tx.PrepareContext(ctx, insertBlock)
+	if err != nil {
+		return err
+	}
+	defer insert.Close()
+	details := newDetailCache()
+	const pageSize = 10_000
+	after, afterID := int64(math.MinInt64), int64(0)
+	for {
+		var page []packedEvent
+		var ds []eventDetail
+		err := func() error {
+			rows, err := tx.QueryContext(ctx, `SELECT id, time_ms, client, grp, name, type, action, category, pattern, windows, family, cname,
+				edition, rcode, source, duration FROM events WHERE time_ms >= ? AND (time_ms > ? OR id > ?) ORDER BY time_ms, id LIMIT ?`,
+				after, after, afterID, pageSize)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var d eventDetail
+				var seconds float64
+				if err := rows.Scan(&afterID, &after, &d.client, &d.group, &d.name, &d.qtype, &d.action, &d.category, &d.pattern,
+					&d.windows, &d.family, &d.cname, &d.edition, &d.rcode, &d.source, &seconds); err != nil {
+					return err
+				}
+				page = append(page, packedEvent{ms: after, us: max(0, int64(math.Round(seconds*1e6)))})
+				ds = append(ds, d)
+			}
+			return rows.Err()
+		}()
+		for i := range page {
+			if err == nil {
+				page[i].detail, err = details.ref(ctx, detail, ds[i], page[i].ms)
+			}
+		}
+		if err == nil {
+			_, err = writeBlocks(ctx, insert, page)
+		}
+		if err != nil {
+			return fmt.Errorf("moving the events into blocks: %w", err)
+		}
+		details.commit()
+		if len(page) < pageSize {
+			break
+		}
+	}
+	_, err = tx.ExecContext(ctx, `DROP TABLE events`)
+	return err
 }

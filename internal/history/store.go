@@ -25,6 +25,7 @@ import (
 	_ "modernc.org/sqlite" // the pure-Go SQLite driver: no cgo, the static image stays
 
 	"github.com/phonehome/phonehome/endpoints"
+	"github.com/phonehome/phonehome/internal/clientnames"
 	"github.com/phonehome/phonehome/internal/querylog"
 	"github.com/phonehome/phonehome/policy"
 	"github.com/phonehome/phonehome/resolver"
@@ -56,6 +57,10 @@ type Options struct {
 	MaintainEvery time.Duration
 
 	busyTimeout time.Duration // SQLite's wait for a lock held elsewhere; 5 s
+
+	// Names, if set, gives machines' names, which the file keeps beside
+	// the clients (names.go).
+	Names *clientnames.Names
 }
 
 // Defaults of Options.
@@ -95,11 +100,13 @@ type Store struct {
 	db      *sql.DB
 	stmts   statements
 	series  map[seriesKey]int64 // series ids known to be in the file
+	details *detailCache        // event details known to be in the file
 	backlog *batch              // taken from cur, not yet written
 	spare   *batch              // an empty batch to swap in
 	failing bool                // the last write failed (and was logged)
 	// maintFailing: the last maintenance failed (and was logged).
 	maintFailing bool
+	names        *namesWriter // nil without Options.Names
 }
 
 // key is what a count is kept by in memory: pointers and numbers only, so
@@ -174,7 +181,7 @@ func Open(cfg Config, opts Options) (*Store, error) {
 	s := &Store{
 		path: cfg.Path, log: opts.Log, now: opts.Now, limit: opts.Backlog, maintainEvery: opts.MaintainEvery, busyTimeout: opts.busyTimeout, eventRate: opts.EventRate,
 		cur: newBatch(), m: newMetrics(cfg.Path), reqs: make(chan request), stop: make(chan struct{}), done: make(chan struct{}),
-		series: map[seriesKey]int64{},
+		series: map[seriesKey]int64{}, details: newDetailCache(), names: newNamesWriter(opts.Names),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -412,7 +419,10 @@ func (s *Store) writeBacklog() error {
 	s.m.writeSeconds.Observe(time.Since(start).Seconds())
 	s.m.rowsCounts.Add(float64(rows.counts))
 	s.m.rowsSeen.Add(float64(rows.seen))
+	s.m.rowsTotals.Add(float64(rows.totals))
+	s.m.rowsPatternTotals.Add(float64(rows.patternTotals))
 	s.m.rowsEvents.Add(float64(rows.events))
+	s.writeNames(s.backlog)
 	return nil
 }
 
@@ -495,6 +505,7 @@ func (s *Store) open() error {
 	}
 	s.db = db
 	clear(s.series)
+	s.details.forget()
 	return nil
 }
 

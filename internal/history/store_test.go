@@ -2,11 +2,13 @@ package history
 
 import (
 	"bytes"
+	"context"
 	"database/sql"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -170,6 +172,25 @@ func one(t *testing.T, db *sql.DB, query string, args ...any) int64 {
 	return n.Int64
 }
 
+// storedEvents reads every event the file keeps, oldest first, as a
+// Reader does.
+func storedEvents(t *testing.T, path string) []querylog.Record {
+	t.Helper()
+	r, err := OpenReader(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var out []querylog.Record
+	if err := r.EachEvent(context.Background(), time.Unix(0, 0), time.Unix(1<<40, 0), func(e *querylog.Record) error {
+		out = append(out, *e)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 const countsBySeries = `SELECT c.span, c.bucket, s.client, s.grp, s.pattern, s.category, s.action, c.n
 	FROM counts c JOIN series s ON s.id = c.series ORDER BY c.span, c.bucket, s.client, s.pattern`
 
@@ -211,12 +232,19 @@ func TestWhatItKeeps(t *testing.T) {
 		fmt.Sprintf("192.168.1.23|v10.events.data.microsoft.com|%d|%d", ms, ms+60_000),
 		fmt.Sprintf("192.168.1.40|arc.msn.com|%d|%d", ms, ms),
 	})
-	equal(t, "events", rows(t, db, `SELECT time_ms, client, grp, name, type, action, category, pattern, windows, edition, rcode, source, duration
-		FROM events WHERE client = '192.168.1.40'`), []string{
+	events := storedEvents(t, s.Path())
+	var fields []string
+	for _, e := range events {
+		if e.Client == "192.168.1.40" {
+			fields = append(fields, fmt.Sprintf("%d|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%v", e.Time.UnixMilli(), e.Client, e.Group, e.Name, e.Type,
+				e.Action, e.Category, e.Pattern, e.Windows, e.Edition, e.Rcode, e.Source, e.Duration))
+		}
+	}
+	equal(t, "events", fields, []string{
 		fmt.Sprintf("%d|192.168.1.40|default|arc.msn.com.|A|log|spotlight|arc.msn.com|%s|all|NOERROR|upstream|2.1e-05", ms, answer(t, "192.168.1.40", logged, at).Decision.Match.Rule.Versions),
 	})
-	if n := one(t, db, `SELECT count(*) FROM events`); n != 5 {
-		t.Errorf("%d events, want 5", n)
+	if len(events) != 5 {
+		t.Errorf("%d events, want 5", len(events))
 	}
 	if got := testutil.ToFloat64(s.m.rowsEvents); got != 5 {
 		t.Errorf("rows written (events) = %v, want 5", got)
@@ -247,7 +275,11 @@ func TestPrivacyRules(t *testing.T) {
 	equal(t, "seen (not for unlisted names)", rows(t, db, `SELECT client, pattern FROM seen ORDER BY client`), []string{
 		"192.168.1.23|arc.msn.com", "2001:db8:1::|v10.events.data.microsoft.com",
 	})
-	equal(t, "event clients", rows(t, db, `SELECT client FROM events ORDER BY id`), []string{"192.168.1.0", "2001:db8:1::", "192.168.1.23"})
+	var clients []string
+	for _, e := range storedEvents(t, s.Path()) {
+		clients = append(clients, e.Client)
+	}
+	equal(t, "event clients", clients, []string{"192.168.1.0", "2001:db8:1::", "192.168.1.23"})
 }
 
 // TestRestart: what was written is there after Close and Open, and counts
@@ -273,7 +305,7 @@ func TestRestart(t *testing.T) {
 	equal(t, "counts", rows(t, db, countsBySeries), []string{
 		fmt.Sprintf("60|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|3", t0.Unix()),
 	})
-	if n := one(t, db, `SELECT count(*) FROM events`); n != 3 {
+	if n := one(t, db, `SELECT sum(n) FROM event_blocks`); n != 3 {
 		t.Errorf("%d events, want 3", n)
 	}
 	if n := one(t, db, `SELECT count(*) FROM series`); n != 1 {
@@ -284,7 +316,7 @@ func TestRestart(t *testing.T) {
 // TestRollupAndRetention moves an injected clock: minute rows of hours
 // that ended more than 48 h ago become hour rows with the same totals;
 // counts and first seen go after retention, events after
-// events_retention, and series with them.
+// events_retention, and series and event details with them.
 func TestRollupAndRetention(t *testing.T) {
 	dir := t.TempDir()
 	clk := &clock{t: t0}
@@ -316,9 +348,10 @@ func TestRollupAndRetention(t *testing.T) {
 	if n := one(t, db, `SELECT count(*) FROM series WHERE client = '192.168.1.50'`); n != 0 {
 		t.Error("the series of a client past retention is still there")
 	}
-	if n := one(t, db, `SELECT count(*) FROM events`); n != 5 {
+	if n := one(t, db, `SELECT sum(n) FROM event_blocks`); n != 5 {
 		t.Errorf("%d events, want the 5 of the last 3 days", n)
 	}
+	equal(t, "the details of the events kept", rows(t, db, `SELECT client FROM event_details`), []string{"192.168.1.23"})
 
 	// A minute written late into an hour already rolled up adds to it.
 	s.Answered(answer(t, "192.168.1.23", telemetry, old.Add(2*time.Minute)))
@@ -348,13 +381,20 @@ func TestMaxSize(t *testing.T) {
 	cfg := testConfig(dir)
 	cfg.MaxSize = 256 << 10
 	s, _ := open(t, cfg, Options{Now: clk.Now})
-	// Counts for 40 clients a minute over two hours (small), then events
-	// enough to pass the bound.
+	// Counts for 20 clients a minute over two hours (2,400 rows), and the
+	// events of 16 queries of each a minute (38,400, packed), enough to
+	// pass the bound.
+	var times []time.Time
 	for m := range 120 {
-		for c := range 40 {
-			s.Answered(answer(t, fmt.Sprintf("10.0.0.%d", c), telemetry, t0.Add(-3*time.Hour+time.Duration(m)*time.Minute)))
+		for c := range 20 {
+			for q := range 16 {
+				at := t0.Add(-3*time.Hour + time.Duration(m)*time.Minute + time.Duration(q)*time.Minute/16)
+				s.Answered(answer(t, fmt.Sprintf("10.0.0.%d", c), telemetry, at))
+				times = append(times, at)
+			}
 		}
 	}
+	slices.SortFunc(times, time.Time.Compare)
 	if err := s.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -364,15 +404,15 @@ func TestMaxSize(t *testing.T) {
 	if size := fileSize(cfg.Path); size > int64(cfg.MaxSize) {
 		t.Errorf("file is %d bytes after the flush, over max_size %d", size, cfg.MaxSize)
 	}
-	events := one(t, db, `SELECT count(*) FROM events`)
-	if events == 0 || events >= 4800 {
-		t.Errorf("%d of 4800 events left; want some deleted, not all", events)
+	events := one(t, db, `SELECT coalesce(sum(n), 0) FROM event_blocks`)
+	if events == 0 || events >= int64(len(times)) {
+		t.Errorf("%d of %d events left; want some deleted, not all", events, len(times))
 	}
-	if n := one(t, db, `SELECT count(*) FROM counts`); n != 4800 {
-		t.Errorf("%d counts rows, want all 4800 while events were left", n)
+	if n := one(t, db, `SELECT count(*) FROM counts`); n != 2400 {
+		t.Errorf("%d counts rows, want all 2400 while events were left", n)
 	}
-	if first := one(t, db, `SELECT min(time_ms) FROM events`); first != t0.Add(-time.Hour-time.Duration(events)/40*time.Minute).UnixMilli() {
-		t.Errorf("the oldest event left is at %v; want the newest %d kept", time.UnixMilli(first).UTC(), events)
+	if first := storedEvents(t, cfg.Path)[0].Time; !first.Equal(times[len(times)-int(events)]) {
+		t.Errorf("the oldest event left is at %v; want the newest %d kept, from %v", first, events, times[len(times)-int(events)])
 	}
 
 	// A bound so low that no event can stay: counts go, oldest first.
@@ -381,8 +421,8 @@ func TestMaxSize(t *testing.T) {
 	if err := s.Maintain(); err != nil {
 		t.Fatal(err)
 	}
-	if n := one(t, db, `SELECT count(*) FROM events`); n != 0 {
-		t.Errorf("%d events left under a bound that holds none", n)
+	if n := one(t, db, `SELECT count(*) FROM event_blocks`); n != 0 {
+		t.Errorf("%d blocks of events left under a bound that holds none", n)
 	}
 	if size := fileSize(cfg.Path); size > int64(cfg.MaxSize) {
 		t.Errorf("file is %d bytes, over max_size %d", size, cfg.MaxSize)

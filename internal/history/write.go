@@ -3,8 +3,10 @@ package history
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"maps"
+	"time"
 
 	"github.com/phonehome/phonehome/internal/querylog"
 	"github.com/phonehome/phonehome/policy"
@@ -12,8 +14,48 @@ import (
 
 // statements are the writer's prepared statements.
 type statements struct {
-	series, count, seen, event, total, patternTotal *sql.Stmt
+	series, count, seen, total, patternTotal, block *sql.Stmt
+	detail                                          detailStmts
 }
+
+// The statements of event details. A detail is looked up before it is
+// inserted, not upserted: an upsert that finds the row still takes an id
+// of the AUTOINCREMENT sequence, and the ids, which the blocks hold as
+// varints, would grow with every hour.
+const (
+	findDetail = `SELECT id, last_ms FROM event_details WHERE client = ? AND grp = ? AND name = ? AND type = ? AND action = ?
+		AND category = ? AND pattern = ? AND windows = ? AND family = ? AND cname = ? AND edition = ? AND rcode = ? AND source = ?`
+	insertDetail = `INSERT INTO event_details (client, grp, name, type, action, category, pattern, windows, family, cname, edition, rcode, source, last_ms)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`
+	stampDetail = `UPDATE event_details SET last_ms = ? WHERE id = ? AND last_ms < ?`
+)
+
+// detailStmts are the statements of event details.
+type detailStmts struct{ find, insert, stamp *sql.Stmt }
+
+// in binds them to tx.
+func (st detailStmts) in(ctx context.Context, tx *sql.Tx) detailStmts {
+	return detailStmts{tx.StmtContext(ctx, st.find), tx.StmtContext(ctx, st.insert), tx.StmtContext(ctx, st.stamp)}
+}
+
+// prepareDetails prepares them on p (the pool or a transaction).
+func prepareDetails(ctx context.Context, p interface {
+	PrepareContext(context.Context, string) (*sql.Stmt, error)
+}) (detailStmts, error) {
+	var st detailStmts
+	var err error
+	for _, s := range []struct {
+		stmt **sql.Stmt
+		sql  string
+	}{{&st.find, findDetail}, {&st.insert, insertDetail}, {&st.stamp, stampDetail}} {
+		if *s.stmt, err = p.PrepareContext(ctx, s.sql); err != nil {
+			return st, err
+		}
+	}
+	return st, nil
+}
+
+const insertBlock = `INSERT INTO event_blocks (first_ms, last_ms, n, data) VALUES (?, ?, ?, ?)`
 
 func (st *statements) prepare(ctx context.Context, db *sql.DB) error {
 	for _, p := range []struct {
@@ -32,14 +74,17 @@ func (st *statements) prepare(ctx context.Context, db *sql.DB) error {
 			ON CONFLICT (span, bucket, grp, category, action) DO UPDATE SET n = n + excluded.n`},
 		{&st.patternTotal, `INSERT INTO pattern_totals (bucket, pattern, category, action, n) VALUES (?, ?, ?, ?, ?)
 			ON CONFLICT (bucket, pattern, category, action) DO UPDATE SET n = n + excluded.n`},
-		{&st.event, `INSERT INTO events (time_ms, client, grp, name, type, action, category, pattern, windows, family, cname, edition, rcode, source, duration)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
+		{&st.block, insertBlock},
 	} {
 		s, err := db.PrepareContext(ctx, p.sql)
 		if err != nil {
 			return fmt.Errorf("preparing statements: %w", err)
 		}
 		*p.stmt = s
+	}
+	var err error
+	if st.detail, err = prepareDetails(ctx, db); err != nil {
+		return fmt.Errorf("preparing statements: %w", err)
 	}
 	return nil
 }
@@ -57,8 +102,9 @@ type totalKey struct {
 	group, pattern, category, action string
 }
 
-// written counts the rows a transaction wrote, per table.
-type written struct{ counts, seen, events int }
+// written counts the rows a transaction wrote, per table (events: the
+// events, not their blocks).
+type written struct{ counts, seen, totals, patternTotals, events int }
 
 // write writes b in one transaction. The series ids it creates join the
 // cache only once it commits.
@@ -69,8 +115,8 @@ func (s *Store) write(ctx context.Context, b *batch) (written, error) {
 		return w, err
 	}
 	defer tx.Rollback()
-	series, count, seen, event := tx.StmtContext(ctx, s.stmts.series), tx.StmtContext(ctx, s.stmts.count),
-		tx.StmtContext(ctx, s.stmts.seen), tx.StmtContext(ctx, s.stmts.event)
+	defer s.details.rollback() // the ids it learns are known once it commits
+	series, count, seen := tx.StmtContext(ctx, s.stmts.series), tx.StmtContext(ctx, s.stmts.count), tx.StmtContext(ctx, s.stmts.seen)
 	created := map[seriesKey]int64{}
 	seens := map[seenKey]agg{}
 	totals, patternTotals := map[totalKey]int64{}, map[totalKey]int64{}
@@ -116,24 +162,38 @@ func (s *Store) write(ctx context.Context, b *batch) (written, error) {
 		if _, err := total.ExecContext(ctx, t.span, t.bucket, t.group, t.category, t.action, n); err != nil {
 			return w, fmt.Errorf("writing totals: %w", err)
 		}
+		w.totals++
 	}
 	for t, n := range patternTotals {
 		if _, err := patternTotal.ExecContext(ctx, t.bucket, t.pattern, t.category, t.action, n); err != nil {
 			return w, fmt.Errorf("writing pattern totals: %w", err)
 		}
+		w.patternTotals++
 	}
-	for i := range b.events {
-		a := &b.events[i]
-		r := querylog.NewRecord(a, false) // the client was anonymized when it was counted
-		if _, err := event.ExecContext(ctx, a.Start.UnixMilli(), r.Client, r.Group, r.Name, r.Type, r.Action, r.Category, r.Pattern,
-			r.Windows, r.Family, r.CNAME, r.Edition, r.Rcode, r.Source, r.Duration); err != nil {
+	if len(b.events) > 0 {
+		detail := s.stmts.detail.in(ctx, tx)
+		events := make([]packedEvent, len(b.events))
+		for i := range b.events {
+			a := &b.events[i]
+			r := querylog.NewRecord(a, false) // the client was anonymized when it was counted
+			ms := a.Start.UnixMilli()
+			id, err := s.details.ref(ctx, detail, eventDetail{client: r.Client, group: r.Group, name: r.Name, qtype: r.Type, action: r.Action,
+				category: r.Category, pattern: r.Pattern, windows: r.Windows, family: r.Family, cname: r.CNAME, edition: r.Edition, rcode: r.Rcode, source: r.Source}, ms)
+			if err != nil {
+				return w, fmt.Errorf("writing event details: %w", err)
+			}
+			events[i] = packedEvent{ms: ms, detail: id, us: micros(a.Duration)}
+		}
+		n, err := writeBlocks(ctx, tx.StmtContext(ctx, s.stmts.block), events)
+		if err != nil {
 			return w, fmt.Errorf("writing events: %w", err)
 		}
-		w.events++
+		w.events = n
 	}
 	if err := tx.Commit(); err != nil {
 		return w, err
 	}
+	s.details.commit()
 	if len(s.series)+len(created) > maxSeriesCache {
 		clear(s.series) // it is a cache: the file has them all
 	}
@@ -143,6 +203,97 @@ func (s *Store) write(ctx context.Context, b *batch) (written, error) {
 
 // maxSeriesCache bounds the series ids the writer remembers.
 const maxSeriesCache = 100_000
+
+// eventDetail is a row of event_details but for its id and last_ms: what
+// an event has in common with others, the query log's fields but its time
+// and duration.
+type eventDetail struct {
+	client, group, name, qtype, action, category, pattern, windows, family, cname, edition, rcode, source string
+}
+
+// detailRef is a detail's id, and the last_ms the file has for it.
+type detailRef struct{ id, lastMs int64 }
+
+// detailStamp is how far an event may be past its detail's last_ms before
+// the writer moves last_ms on: once an hour per detail in use, not once
+// per event.
+const detailStamp = int64(time.Hour / time.Millisecond)
+
+// maxDetailCache bounds the details the writer remembers.
+const maxDetailCache = 100_000
+
+// detailCache is the writer's memory of event details: those known to be
+// in the file, and those a transaction wrote, known once it commits.
+type detailCache struct {
+	known, pending map[eventDetail]detailRef
+}
+
+func newDetailCache() *detailCache {
+	return &detailCache{known: map[eventDetail]detailRef{}, pending: map[eventDetail]detailRef{}}
+}
+
+// ref is the id of d for an event at ms: from memory, or found in the
+// file, or inserted; and it moves the file's last_ms of d on to ms when
+// ms is more than detailStamp past it. So every event written has ms <=
+// its detail's last_ms + detailStamp, and the memory's last_ms is never
+// more than the file's.
+func (c *detailCache) ref(ctx context.Context, st detailStmts, d eventDetail, ms int64) (int64, error) {
+	r, ok := c.pending[d]
+	if !ok {
+		r, ok = c.known[d]
+	}
+	if !ok {
+		fields := []any{d.client, d.group, d.name, d.qtype, d.action, d.category, d.pattern, d.windows, d.family, d.cname, d.edition, d.rcode, d.source}
+		err := st.find.QueryRowContext(ctx, fields...).Scan(&r.id, &r.lastMs)
+		if errors.Is(err, sql.ErrNoRows) {
+			if err := st.insert.QueryRowContext(ctx, append(fields, ms)...).Scan(&r.id); err != nil {
+				return 0, err
+			}
+			r.lastMs = ms
+		} else if err != nil {
+			return 0, err
+		}
+	}
+	if ms > r.lastMs+detailStamp {
+		if _, err := st.stamp.ExecContext(ctx, ms, r.id, ms); err != nil {
+			return 0, err
+		}
+		r.lastMs = ms
+	}
+	c.pending[d] = r
+	return r.id, nil
+}
+
+// commit makes what the transaction wrote known.
+func (c *detailCache) commit() {
+	if len(c.known)+len(c.pending) > maxDetailCache {
+		clear(c.known)
+	}
+	maps.Copy(c.known, c.pending)
+	clear(c.pending)
+}
+
+// rollback forgets what a transaction that did not commit wrote.
+func (c *detailCache) rollback() { clear(c.pending) }
+
+// forget forgets every detail: some may have been deleted.
+func (c *detailCache) forget() {
+	clear(c.known)
+	clear(c.pending)
+}
+
+// writeBlocks packs events into blocks and inserts them with insert (an
+// insertBlock statement), returning the events written.
+func writeBlocks(ctx context.Context, insert *sql.Stmt, events []packedEvent) (int, error) {
+	n := 0
+	for _, b := range packBlocks(events) {
+		if _, err := insert.ExecContext(ctx, b.first, b.last, b.n, b.data); err != nil {
+			return n, err
+		}
+		n += b.n
+	}
+	return n, nil
+}
 
 // The spans of counts rows, in seconds.
 const (

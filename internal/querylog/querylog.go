@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/phonehome/phonehome/endpoints"
+	"github.com/phonehome/phonehome/internal/clientnames"
 	"github.com/phonehome/phonehome/resolver"
 )
 
@@ -42,14 +43,17 @@ func (c *Config) SetDefaults() {
 
 // Record is one line of the query log.
 type Record struct {
-	Time     time.Time `json:"time"`
-	Client   string    `json:"client"`
-	Group    string    `json:"group"`
-	Name     string    `json:"name"`
-	Type     string    `json:"type"`
-	Action   string    `json:"action"`
-	Category string    `json:"category"`
-	Pattern  string    `json:"pattern,omitempty"`
+	Time   time.Time `json:"time"`
+	Client string    `json:"client"`
+	// ClientName is the machine's name (internal/clientnames), when it has
+	// one; never for an anonymized client.
+	ClientName string `json:"client_name,omitempty"`
+	Group      string `json:"group"`
+	Name       string `json:"name"`
+	Type       string `json:"type"`
+	Action     string `json:"action"`
+	Category   string `json:"category"`
+	Pattern    string `json:"pattern,omitempty"`
 	// Windows are the versions whose documents list the matched entry for
 	// the group's editions; Family is a documented member of the matched
 	// family ("family of v10.events.data.microsoft.com").
@@ -62,7 +66,15 @@ type Record struct {
 	Rcode    string  `json:"rcode"`
 	Source   string  `json:"source"`
 	Duration float64 `json:"duration"` // seconds
+
+	// addr is the client's address when Client is not anonymized: the
+	// address a name may be given for.
+	addr netip.Addr
 }
+
+// ClientAddr is the client's address, or the zero Addr when the record's
+// client is anonymized: a name is looked for only when it is valid.
+func (r *Record) ClientAddr() netip.Addr { return r.addr }
 
 // Log writes one JSON object per line, from its own goroutine. Add never
 // blocks answering: when the writer falls behind, records are dropped and
@@ -73,7 +85,8 @@ type Log struct {
 
 	ch      chan Record
 	Dropped atomic.Uint64
-	path    string // a file output, reopened by Reopen; "" for stdout/stderr
+	names   *clientnames.Names // nil: no names
+	path    string             // a file output, reopened by Reopen; "" for stdout/stderr
 	// closing guards ch: an answer that finishes after Close still calls
 	// Add, and must not send on a closed channel.
 	closing sync.RWMutex
@@ -92,8 +105,9 @@ type reopenRequest struct {
 }
 
 // Open opens cfg.Output: "stdout", "stderr", "off" (nil, no log) or a file
-// path (appended to).
-func Open(cfg Config) (*Log, error) {
+// path (appended to). Records carry the machine's name that names gives
+// (nil: none), asked for by the writer, off the answer path.
+func Open(cfg Config, names *clientnames.Names) (*Log, error) {
 	var w io.Writer
 	var file *os.File
 	output := cfg.Output
@@ -112,7 +126,7 @@ func Open(cfg Config) (*Log, error) {
 		w, file = f, f
 	}
 	l := newLog(w, cfg.AllQueries, cfg.AnonymizeClients, 4096)
-	l.path, l.file = output, file
+	l.path, l.file, l.names = output, file, names
 	go l.run()
 	return l, nil
 }
@@ -153,10 +167,11 @@ func (l *Log) Answered(a resolver.Answer) {
 // the client's host part.
 func NewRecord(a *resolver.Answer, anonymize bool) Record {
 	client, d, q := a.Client, &a.Decision, a.Question
+	addr := client
 	if anonymize {
-		client = Anonymize(client)
+		client, addr = Anonymize(client), netip.Addr{}
 	}
-	r := Record{Time: a.Start, Client: client.String(), Group: d.Group.Name, Name: q.Name, Type: dns.TypeToString[q.Qtype],
+	r := Record{addr: addr, Time: a.Start, Client: client.String(), Group: d.Group.Name, Name: q.Name, Type: dns.TypeToString[q.Qtype],
 		Action: d.Action.String(), Category: string(d.Category()), Edition: d.Group.Edition.String(),
 		Rcode: dns.RcodeToString[a.Rcode], Source: a.Source.String(), Duration: a.Duration.Seconds()}
 	r.CNAME = d.CNAME
@@ -255,6 +270,9 @@ func (l *Log) run() {
 				}
 				return
 			}
+			if r.ClientName == "" && r.addr.IsValid() {
+				r.ClientName = l.names.Name(r.addr)
+			}
 			buf = append(r.appendJSON(buf[:0]), '\n')
 			bw.Write(buf)
 		case req := <-l.reopen:
@@ -281,6 +299,9 @@ func (r *Record) appendJSON(b []byte) []byte {
 	b = append(b, `{"time":"`...)
 	b = r.Time.AppendFormat(b, time.RFC3339Nano)
 	b = appendField(b, `","client":`, r.Client)
+	if r.ClientName != "" {
+		b = appendField(b, `,"client_name":`, r.ClientName)
+	}
 	b = appendField(b, `,"group":`, r.Group)
 	b = appendField(b, `,"name":`, r.Name)
 	b = appendField(b, `,"type":`, r.Type)

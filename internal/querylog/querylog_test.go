@@ -12,6 +12,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/phonehome/phonehome/internal/clientnames"
+	"github.com/phonehome/phonehome/policy"
+	"github.com/phonehome/phonehome/resolver"
 )
 
 // stalled is a writer that blocks until released, like a full pipe.
@@ -73,7 +79,7 @@ func TestRecordJSON(t *testing.T) {
 	records := []Record{base, {Time: time.Unix(0, 0).In(time.FixedZone("x", 3600)), Duration: 12345.5}}
 	for _, s := range odd {
 		r := base
-		r.Group, r.Name, r.Pattern, r.Category = s, s, s, s
+		r.Group, r.Name, r.Pattern, r.Category, r.ClientName = s, s, s, s, s
 		records = append(records, r)
 	}
 	for _, r := range records {
@@ -96,7 +102,7 @@ func TestRecordJSON(t *testing.T) {
 func TestQueryLogReopen(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "q.log")
-	l, err := Open(Config{Output: path, AllQueries: true})
+	l, err := Open(Config{Output: path, AllQueries: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,5 +140,45 @@ func TestQueryLogAddAfterClose(t *testing.T) {
 	l.Close()
 	if l.Dropped.Load() != 1 {
 		t.Errorf("dropped %d, want 1", l.Dropped.Load())
+	}
+}
+
+// TestQueryLogClientName: a line carries the machine's name beside its
+// address, and none when clients are anonymized, not even the config's.
+func TestQueryLogClientName(t *testing.T) {
+	names := clientnames.New(clientnames.Config{}, clientnames.Options{
+		ConfigNames: map[netip.Addr]string{netip.MustParseAddr("192.168.1.20"): "kids-pc", netip.MustParseAddr("192.168.1.0"): "net"}})
+	defer names.Close()
+	for _, anonymize := range []bool{false, true} {
+		path := filepath.Join(t.TempDir(), "q.log")
+		l, err := Open(Config{Output: path, AllQueries: true, AnonymizeClients: anonymize}, names)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := &policy.Group{Name: "kids"}
+		for _, from := range []string{"192.168.1.20", "192.168.1.21"} {
+			l.Answered(resolver.Answer{Start: time.Now(), Client: netip.MustParseAddr(from), Question: dns.Question{Name: "example.com.", Qtype: dns.TypeA},
+				Decision: policy.Decision{Group: g}})
+		}
+		l.Close()
+		b, _ := os.ReadFile(path)
+		var got []string
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			var r Record
+			if err := json.Unmarshal([]byte(line), &r); err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			got = append(got, r.Client+" "+r.ClientName)
+		}
+		want := []string{"192.168.1.20 kids-pc", "192.168.1.21 "}
+		if anonymize {
+			want = []string{"192.168.1.0 ", "192.168.1.0 "}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("anonymize %v: %q, want %q", anonymize, got, want)
+		}
+		if strings.Contains(string(b), `"client_name":""`) {
+			t.Errorf("an empty client_name is written:\n%s", b)
+		}
 	}
 }

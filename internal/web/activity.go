@@ -60,12 +60,16 @@ type EndpointCount struct {
 
 // ClientCount is what one client asked for.
 type ClientCount struct {
-	Client     string            `json:"client"`
+	Client string `json:"client"`
+	// ClientName is the machine's name, filled in by the API.
+	ClientName string            `json:"client_name,omitempty"`
 	Group      string            `json:"group"`
 	Edition    string            `json:"edition"`
 	Total      uint64            `json:"total"`
 	Categories map[string]uint64 `json:"categories"`
 	LastSeen   time.Time         `json:"last_seen"`
+
+	addr netip.Addr // the address a name may be given for; zero when anonymized
 }
 
 // UndocumentedHost is one name under a Microsoft domain that no Microsoft
@@ -80,6 +84,9 @@ type UndocumentedHost struct {
 	// MoreClients counts the queries from any other machine.
 	Clients     []string `json:"clients"`
 	MoreClients uint64   `json:"more_clients"`
+	// ClientNames are the names of those machines that have one, by
+	// address; filled in by the API.
+	ClientNames map[string]string `json:"client_names,omitempty"`
 }
 
 // Undocumented is what /api/undocumented returns: the names kept, busiest
@@ -155,7 +162,7 @@ func (a *Activity) add(client netip.Addr, r querylog.Record, description string)
 	}
 	c, ok := a.clients.Get(client)
 	if !ok {
-		c = &ClientCount{Client: r.Client, Categories: map[string]uint64{}}
+		c = &ClientCount{Client: r.Client, Categories: map[string]uint64{}, addr: r.ClientAddr()}
 		a.clients.Add(client, c)
 	}
 	c.Group, c.Edition, c.LastSeen = r.Group, r.Edition, r.Time

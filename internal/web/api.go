@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/phonehome/phonehome/internal/clientnames"
 	"github.com/phonehome/phonehome/internal/config"
 	"github.com/phonehome/phonehome/internal/history"
 	"github.com/phonehome/phonehome/resolver"
@@ -72,19 +73,7 @@ func checkHostName(s string) error {
 			return fmt.Errorf("%q has a port; list the name only (%q), any port is allowed", s, h)
 		}
 	}
-	name := strings.TrimSuffix(s, ".")
-	if name == "" || len(name) > 253 {
-		return fmt.Errorf("%q is not a host name", s)
-	}
-	for _, label := range strings.Split(name, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' ||
-			strings.IndexFunc(label, func(c rune) bool {
-				return !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_')
-			}) >= 0 {
-			return fmt.Errorf("%q is not a host name (letters, digits and hyphens between dots, such as phonehome.lan)", s)
-		}
-	}
-	return nil
+	return config.CheckHostName(s)
 }
 
 // API serves the metrics, health checks, the JSON API and the web page of
@@ -92,7 +81,8 @@ func checkHostName(s string) error {
 type API struct {
 	resolver *resolver.Server
 	activity *Activity
-	history  *history.Reader // nil with history: off
+	history  *history.Reader    // nil with history: off
+	names    *clientnames.Names // nil: machines by address only
 	gatherer prometheus.Gatherer
 	reload   func() ([]string, error) // what SIGHUP does; it names the keys that need a restart
 	refused  *prometheus.CounterVec   // phonehome_http_refused_total{reason}
@@ -158,15 +148,17 @@ func (a *API) Handler() http.Handler {
 			Paused *Pause `json:"paused"`
 		}{a.activity.Summary(20), pauseOf(a.resolver.Paused())})
 	})
-	mux.HandleFunc("GET /api/clients", func(w http.ResponseWriter, _ *http.Request) { replyJSON(w, a.activity.Clients()) })
-	mux.HandleFunc("GET /api/undocumented", func(w http.ResponseWriter, _ *http.Request) { replyJSON(w, a.activity.Undocumented()) })
+	mux.HandleFunc("GET /api/clients", func(w http.ResponseWriter, _ *http.Request) { replyJSON(w, a.nameClients(a.activity.Clients())) })
+	mux.HandleFunc("GET /api/undocumented", func(w http.ResponseWriter, _ *http.Request) {
+		replyJSON(w, a.nameUndocumented(a.activity.Undocumented()))
+	})
 	mux.HandleFunc("GET /api/events", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Has("before") {
 			a.olderEvents(w, r) // from the history file: history.go
 			return
 		}
 		since, _ := strconv.ParseUint(r.URL.Query().Get("since"), 10, 64)
-		replyJSON(w, a.activity.Events(since))
+		replyJSON(w, a.nameEvents(a.activity.Events(since)))
 	})
 	a.historyRoutes(mux)
 	mux.HandleFunc("POST /api/pause", a.guard(a.pause))

@@ -75,6 +75,9 @@ func (a *API) endpoints(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	es, err := a.history.Endpoints(r.Context(), q)
+	if err == nil && es.Client != "" {
+		es.ClientName = a.historyNames(r.Context())[es.Client]
+	}
 	replyHistory(w, es, err)
 }
 
@@ -87,6 +90,12 @@ func (a *API) newEndpoints(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n, err := a.history.New(r.Context(), q)
+	if err == nil {
+		names := a.historyNames(r.Context())
+		for i := range n.Endpoints {
+			n.Endpoints[i].ClientName = names[n.Endpoints[i].Client]
+		}
+	}
 	replyHistory(w, n, err)
 }
 
@@ -105,6 +114,12 @@ func (a *API) olderEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		page, err := a.history.Events(r.Context(), q)
+		if err == nil {
+			names := a.historyNames(r.Context())
+			for i := range page.Events {
+				page.Events[i].ClientName = names[page.Events[i].Client]
+			}
+		}
 		replyHistory(w, page, err)
 	})(w, r)
 }
