@@ -40,7 +40,7 @@
 # EDNS0. A query without an answer within LOST_AFTER (5) seconds is lost.
 #
 # The schedule: after a warm-up (a good reload; 5,200 names from 8 other
-# addresses, to fill the cache; 13 s of the clients' load with the faults
+# addresses, to fill the cache; 15 s of the clients' load with the faults
 # on top of each other, so that phonehome has reached its working size; then idle
 # for 2 s, and until the reload's old forwarder is retired) the run is DURATION / (9 * PHASE)
 # cycles (at least 1) of nine phases of PHASE (10) seconds each:
@@ -497,12 +497,14 @@ dnsperf_client() {
 # ---------------------------------------------------------------------------
 # Warm-up, to bring phonehome to its working size before the start
 # level is taken: a good reload; the cache filled from 8 other addresses;
-# then a rehearsal of 13 s of the clients' load in which the faults come
-# on top of each other: for 9 s the stub answers late (so queries pile up
-# waiting, as they do in the fault phases) while the over-limit client and
-# the flood run and a broken reload is refused; then the stub drops every
-# query for 2 s, and is killed and back 1.5 s later; then idle for 2 s,
-# and at least until the good reload's old forwarder is retired. Without
+# then a rehearsal of 15 s of the clients' load in which the faults come
+# on top of each other: the stub is killed and back 1.5 s later; for 8 s
+# it answers late (so queries pile up waiting, as they do in the fault
+# phases) while the over-limit client and the flood run and a broken
+# reload is refused; then it drops every query for 2 s; then 3 s of
+# health, so that the first phase does not start on a failing upstream;
+# then idle for 2 s, and at least until the good reload's old forwarder is
+# retired. Without
 # the rehearsal of every fault, the first cycle's peaks would raise the
 # resident memory the Go runtime keeps, which is not growth.
 # ---------------------------------------------------------------------------
@@ -524,13 +526,16 @@ wait "${warm[@]}" || true
 t_rehearsal=$(now_ms)
 warm=()
 for ((c = 1; c <= CLIENTS; c++)); do
-	gen_input "$c" 0 $((RATE * 15)) >"$work/inputs/0.c$c"
-	PHASE=13 dnsperf_client "127.0.0.$((10 + c))" "$RATE" "$work/inputs/0.c$c" "$work/runs/warm.c$c" &
+	gen_input "$c" 0 $((RATE * 17)) >"$work/inputs/0.c$c"
+	PHASE=15 dnsperf_client "127.0.0.$((10 + c))" "$RATE" "$work/inputs/0.c$c" "$work/runs/warm.c$c" &
 	warm+=($!)
 done
 gen_input 9 0 $((OVER_RATE * 9)) >"$work/inputs/0.over"
+stub_kill
+sleep_until $((t_rehearsal + 1500))
+stub_start
 stub_fault slow
-sleep_until $((t_rehearsal + 1000))
+sleep_until $((t_rehearsal + 2000))
 reload 1 0
 # The over-limit client's drops are expected: its file is not a warm.* one.
 PHASE=8 dnsperf_client 127.0.0.20 "$OVER_RATE" "$work/inputs/0.over" "$work/runs/warmover" &
@@ -538,14 +543,12 @@ warm+=($!)
 "${on_load[@]}" "$bin/flood" -server "127.0.0.1:$PH_PORT" -from 127.0.66.1 -sources 20 -duration 8s \
 	-udp-rate "$FLOOD_UDP" -tcp-conns "$FLOOD_TCP" >"$work/runs/warm.flood" 2>&1 || true
 stub_fault drop
-sleep_until $((t_rehearsal + 11000))
-stub_kill
-sleep_until $((t_rehearsal + 12500))
-stub_start
+sleep_until $((t_rehearsal + 12000))
+stub_fault
 wait "${warm[@]}" || true
 warm_lost=$(cat "$work"/runs/warm.* | awk '/Queries lost:/ { s += $3 } END { print s + 0 }')
 sleep 2
-sleep_until $((t_warm + 17000))
+sleep_until $((t_warm + 19000))
 alive "after the warm-up"
 scrape "$work/metrics/start"
 rss_start=$(rss_kb "$ph") fd_start=$(fds "$ph")
