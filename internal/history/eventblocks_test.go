@@ -215,3 +215,35 @@ func TestDetailIDs(t *testing.T) {
 	flush(s, t0.Add(8*time.Hour+time.Minute), "settings-win.data.microsoft.com.")
 	equal(t, "ids", rows(t, db, `SELECT id FROM event_details ORDER BY id`), []string{"1", "3"})
 }
+
+// TestDetailCacheBounded: with all_queries every distinct name is a
+// detail; the writer remembers at most maxDetailCache of them, and a
+// detail it has forgotten keeps its id when it comes back.
+func TestDetailCacheBounded(t *testing.T) {
+	clk := &clock{t: t0}
+	cfg := testConfig(t.TempDir())
+	s, _ := open(t, cfg, Options{Now: clk.Now, AllQueries: true, EventRate: 1 << 20})
+	db := readDB(t, cfg.Path)
+	n := maxDetailCache + 500
+	for i := range n {
+		s.Answered(answer(t, clientA, fmt.Sprintf("u%d.example.org.", i), t0.Add(time.Duration(i)*time.Millisecond)))
+		if i%1000 == 999 {
+			if err := s.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.details.known.Len(); got > maxDetailCache {
+		t.Errorf("the writer remembers %d details, want at most %d", got, maxDetailCache)
+	}
+	// u0 was forgotten long ago: asked again, it is found, not inserted.
+	clk.Set(t0.Add(time.Minute))
+	s.Answered(answer(t, clientA, "u0.example.org.", t0.Add(time.Minute)))
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "details", rows(t, db, `SELECT count(*), count(DISTINCT name) FROM event_details`), []string{fmt.Sprintf("%d|%d", n, n)})
+}

@@ -147,9 +147,9 @@ func (r *Reader) EachEvent(ctx context.Context, from, to time.Time, fn func(*que
 	}
 	after := EventCursor{TimeMs: from.UnixMilli(), ID: -1}
 	end := to.UnixMilli()
-	details := map[int64]eventDetail{} // the details read for pages before
+	details := map[int64]eventDetail{} // the details read for pages before, at most maxReadDetails
 	for {
-		if len(details) > maxDetailCache {
+		if len(details) > maxReadDetails {
 			clear(details)
 		}
 		var recs []querylog.Record
@@ -349,3 +349,7 @@ func (r *Reader) EachCount(ctx context.Context, from, to time.Time, fn func(*Cou
 	}
 	return nil
 }
+
+// maxReadDetails bounds the details an export remembers from one page to
+// the next.
+const maxReadDetails = 100_000

@@ -8,6 +8,8 @@ import (
 	"maps"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
+
 	"github.com/phonehome/phonehome/internal/querylog"
 	"github.com/phonehome/phonehome/policy"
 )
@@ -219,17 +221,24 @@ type detailRef struct{ id, lastMs int64 }
 // per event.
 const detailStamp = int64(time.Hour / time.Millisecond)
 
-// maxDetailCache bounds the details the writer remembers.
-const maxDetailCache = 100_000
+// maxDetailCache bounds the details the writer remembers, the most
+// recently used: about 2 MB. Every distinct name a client asks for is a
+// detail, so with all_queries they come and go by the thousand; one that
+// is forgotten costs an indexed SELECT when it comes back. (A map cleared
+// when full would keep its high-water size for good: Go's maps do not
+// shrink.)
+const maxDetailCache = 4096
 
 // detailCache is the writer's memory of event details: those known to be
 // in the file, and those a transaction wrote, known once it commits.
 type detailCache struct {
-	known, pending map[eventDetail]detailRef
+	known   *lru.Cache[eventDetail, detailRef]
+	pending map[eventDetail]detailRef
 }
 
 func newDetailCache() *detailCache {
-	return &detailCache{known: map[eventDetail]detailRef{}, pending: map[eventDetail]detailRef{}}
+	known, _ := lru.New[eventDetail, detailRef](maxDetailCache) // only a size <= 0 fails
+	return &detailCache{known: known, pending: map[eventDetail]detailRef{}}
 }
 
 // ref is the id of d for an event at ms: from memory, or found in the
@@ -240,7 +249,7 @@ func newDetailCache() *detailCache {
 func (c *detailCache) ref(ctx context.Context, st detailStmts, d eventDetail, ms int64) (int64, error) {
 	r, ok := c.pending[d]
 	if !ok {
-		r, ok = c.known[d]
+		r, ok = c.known.Get(d)
 	}
 	if !ok {
 		fields := []any{d.client, d.group, d.name, d.qtype, d.action, d.category, d.pattern, d.windows, d.family, d.cname, d.edition, d.rcode, d.source}
@@ -266,10 +275,9 @@ func (c *detailCache) ref(ctx context.Context, st detailStmts, d eventDetail, ms
 
 // commit makes what the transaction wrote known.
 func (c *detailCache) commit() {
-	if len(c.known)+len(c.pending) > maxDetailCache {
-		clear(c.known)
+	for d, r := range c.pending {
+		c.known.Add(d, r)
 	}
-	maps.Copy(c.known, c.pending)
 	clear(c.pending)
 }
 
@@ -278,7 +286,7 @@ func (c *detailCache) rollback() { clear(c.pending) }
 
 // forget forgets every detail: some may have been deleted.
 func (c *detailCache) forget() {
-	clear(c.known)
+	c.known.Purge()
 	clear(c.pending)
 }
 
