@@ -550,7 +550,19 @@ warm_lost=$(cat "$work"/runs/warm.* | awk '/Queries lost:/ { s += $3 } END { pri
 sleep 2
 sleep_until $((t_warm + 19000))
 alive "after the warm-up"
-scrape "$work/metrics/start"
+# Idle means idle: the warm-up's last queries answered and its
+# connections closed (at most SETTLE s more), or the goroutine check at
+# the end would compare against a busy start.
+t_settle=$(now_ms)
+while :; do
+	scrape "$work/metrics/start"
+	(($(metric "$work/metrics/start" go_goroutines) <= 40)) && break
+	if (($(now_ms) - t_settle > SETTLE * 1000)); then
+		say "warning: $(metric "$work/metrics/start" go_goroutines) goroutines after the warm-up and ${SETTLE}s more"
+		break
+	fi
+	sleep 0.5
+done
 rss_start=$(rss_kb "$ph") fd_start=$(fds "$ph")
 gr_start=$(metric "$work/metrics/start" go_goroutines)
 say "start (idle): RSS $((rss_start / 1024)) MB, $gr_start goroutines, $fd_start descriptors; warm-up queries lost: $warm_lost"
