@@ -112,6 +112,22 @@ func (c *Cache) lookup(key string, stale bool) (*dns.Msg, *Chain) {
 	return m, e.chain
 }
 
+// forgetDecisions drops what every cached alias chain remembers of a
+// policy's decisions. A reload brings a new policy, and a chain that kept
+// the old one's decisions would keep that whole policy alive (its
+// matcher, a megabyte) until its entry left the cache: a soak with a
+// reload every 2 s held 6 of them after half an hour.
+func (c *Cache) forgetDecisions() {
+	if c.lru == nil {
+		return
+	}
+	for _, e := range c.lru.Values() {
+		if e.chain != nil {
+			e.chain.memo.Store(nil)
+		}
+	}
+}
+
 // Put stores an upstream answer, with its alias chain (nil for none), for
 // as long as RFC 2308 and the config allow: positive answers for their
 // lowest TTL, NXDOMAIN and NODATA for the SOA minimum, SERVFAIL for at most

@@ -264,7 +264,16 @@ func TestChainRedecided(t *testing.T) {
 		}
 	}
 	check("at start", true)
+	// The cached chain remembers the running policy's decision; a reload
+	// makes it forget, so the old policy is not kept alive by the cache.
+	_, chain := s.srv.State().Cache.Get(Key(query("alias.example.", dns.TypeA, true)))
+	if chain == nil || chain.memo.Load() == nil || chain.memo.Load().policy != s.srv.State().Policy {
+		t.Fatalf("the cached chain has no decision of the running policy: %+v", chain)
+	}
 	reload("access: {rate_limit: 0}\npolicy:\n  default: {actions: {telemetry: log}}\n")
+	if m := chain.memo.Load(); m != nil {
+		t.Error("after a reload the cached chain still holds the old policy's decisions")
+	}
 	check("after a reload to telemetry: log", false)
 	reload("access: {rate_limit: 0}\npolicy:\n  default: {actions: {telemetry: sinkhole}}\n")
 	check("after a reload back to telemetry: sinkhole", true)

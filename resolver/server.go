@@ -98,6 +98,7 @@ func newState(cfg *Config, prev *State, opts *Options) (*State, []string, error)
 	st.Forwarder.Timeout = cmp.Or(opts.Timeout, st.Forwarder.Timeout)
 	if prev != nil && prev.Cache != nil && prev.Cache.size == *cfg.Cache.Size && prev.Cache.minTTL == cfg.Cache.MinTTL && prev.Cache.maxTTL == cfg.Cache.MaxTTL {
 		st.Cache = prev.Cache
+		st.Cache.forgetDecisions() // decided by the old policy
 	} else {
 		st.Cache = NewCache(*cfg.Cache.Size, cfg.Cache.MinTTL, cfg.Cache.MaxTTL, opts.Clock)
 	}
