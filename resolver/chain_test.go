@@ -1,7 +1,6 @@
 package resolver
 
 import (
-	"bytes"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/phonehome/phonehome/internal/dnstest"
+	"github.com/phonehome/phonehome/internal/testlog"
 	"github.com/phonehome/phonehome/policy"
 )
 
@@ -158,7 +158,7 @@ policy:
 func TestChainProtected(t *testing.T) {
 	up := dnstest.Start(t)
 	up.SetChain("certs.example", "ctldl.windowsupdate.com", "v10.events.data.microsoft.com", "cdn.example.net")
-	rec, logs := &recorder{}, &lockedBuffer{}
+	rec, logs := &recorder{}, &testlog.Buffer{}
 	s := startWith(t, Options{Observers: []Observer{rec}, Log: slog.New(slog.NewTextHandler(logs, nil))}, protectedChain, up)
 	const ctldl = "ctldl.windowsupdate.com"
 	for _, network := range []string{"udp", "tcp"} {
@@ -537,23 +537,4 @@ func firstCNAME(m *dns.Msg, name string) (string, bool) {
 		}
 	}
 	return "", false
-}
-
-// lockedBuffer is a bytes.Buffer for a logger that writes from the
-// answering goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

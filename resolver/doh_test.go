@@ -21,6 +21,7 @@ import (
 
 	"github.com/phonehome/phonehome/internal/config"
 	"github.com/phonehome/phonehome/internal/dnstest"
+	"github.com/phonehome/phonehome/internal/testlog"
 )
 
 // startUpstreams runs a server from a config text with the upstreams
@@ -28,11 +29,11 @@ import (
 // try gets 2 s and a query 5 s: a TLS handshake under the race detector on
 // a busy machine takes a while, and nothing here waits for a timeout
 // unless it tests one.
-func startUpstreams(t *testing.T, text string, upstreams ...string) (*testServer, *lockedBuffer) {
+func startUpstreams(t *testing.T, text string, upstreams ...string) (*testServer, *testlog.Buffer) {
 	t.Helper()
 	cfg := parseConfig(t, "access: {rate_limit: 0}\n"+text)
 	cfg.Listen, cfg.Upstreams = []string{"127.0.0.1:0"}, upstreams
-	log := &lockedBuffer{}
+	log := &testlog.Buffer{}
 	clock := &testClock{}
 	srv, err := New(cfg, Options{ResolvConf: "/nonexistent", TryTimeout: 2 * time.Second, Timeout: 5 * time.Second, Clock: clock.now,
 		Log: slog.New(slog.NewTextHandler(log, nil)), Registry: prometheus.NewRegistry()})

@@ -25,6 +25,7 @@ import (
 
 	"github.com/phonehome/phonehome/internal/config"
 	"github.com/phonehome/phonehome/internal/dnstest"
+	"github.com/phonehome/phonehome/internal/testlog"
 )
 
 // encServer is a phonehome with DNS over TLS and DNS over HTTPS on
@@ -36,29 +37,11 @@ type encServer struct {
 	dot, doh          string // the listeners' addresses
 	config            string // the config text, for reloads
 	ups               []*dnstest.Upstream
-	logs              *syncBuffer
+	logs              *testlog.Buffer
 }
 
 // loopbackLeaf is a certificate for phonehome.test, 127.0.0.1 and ::1.
 var loopbackLeaf = dnstest.Leaf{Names: []string{"phonehome.test"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}}
-
-// syncBuffer is a bytes.Buffer for a logger that goroutines write to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 // startEncrypted runs a server whose config is config with tls_listen,
 // https_listen, tls_cert and tls_key added, with a certificate for leaf.
@@ -69,7 +52,7 @@ func startEncrypted(t *testing.T, opts Options, leaf dnstest.Leaf, config string
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	s := &encServer{ca: ca, certFile: filepath.Join(dir, "cert.pem"), keyFile: filepath.Join(dir, "key.pem"), ups: ups, logs: &syncBuffer{}}
+	s := &encServer{ca: ca, certFile: filepath.Join(dir, "cert.pem"), keyFile: filepath.Join(dir, "key.pem"), ups: ups, logs: &testlog.Buffer{}}
 	s.writeCert(t, leaf)
 	s.config = fmt.Sprintf("tls_listen: [\"127.0.0.1:0\"]\nhttps_listen: [\"127.0.0.1:0\"]\ntls_cert: %q\ntls_key: %q\n", s.certFile, s.keyFile) + config
 	clock := &testClock{}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -18,25 +17,8 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/phonehome/phonehome/internal/dnstest"
+	"github.com/phonehome/phonehome/internal/testlog"
 )
-
-// syncBuffer is a log the daemon writes while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func lookupA(t *testing.T, addr, name string) string {
 	t.Helper()
@@ -75,7 +57,7 @@ func exchangeA(from, addr, name string) (string, error) {
 // running is phonehome serve, started in-process by startServe.
 type running struct {
 	bound
-	logs *syncBuffer
+	logs *testlog.Buffer
 	done chan struct{} // closed when serve has returned
 	code int           // its exit code, once done
 }
@@ -86,7 +68,7 @@ type running struct {
 // test process runs.
 func startServe(t *testing.T, args ...string) *running {
 	t.Helper()
-	r := &running{logs: new(syncBuffer), done: make(chan struct{})}
+	r := &running{logs: new(testlog.Buffer), done: make(chan struct{})}
 	ready, stop := make(chan bound, 1), make(chan struct{})
 	go func() {
 		r.code = serve(args, r.logs, ready, stop)
@@ -222,7 +204,7 @@ func TestServeRefusesToStart(t *testing.T) {
 		{[]string{"-upstream", "quic://x:1"}, "unknown scheme"},
 		{[]string{"-upstream", "https://x:1"}, "no other upstream can look it up"},
 	} {
-		var logs syncBuffer
+		var logs testlog.Buffer
 		if code := serve(c.args, &logs, nil, nil); code != 1 || !strings.Contains(logs.String(), c.want) {
 			t.Errorf("%v: exit %d\n%s", c.args, code, logs.String())
 		}
@@ -327,7 +309,7 @@ func TestValidateAgreesWithServe(t *testing.T) {
 		if code != 1 || !strings.Contains(errs, cfg+c.want) {
 			t.Errorf("validate %q: exit %d\n%s", c.config, code, errs)
 		}
-		var logs syncBuffer
+		var logs testlog.Buffer
 		if code := serve([]string{"-config", cfg, "-resolv-conf", "/nonexistent"}, &logs, nil, nil); code != 1 || !strings.Contains(logs.String(), cfg+c.want) {
 			t.Errorf("serve %q: exit %d\n%s", c.config, code, logs.String())
 		}

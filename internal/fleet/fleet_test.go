@@ -1,7 +1,6 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"slices"
@@ -14,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/phonehome/phonehome/internal/pgtest"
+	"github.com/phonehome/phonehome/internal/testlog"
 	"github.com/phonehome/phonehome/resolver"
 )
 
@@ -44,44 +44,15 @@ func (r *recorder) last() (*resolver.Pause, int) {
 	return r.applied[len(r.applied)-1], len(r.applied)
 }
 
-// logBuffer is a log that several goroutines write.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// count is the number of lines with every one of words.
-func (l *logBuffer) count(words ...string) int {
-	n := 0
-	for _, line := range strings.Split(l.String(), "\n") {
-		if !slices.ContainsFunc(words, func(w string) bool { return !strings.Contains(line, w) }) {
-			n++
-		}
-	}
-	return n
-}
-
 type instance struct {
 	*Fleet
 	rec  *recorder
-	logs *logBuffer
+	logs *testlog.Buffer
 }
 
 func newInstance(t *testing.T, dsn, name string, tune tuning) *instance {
 	t.Helper()
-	in := &instance{rec: &recorder{}, logs: &logBuffer{}}
+	in := &instance{rec: &recorder{}, logs: &testlog.Buffer{}}
 	f, err := start(Options{ConnString: dsn, Instance: name, Apply: in.rec.apply, Log: slog.New(slog.NewTextHandler(in.logs, nil))}, tune)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +116,7 @@ func TestPauseReachesOtherInstance(t *testing.T) {
 		return is(got, p, "a")
 	})
 	t.Logf("a's pause reached b in %v", time.Since(start))
-	if b.logs.count("paused by another instance", "by=a", "reason=\"testing an update\"") != 1 {
+	if b.logs.Count("paused by another instance", "by=a", "reason=\"testing an update\"") != 1 {
 		t.Errorf("b's log:\n%s", b.logs)
 	}
 
@@ -156,10 +127,10 @@ func TestPauseReachesOtherInstance(t *testing.T) {
 		got, n := a.rec.last()
 		return got == nil && n > 2
 	})
-	if a.logs.count("resumed by another instance", "by=b") != 1 {
+	if a.logs.Count("resumed by another instance", "by=b") != 1 {
 		t.Errorf("a's log:\n%s", a.logs)
 	}
-	if a.logs.count("level=ERROR") != 0 || b.logs.count("level=ERROR") != 0 {
+	if a.logs.Count("level=ERROR") != 0 || b.logs.Count("level=ERROR") != 0 {
 		t.Errorf("errors logged:\n%s\n%s", a.logs, b.logs)
 	}
 }
@@ -210,7 +181,7 @@ func TestListenRefused(t *testing.T) {
 		got, _ := b.rec.last()
 		return is(got, p, "a")
 	})
-	if b.logs.count("level=WARN", "refuses LISTEN") != 1 || b.logs.count("level=ERROR") != 0 {
+	if b.logs.Count("level=WARN", "refuses LISTEN") != 1 || b.logs.Count("level=ERROR") != 0 {
 		t.Errorf("b's log:\n%s", b.logs)
 	}
 }
@@ -262,7 +233,7 @@ func TestDatabaseDown(t *testing.T) {
 		t.Errorf("the pause did not apply here: %+v", got)
 	}
 	waitFor(t, "more failed attempts", func() bool { return testutil.ToFloat64(a.m.failures) >= 10 })
-	if n := a.logs.count("level=ERROR", "the shared database is unreachable"); n != 1 {
+	if n := a.logs.Count("level=ERROR", "the shared database is unreachable"); n != 1 {
 		t.Errorf("the outage was logged %d times, want once:\n%s", n, a.logs)
 	}
 
@@ -271,7 +242,7 @@ func TestDatabaseDown(t *testing.T) {
 	if v := testutil.ToFloat64(a.m.connected); v != 1 {
 		t.Errorf("phonehome_fleet_connected %v after reconnecting", v)
 	}
-	if a.logs.count("level=INFO", "the shared database is back") != 1 {
+	if a.logs.Count("level=INFO", "the shared database is back") != 1 {
 		t.Errorf("a's log:\n%s", a.logs)
 	}
 	b := newInstance(t, db.DSN(), "b", fast)
@@ -282,7 +253,7 @@ func TestDatabaseDown(t *testing.T) {
 	if got, _ := a.rec.last(); !is(got, p, "a") {
 		t.Errorf("a after reconnecting: %+v", got)
 	}
-	if n := a.logs.count("level=ERROR"); n != 1 {
+	if n := a.logs.Count("level=ERROR"); n != 1 {
 		t.Errorf("%d errors logged, want 1:\n%s", n, a.logs)
 	}
 }
@@ -351,7 +322,7 @@ func TestRefusedRow(t *testing.T) {
 	if got, _ := a.rec.last(); !is(got, bad, "a") {
 		t.Errorf("the pause did not apply here: %+v", got)
 	}
-	if a.logs.count("level=ERROR", "refused a pause or resume") != 1 {
+	if a.logs.Count("level=ERROR", "refused a pause or resume") != 1 {
 		t.Errorf("a's log:\n%s", a.logs)
 	}
 	good := &resolver.Pause{Until: time.Now().Add(time.Hour), Reason: "fine"}
@@ -376,13 +347,13 @@ func TestWrongPassword(t *testing.T) {
 	if a.Connected() || testutil.ToFloat64(a.m.connected) != 0 {
 		t.Error("connected with a wrong password")
 	}
-	if n := a.logs.count("level=ERROR", "password authentication failed", "hint=", "check history.dsn"); n != 1 {
+	if n := a.logs.Count("level=ERROR", "password authentication failed", "hint=", "check history.dsn"); n != 1 {
 		t.Errorf("want one error naming the password:\n%s", a.logs)
 	}
 	if strings.Contains(a.logs.String(), "wrong") {
 		t.Errorf("the log shows the password:\n%s", a.logs)
 	}
-	if n := a.logs.count("level=ERROR"); n != 1 {
+	if n := a.logs.Count("level=ERROR"); n != 1 {
 		t.Errorf("%d errors logged, want 1:\n%s", n, a.logs)
 	}
 	p := &resolver.Pause{Until: time.Now().Add(time.Hour)}
@@ -508,7 +479,7 @@ func TestRestrictedUser(t *testing.T) {
 	db.Exec("CREATE ROLE app LOGIN; REVOKE CREATE ON SCHEMA public FROM PUBLIC")
 	app := newInstance(t, db.DSNAs("app", ""), "app", fast)
 	waitFor(t, "app refused a few times", func() bool { return testutil.ToFloat64(app.m.failures) >= 3 })
-	if n := app.logs.count("level=ERROR", "permission denied", "let the owner migrate first"); n != 1 || strings.Contains(app.logs.String(), "unreachable") {
+	if n := app.logs.Count("level=ERROR", "permission denied", "let the owner migrate first"); n != 1 || strings.Contains(app.logs.String(), "unreachable") {
 		t.Errorf("want one error saying permission denied, and not unreachable:\n%s", app.logs)
 	}
 	early := &resolver.Pause{Until: time.Now().Add(time.Hour), Reason: "before the grant"}
@@ -540,10 +511,10 @@ func TestRestrictedUser(t *testing.T) {
 		got, _ := owner.rec.last()
 		return is(got, p, "app")
 	})
-	if n := app.logs.count("level=WARN", "permission denied for table pause", "grant DELETE"); n != 1 {
+	if n := app.logs.Count("level=WARN", "permission denied for table pause", "grant DELETE"); n != 1 {
 		t.Errorf("want one warning about the retention:\n%s", app.logs)
 	}
-	if n := app.logs.count("level=ERROR"); n != 1 {
+	if n := app.logs.Count("level=ERROR"); n != 1 {
 		t.Errorf("%d errors logged, want 1:\n%s", n, app.logs)
 	}
 }
@@ -620,7 +591,7 @@ func TestOutagePauseLoses(t *testing.T) {
 	if got, _ := b.rec.last(); got != nil {
 		t.Errorf("b has %+v, want the resume", got)
 	}
-	if a.logs.count("resumed by another instance", "by=b") != 2 {
+	if a.logs.Count("resumed by another instance", "by=b") != 2 {
 		t.Errorf("a's log:\n%s", a.logs)
 	}
 }

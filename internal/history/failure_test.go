@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/phonehome/phonehome/internal/testlog"
 )
 
 // The failure tests run as root here, where permission bits stop nothing:
@@ -57,7 +59,7 @@ func answerLoad(t *testing.T, s *Store, n, from int) time.Duration {
 // checkFailing checks what a run of failed flushes leaves: each counted,
 // one log line, the backlog held to its bound and the rest dropped and
 // counted.
-func checkFailing(t *testing.T, s *Store, logs *logBuffer, flushes, answered, bound int) {
+func checkFailing(t *testing.T, s *Store, logs *testlog.Buffer, flushes, answered, bound int) {
 	t.Helper()
 	if got := testutil.ToFloat64(s.m.failures); got < float64(flushes) {
 		t.Errorf("flush failures = %v, want at least %d", got, flushes)
@@ -89,7 +91,7 @@ func TestPathNotADirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := Config{Path: filepath.Join(state, "history.db"), Flush: time.Hour}
-	logs := &logBuffer{}
+	logs := &testlog.Buffer{}
 	s, err := Open(cfg, Options{Backlog: 100, Log: slogTo(logs), Now: (&clock{t: t0}).Now, MaintainEvery: time.Hour})
 	if err == nil || !errors.Is(err, syscall.ENOTDIR) {
 		t.Fatalf("Open = %v, want ENOTDIR", err)
@@ -133,7 +135,7 @@ func TestPathNotADirectory(t *testing.T) {
 func TestLocked(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(dir)
-	logs := &logBuffer{}
+	logs := &testlog.Buffer{}
 	s, err := Open(cfg, Options{Log: slogTo(logs), Now: (&clock{t: t0}).Now, MaintainEvery: time.Hour, busyTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -224,7 +226,7 @@ func TestReadOnlyMount(t *testing.T) {
 	}
 
 	roCfg := testConfig(mnt)
-	logs := &logBuffer{}
+	logs := &testlog.Buffer{}
 	s, err := Open(roCfg, Options{Backlog: 100, Log: slogTo(logs), Now: (&clock{t: t0}).Now, MaintainEvery: time.Hour})
 	if err == nil {
 		t.Fatal("Open on a read-only mount succeeded")
@@ -275,7 +277,7 @@ func TestFullDisk(t *testing.T) {
 		return
 	}
 	cfg := testConfig(dir)
-	logs := &logBuffer{}
+	logs := &testlog.Buffer{}
 	s, err := Open(cfg, Options{Backlog: 200, Log: slogTo(logs), Now: (&clock{t: t0}).Now, MaintainEvery: time.Hour})
 	if err != nil {
 		t.Fatal(err)

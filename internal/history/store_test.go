@@ -1,7 +1,6 @@
 package history
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/phonehome/phonehome/internal/querylog"
+	"github.com/phonehome/phonehome/internal/testlog"
 	"github.com/phonehome/phonehome/policy"
 	"github.com/phonehome/phonehome/resolver"
 )
@@ -76,25 +76,7 @@ func (c *clock) Set(t time.Time) {
 // easy to count.
 var t0 = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 
-// logBuffer collects a Store's log.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func slogTo(l *logBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+func slogTo(l *testlog.Buffer) *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
 
 // testConfig is a config on a file in dir that flushes only when the test
 // says so.
@@ -103,9 +85,9 @@ func testConfig(dir string) Config {
 }
 
 // open opens a Store that the test's cleanup closes.
-func open(t *testing.T, cfg Config, opts Options) (*Store, *logBuffer) {
+func open(t *testing.T, cfg Config, opts Options) (*Store, *testlog.Buffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &testlog.Buffer{}
 	opts.Log = slogTo(logs)
 	if opts.Now == nil {
 		opts.Now = (&clock{t: t0}).Now
