@@ -137,6 +137,15 @@ func (c *Config) Shared() (connString string, ok bool) {
 	return dsn, true
 }
 
+// Where says where the history is, for logs: the file, or the shared
+// database (postgres://user@host:port/db, never a password).
+func (c *Config) Where() string {
+	if conn, ok := c.Shared(); ok {
+		return pgWhere(conn)
+	}
+	return c.Path
+}
+
 // InstanceName is history.instance, else the host name (a pod's name on
 // Kubernetes), cut to maxInstance bytes.
 func (c *Config) InstanceName() string {

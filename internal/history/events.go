@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -235,6 +234,10 @@ func (r *Reader) detailFilter(ctx context.Context, tx *sql.Tx, f Filter) (*detai
 			args = append(args, c.v)
 		}
 	}
+	if f.Instance != "" {
+		cond, arg := r.d.instanceIs("", f.Instance)
+		where, args = append(where, cond), append(args, arg)
+	}
 	if len(where) == 0 {
 		return &detailSet{all: true}, nil
 	}
@@ -264,18 +267,22 @@ func (r *Reader) spell(ctx context.Context, tx *sql.Tx, found []foundEvent, deta
 	if len(ids) == 0 {
 		return records(found, details), nil
 	}
-	list, _ := json.Marshal(slices.Collect(maps.Keys(ids)))
+	in, list := r.d.in("id", slices.Collect(maps.Keys(ids)))
 	err := r.eachOn(ctx, tx, func(rows *sql.Rows) error {
 		var id int64
 		var d eventDetail
-		if err := rows.Scan(&id, &d.client, &d.group, &d.name, &d.qtype, &d.action, &d.category, &d.pattern, &d.windows, &d.family,
-			&d.cname, &d.edition, &d.rcode, &d.source); err != nil {
+		dest := []any{&id, &d.client, &d.group, &d.name, &d.qtype, &d.action, &d.category, &d.pattern, &d.windows, &d.family,
+			&d.cname, &d.edition, &d.rcode, &d.source}
+		if r.d.pg { // the file has one instance's events, and does not say it
+			dest = append(dest, &d.instance)
+		}
+		if err := rows.Scan(dest...); err != nil {
 			return err
 		}
 		details[id] = d
 		return nil
-	}, `SELECT id, client, grp, name, type, action, category, pattern, windows, family, cname, edition, rcode, source
-		FROM event_details WHERE id IN (SELECT value FROM json_each(?))`, string(list))
+	}, `SELECT id, client, grp, name, type, action, category, pattern, windows, family, cname, edition, rcode, source`+
+		map[bool]string{true: ", instance"}[r.d.pg]+` FROM event_details WHERE `+in, list)
 	if err != nil {
 		return nil, err
 	}
@@ -289,7 +296,7 @@ func records(found []foundEvent, details map[int64]eventDetail) []querylog.Recor
 		d := details[f.e.detail] // always there: retention keeps the details of the events it keeps
 		recs[i] = querylog.Record{Time: time.UnixMilli(f.at.TimeMs).UTC(), Client: d.client, Group: d.group, Name: d.name, Type: d.qtype,
 			Action: d.action, Category: d.category, Pattern: d.pattern, Windows: d.windows, Family: d.family, CNAME: d.cname,
-			Edition: d.edition, Rcode: d.rcode, Source: d.source, Duration: float64(f.e.us) / 1e6}
+			Edition: d.edition, Rcode: d.rcode, Source: d.source, Duration: float64(f.e.us) / 1e6, Instance: d.instance}
 	}
 	return recs
 }
@@ -308,6 +315,8 @@ type CountRow struct {
 	Category   string `json:"category"`
 	Action     string `json:"action"`
 	N          int64  `json:"n"`
+	// Instance is the phonehome that counted them, in a shared history.
+	Instance string `json:"instance,omitempty"`
 }
 
 // EachCount calls fn for each row of counts whose bucket starts from from
@@ -324,14 +333,19 @@ func (r *Reader) EachCount(ctx context.Context, from, to time.Time, fn func(*Cou
 			err := r.each(ctx, func(rows *sql.Rows) error {
 				var c CountRow
 				var b int64
-				if err := rows.Scan(&b, &series, &c.Client, &c.Group, &c.Pattern, &c.Category, &c.Action, &c.N); err != nil {
+				dest := []any{&b, &series, &c.Client, &c.Group, &c.Pattern, &c.Category, &c.Action, &c.N}
+				if r.d.pg {
+					dest = append(dest, &c.Instance)
+				}
+				if err := rows.Scan(dest...); err != nil {
 					return err
 				}
 				bucket = b
 				c.Time, c.Span = time.Unix(b, 0).UTC(), span
 				rs = append(rs, c)
 				return nil
-			}, `SELECT c.bucket, c.series, s.client, s.grp, s.pattern, s.category, s.action, c.n FROM counts c JOIN series s ON s.id = c.series
+			}, `SELECT c.bucket, c.series, s.client, s.grp, s.pattern, s.category, s.action, c.n`+map[bool]string{true: ", s.instance"}[r.d.pg]+`
+				FROM counts c JOIN series s ON s.id = c.series
 				WHERE c.span = ? AND c.bucket >= ? AND (c.bucket > ? OR c.series > ?) AND c.bucket < ?
 				ORDER BY c.bucket, c.series LIMIT ?`, span, bucket, bucket, series, to.Unix(), exportPage)
 			if err != nil {

@@ -39,20 +39,23 @@ func (s *Store) rollup(ctx context.Context, now time.Time) error {
 		return err
 	}
 	defer tx.Rollback()
-	// "WHERE true" tells SQLite's parser that ON CONFLICT belongs to the
-	// INSERT, not to the SELECT's join.
-	if _, err := tx.ExecContext(ctx, `INSERT INTO counts (span, bucket, series, n)
-		SELECT ?, bucket - bucket % ?, series, sum(n) FROM counts WHERE span = ? AND bucket < ? AND true
-		GROUP BY bucket - bucket % ?, series
-		ON CONFLICT (span, bucket, series) DO UPDATE SET n = n + excluded.n`,
-		hourSpan, hourSpan, minuteSpan, cutoff, hourSpan); err != nil {
+	if err := s.d.lockMaintenance(ctx, tx); err != nil {
 		return fmt.Errorf("history: rolling up: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM counts WHERE span = ? AND bucket < ?`, minuteSpan, cutoff); err != nil {
+	// "WHERE true" tells SQLite's parser that ON CONFLICT belongs to the
+	// INSERT, not to the SELECT's join.
+	if _, err := tx.ExecContext(ctx, s.d.sql(`INSERT INTO counts (span, bucket, series, n)
+		SELECT CAST(? AS BIGINT), bucket - bucket % ?, series, sum(n) FROM counts WHERE span = ? AND bucket < ? AND true
+		GROUP BY 2, 3
+		ON CONFLICT (span, bucket, series) DO UPDATE SET n = counts.n + excluded.n`),
+		hourSpan, hourSpan, minuteSpan, cutoff); err != nil {
+		return fmt.Errorf("history: rolling up: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, s.d.sql(`DELETE FROM counts WHERE span = ? AND bucket < ?`), minuteSpan, cutoff); err != nil {
 		return fmt.Errorf("history: rolling up: %w", err)
 	}
 	// The totals' hours were written with their minutes: the minutes go.
-	if _, err := tx.ExecContext(ctx, `DELETE FROM totals WHERE span = ? AND bucket < ?`, minuteSpan, cutoff); err != nil {
+	if _, err := tx.ExecContext(ctx, s.d.sql(`DELETE FROM totals WHERE span = ? AND bucket < ?`), minuteSpan, cutoff); err != nil {
 		return fmt.Errorf("history: rolling up: %w", err)
 	}
 	return tx.Commit()
@@ -69,27 +72,30 @@ func (s *Store) expire(ctx context.Context, now time.Time, cfg *Config) error {
 		return err
 	}
 	defer tx.Rollback()
+	if err := s.d.lockMaintenance(ctx, tx); err != nil {
+		return fmt.Errorf("history: retention: %w", err)
+	}
 	for _, q := range []struct {
-		sql string
-		arg int64
+		sql  string
+		args []any
 	}{
 		// A bucket is kept while any of it is within the retention; one
 		// statement per span, so that each is a range of the primary key.
-		{`DELETE FROM counts WHERE span = 60 AND bucket <= ?`, counts.Unix() - minuteSpan},
-		{`DELETE FROM counts WHERE span = 3600 AND bucket <= ?`, counts.Unix() - hourSpan},
-		{`DELETE FROM totals WHERE span = 60 AND bucket <= ?`, counts.Unix() - minuteSpan},
-		{`DELETE FROM totals WHERE span = 3600 AND bucket <= ?`, counts.Unix() - hourSpan},
-		{`DELETE FROM pattern_totals WHERE bucket <= ?`, counts.Unix() - hourSpan},
-		{`DELETE FROM seen WHERE last_ms < ?`, counts.UnixMilli()},
+		{`DELETE FROM counts WHERE span = 60 AND bucket <= ?`, []any{counts.Unix() - minuteSpan}},
+		{`DELETE FROM counts WHERE span = 3600 AND bucket <= ?`, []any{counts.Unix() - hourSpan}},
+		{`DELETE FROM totals WHERE span = 60 AND bucket <= ?`, []any{counts.Unix() - minuteSpan}},
+		{`DELETE FROM totals WHERE span = 3600 AND bucket <= ?`, []any{counts.Unix() - hourSpan}},
+		{`DELETE FROM pattern_totals WHERE bucket <= ?`, []any{counts.Unix() - hourSpan}},
+		{`DELETE FROM seen WHERE last_ms < ?`, []any{counts.UnixMilli()}},
 		// A block of events goes once its last event is past the
 		// retention: an event may stay up to blockSpan longer.
-		{`DELETE FROM event_blocks WHERE first_ms < ?1 AND last_ms < ?1`, events.UnixMilli()},
+		{`DELETE FROM event_blocks WHERE first_ms < ? AND last_ms < ?`, []any{events.UnixMilli(), events.UnixMilli()}},
 	} {
-		if _, err := tx.ExecContext(ctx, q.sql, q.arg); err != nil {
+		if _, err := tx.ExecContext(ctx, s.d.sql(q.sql), q.args...); err != nil {
 			return fmt.Errorf("history: retention: %w", err)
 		}
 	}
-	if err := dropUnused(ctx, tx); err != nil {
+	if err := dropUnused(ctx, tx, s.d); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
@@ -102,12 +108,14 @@ func (s *Store) expire(ctx context.Context, now time.Time, cfg *Config) error {
 
 // dropUnused deletes the series that no count row uses, and the event
 // details that no event names: those whose last_ms is more than
-// detailStamp before the oldest event.
-func dropUnused(ctx context.Context, tx *sql.Tx) error {
-	if _, err := tx.ExecContext(ctx, `DELETE FROM series WHERE NOT EXISTS (SELECT 1 FROM counts WHERE counts.series = series.id)`); err != nil {
+// detailStamp before the oldest event. In a shared database it deletes
+// only this instance's, which only its writer, whose memory of them it
+// clears, may be about to use again.
+func dropUnused(ctx context.Context, tx *sql.Tx, d *dialect) error {
+	if _, err := tx.ExecContext(ctx, d.sql(`DELETE FROM series WHERE {own} AND NOT EXISTS (SELECT 1 FROM counts WHERE counts.series = series.id)`)); err != nil {
 		return fmt.Errorf("history: deleting unused series: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM event_details WHERE last_ms < coalesce((SELECT min(first_ms) FROM event_blocks), 1 << 62) - ?`,
+	if _, err := tx.ExecContext(ctx, d.sql(`DELETE FROM event_details WHERE {own} AND last_ms < coalesce((SELECT min(first_ms) FROM event_blocks), `+never+`) - ?`),
 		detailStamp); err != nil {
 		return fmt.Errorf("history: deleting unused event details: %w", err)
 	}
@@ -133,6 +141,9 @@ func (s *Store) pages(ctx context.Context) (size, count, free int64, err error) 
 // the file system. Free pages left by retention are given back too once
 // they are a quarter of the file.
 func (s *Store) enforceSize(ctx context.Context) error {
+	if s.d.pg {
+		return nil // a shared database's size is its administrator's: retention bounds it
+	}
 	limit := int64(s.cfg.Load().MaxSize)
 	over := fileSize(s.path) > limit
 	if over {
@@ -160,7 +171,7 @@ func (s *Store) enforceSize(ctx context.Context) error {
 		if err == nil && n == 0 {
 			n, err = s.deleteOldest(ctx, `counts`, `bucket`, share, 100)
 			if err == nil && n > 0 {
-				err = trimTotals(ctx, s.db)
+				err = trimTotals(ctx, s.db, s.d)
 			}
 		}
 		if err != nil {
@@ -177,10 +188,10 @@ func (s *Store) enforceSize(ctx context.Context) error {
 			return err
 		}
 		defer tx.Rollback()
-		if _, err := tx.ExecContext(ctx, `DELETE FROM seen WHERE last_ms < coalesce((SELECT min(bucket) FROM counts), 0) * 1000`); err != nil {
+		if _, err := tx.ExecContext(ctx, s.d.sql(`DELETE FROM seen WHERE last_ms < coalesce((SELECT min(bucket) FROM counts), 0) * 1000`)); err != nil {
 			return fmt.Errorf("history: deleting first seen: %w", err)
 		}
-		if err := dropUnused(ctx, tx); err != nil {
+		if err := dropUnused(ctx, tx, s.d); err != nil {
 			return err
 		}
 		if err := tx.Commit(); err != nil {
@@ -207,14 +218,14 @@ func (s *Store) enforceSize(ctx context.Context) error {
 // trimTotals deletes the totals of the times that counts no longer has:
 // minutes before its oldest bucket, hours before that bucket's hour; and
 // counts again the totals of that hour, of which only a part may be left.
-func trimTotals(ctx context.Context, db *sql.DB) error {
+func trimTotals(ctx context.Context, db *sql.DB, d *dialect) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
 	var oldest int64
-	if err := tx.QueryRowContext(ctx, `SELECT `+oldestCount).Scan(&oldest); err != nil {
+	if err := tx.QueryRowContext(ctx, d.sql(`SELECT `+oldestCount)).Scan(&oldest); err != nil {
 		return err
 	}
 	hour := oldest - mod(oldest, hourSpan)
@@ -226,13 +237,13 @@ func trimTotals(ctx context.Context, db *sql.DB) error {
 		{`DELETE FROM totals WHERE span = 3600 AND bucket <= ?`, []any{hour}},
 		{`DELETE FROM pattern_totals WHERE bucket <= ?`, []any{hour}},
 		{`INSERT INTO totals (span, bucket, grp, category, action, n)
-			SELECT 3600, ?, s.grp, s.category, s.action, sum(c.n) FROM counts c JOIN series s ON s.id = c.series
+			SELECT 3600, CAST(? AS BIGINT), s.grp, s.category, s.action, sum(c.n) FROM counts c JOIN series s ON s.id = c.series
 			WHERE c.span IN (60, 3600) AND c.bucket >= ? AND c.bucket < ? GROUP BY 3, 4, 5`, []any{hour, hour, hour + hourSpan}},
 		{`INSERT INTO pattern_totals (bucket, pattern, category, action, n)
-			SELECT ?, s.pattern, s.category, s.action, sum(c.n) FROM counts c JOIN series s ON s.id = c.series
+			SELECT CAST(? AS BIGINT), s.pattern, s.category, s.action, sum(c.n) FROM counts c JOIN series s ON s.id = c.series
 			WHERE c.span IN (60, 3600) AND c.bucket >= ? AND c.bucket < ? AND s.pattern <> '' GROUP BY 2, 3, 4`, []any{hour, hour, hour + hourSpan}},
 	} {
-		if _, err := tx.ExecContext(ctx, q.sql, q.args...); err != nil {
+		if _, err := tx.ExecContext(ctx, d.sql(q.sql), q.args...); err != nil {
 			return err
 		}
 	}
@@ -248,11 +259,11 @@ func (s *Store) deleteOldest(ctx context.Context, table, column string, share fl
 	}
 	n := max(least, int64(float64(rows)*share))
 	var edge int64
-	err := s.db.QueryRowContext(ctx, `SELECT `+column+` FROM `+table+` ORDER BY `+column+` LIMIT 1 OFFSET ?`, min(n, rows)-1).Scan(&edge)
+	err := s.db.QueryRowContext(ctx, s.d.sql(`SELECT `+column+` FROM `+table+` ORDER BY `+column+` LIMIT 1 OFFSET ?`), min(n, rows)-1).Scan(&edge)
 	if err != nil {
 		return 0, err
 	}
-	res, err := s.db.ExecContext(ctx, `DELETE FROM `+table+` WHERE `+column+` <= ?`, edge)
+	res, err := s.db.ExecContext(ctx, s.d.sql(`DELETE FROM `+table+` WHERE `+column+` <= ?`), edge)
 	if err != nil {
 		return 0, err
 	}

@@ -8,6 +8,7 @@ import (
 // makes.
 type metrics struct {
 	path                 string
+	file                 bool // path is a file, whose size is reported
 	rowsCounts, rowsSeen prometheus.Counter
 	rowsTotals           prometheus.Counter
 	rowsPatternTotals    prometheus.Counter
@@ -28,8 +29,8 @@ const (
 	labelPart  = "part"
 )
 
-func newMetrics(path string) *metrics {
-	m := &metrics{path: path}
+func newMetrics(path string, file bool) *metrics {
+	m := &metrics{path: path, file: file}
 	m.rows = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_history_rows_written_total",
 		Help: "Rows written to the history file, by table: counts, seen (first and last seen), totals and pattern_totals (every client's counts together), events (the events, packed in blocks)."}, []string{labelTable})
 	m.rowsCounts, m.rowsSeen, m.rowsEvents = m.rows.WithLabelValues("counts"), m.rows.WithLabelValues("seen"), m.rows.WithLabelValues("events")
@@ -43,7 +44,7 @@ func newMetrics(path string) *metrics {
 		Help: "Records the history dropped because its backlog was full (the file could not be written for a while) or it was closed: counts (queries not counted) or events."}, []string{labelPart})
 	m.droppedCounts, m.droppedEvents = m.dropped.WithLabelValues("counts"), m.dropped.WithLabelValues("events")
 	m.pending = prometheus.NewGauge(prometheus.GaugeOpts{Name: "phonehome_history_pending_queries",
-		Help: "Queries counted in memory that the last flush could not write; 0 when the file is being written."})
+		Help: "Queries counted in memory that the last flush could not write (the history is behind); 0 when the database is being written."})
 	m.sizeDesc = prometheus.NewDesc("phonehome_history_database_bytes",
 		"Size of the history file on disk, its write-ahead log included.", nil, nil)
 	return m
@@ -68,5 +69,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	m.failures.Collect(ch)
 	m.dropped.Collect(ch)
 	m.pending.Collect(ch)
-	ch <- prometheus.MustNewConstMetric(m.sizeDesc, prometheus.GaugeValue, float64(fileSize(m.path)))
+	if m.file {
+		ch <- prometheus.MustNewConstMetric(m.sizeDesc, prometheus.GaugeValue, float64(fileSize(m.path)))
+	}
 }

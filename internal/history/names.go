@@ -59,7 +59,7 @@ func (s *Store) writeNames(b *batch) {
 	switch {
 	case !ok || s.anonymize.Load():
 		if !w.cleared {
-			if _, err = s.db.Exec(`DELETE FROM client_names`); err == nil {
+			if _, err = s.db.Exec(s.d.sql(`DELETE FROM client_names WHERE {own}`)); err == nil {
 				w.cleared, w.written, w.version, w.at = true, map[string]string{}, 0, time.Time{}
 			}
 		}
@@ -86,8 +86,8 @@ func (s *Store) putNames(known map[netip.Addr]string, version uint64, now time.T
 		return err
 	}
 	defer tx.Rollback()
-	put, err := tx.Prepare(`INSERT INTO client_names (client, name, updated_ms) VALUES (?, ?, ?)
-		ON CONFLICT (client) DO UPDATE SET name = excluded.name, updated_ms = excluded.updated_ms`)
+	put, err := tx.Prepare(s.d.sql(`INSERT INTO client_names ({i}client, name, updated_ms) VALUES ({'i'}?, ?, ?)
+		ON CONFLICT ({i}client) DO UPDATE SET name = excluded.name, updated_ms = excluded.updated_ms`))
 	if err != nil {
 		return err
 	}
@@ -104,7 +104,7 @@ func (s *Store) putNames(known map[netip.Addr]string, version uint64, now time.T
 		}
 	}
 	if all {
-		if _, err := tx.Exec(`DELETE FROM client_names WHERE updated_ms < ?`, now.Add(-time.Duration(s.cfg.Load().Retention)).UnixMilli()); err != nil {
+		if _, err := tx.Exec(s.d.sql(`DELETE FROM client_names WHERE updated_ms < ?`), now.Add(-time.Duration(s.cfg.Load().Retention)).UnixMilli()); err != nil {
 			return err
 		}
 	}
@@ -129,7 +129,9 @@ func (r *Reader) Names(ctx context.Context) (map[string]string, error) {
 		if err := rows.Scan(&c, &n); err != nil {
 			return fmt.Errorf("history: reading names: %w", err)
 		}
-		names[c] = n
+		if _, ok := names[c]; !ok { // the newest, of a shared database's instances
+			names[c] = n
+		}
 		return nil
 	}, `SELECT client, name FROM client_names ORDER BY updated_ms DESC LIMIT ?`, maxNames)
 	return names, err

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
-	"encoding/json"
 	"slices"
 	"time"
 )
@@ -13,6 +12,7 @@ import (
 // To (widened to whole hours), by one client or by all, a page of them.
 type EndpointsQuery struct {
 	Client        string
+	Instance      string // one instance's queries; "" for every instance's
 	From, To      time.Time
 	Limit, Offset int // Limit 0 is DefaultLimit
 }
@@ -61,12 +61,20 @@ func (r *Reader) Endpoints(ctx context.Context, q EndpointsQuery) (*Endpoints, e
 	type key struct{ pattern, category string }
 	byKey := map[key]int{}
 	var all []Endpoint
-	sqlText := `SELECT pattern, category, action, sum(n) FROM pattern_totals WHERE bucket >= ? AND bucket < ? GROUP BY 1, 2, 3`
-	args := []any{start.Unix(), end.Unix()}
+	where, args := "", []any{start.Unix(), end.Unix()}
+	if q.Instance != "" {
+		cond, arg := r.d.instanceIs("", q.Instance)
+		where, args = " AND "+cond, append(args, arg)
+	}
+	sqlText := `SELECT pattern, category, action, sum(n) FROM pattern_totals WHERE bucket >= ? AND bucket < ?` + where + ` GROUP BY 1, 2, 3`
 	if q.Client != "" {
+		where, args = "", []any{q.Client, start.Unix(), end.Unix()}
+		if q.Instance != "" {
+			cond, arg := r.d.instanceIs("s", q.Instance)
+			where, args = " AND "+cond, append(args, arg)
+		}
 		sqlText = `SELECT s.pattern, s.category, s.action, sum(c.n) FROM series s CROSS JOIN counts c ON c.series = s.id
-			WHERE s.client = ? AND s.pattern <> '' AND c.bucket >= ? AND c.bucket < ? GROUP BY 1, 2, 3`
-		args = append([]any{q.Client}, args...)
+			WHERE s.client = ? AND s.pattern <> '' AND c.bucket >= ? AND c.bucket < ?` + where + ` GROUP BY 1, 2, 3`
 	}
 	err = r.each(ctx, func(rows *sql.Rows) error {
 		var k key
@@ -110,12 +118,13 @@ func (r *Reader) seen(ctx context.Context, client string, es []Endpoint) error {
 	for i, e := range es {
 		patterns[i] = e.Pattern
 	}
-	list, _ := json.Marshal(patterns)
-	sqlText := `SELECT pattern, min(first_ms), max(last_ms) FROM seen WHERE pattern IN (SELECT value FROM json_each(?)) GROUP BY 1`
-	args := []any{string(list)}
+	in, list := r.d.in("pattern", patterns)
+	sqlText := `SELECT pattern, min(first_ms), max(last_ms) FROM seen WHERE ` + in + ` GROUP BY 1`
+	args := []any{list}
 	if client != "" {
-		sqlText = `SELECT pattern, first_ms, last_ms FROM seen WHERE client = ? AND pattern IN (SELECT value FROM json_each(?))`
-		args = []any{client, string(list)}
+		// A shared database has a row per instance.
+		sqlText = `SELECT pattern, min(first_ms), max(last_ms) FROM seen WHERE client = ? AND ` + in + ` GROUP BY 1`
+		args = []any{client, list}
 	}
 	type span struct{ first, last int64 }
 	got := map[string]span{}
@@ -190,7 +199,7 @@ func (r *Reader) New(ctx context.Context, q NewQuery) (*NewEndpoints, error) {
 			out.HistorySince = &t
 		}
 		return nil
-	}, `SELECT (SELECT count(*) FROM seen WHERE `+where+`), nullif(`+oldestCount+`, 1 << 62)`, args...)
+	}, `SELECT (SELECT count(*) FROM {seen} WHERE `+where+`), nullif(`+oldestCount+`, `+never+`)`, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -206,7 +215,7 @@ func (r *Reader) New(ctx context.Context, q NewQuery) (*NewEndpoints, error) {
 		return nil
 	}, `SELECT p.client, p.pattern, p.first_ms, p.last_ms,
 			coalesce((SELECT category FROM series s WHERE s.client = p.client AND s.pattern = p.pattern LIMIT 1), '')
-		FROM (SELECT client, pattern, first_ms, last_ms FROM seen WHERE `+where+` ORDER BY client, first_ms, pattern LIMIT ? OFFSET ?) p
+		FROM (SELECT client, pattern, first_ms, last_ms FROM {seen} WHERE `+where+` ORDER BY client, first_ms, pattern LIMIT ? OFFSET ?) p
 		ORDER BY p.client, p.first_ms, p.pattern`, append(args, limit, q.Offset)...)
 	if err != nil {
 		return nil, err
@@ -219,5 +228,53 @@ func (r *Reader) New(ctx context.Context, q NewQuery) (*NewEndpoints, error) {
 
 // oldestCount is the bucket of the oldest count, 1 << 62 with none: one
 // min per span, each the first row of a range of the primary key.
-const oldestCount = `min(coalesce((SELECT min(bucket) FROM counts WHERE span = 60), 1 << 62),
-	coalesce((SELECT min(bucket) FROM counts WHERE span = 3600), 1 << 62))`
+const oldestCount = `(SELECT min(b) FROM (SELECT coalesce((SELECT min(bucket) FROM counts WHERE span = 60), ` + never + `) AS b
+	UNION ALL SELECT coalesce((SELECT min(bucket) FROM counts WHERE span = 3600), ` + never + `)) AS m)`
+
+// never is 1 << 62 as SQL spells it, a time after every other.
+const never = "4611686018427387904"
+
+// Instances are the phonehome instances whose history a Reader reads,
+// with the matches each counted from From to To (whole hours). A file
+// has one, this instance; a shared database every instance that has
+// written to it.
+type Instances struct {
+	Shared    bool            `json:"shared"`
+	From      time.Time       `json:"from"`
+	To        time.Time       `json:"to"`
+	Instances []InstanceTotal `json:"instances"`
+}
+
+// InstanceTotal is an instance and its count.
+type InstanceTotal struct {
+	Instance string `json:"instance"`
+	Total    int64  `json:"total"`
+}
+
+// Instances lists the instances, by name, with their counts in from-to.
+func (r *Reader) Instances(ctx context.Context, from, to time.Time) (*Instances, error) {
+	if err := checkRange(from, to); err != nil {
+		return nil, err
+	}
+	start, n := align(from, to, time.Hour)
+	end := start.Add(time.Duration(n) * time.Hour)
+	out := &Instances{Shared: r.d.pg, From: start, To: end, Instances: []InstanceTotal{}}
+	sqlText := `SELECT ` + quote(r.d.instance) + `, coalesce(sum(n), 0) FROM totals WHERE span = 3600 AND bucket >= ? AND bucket < ?`
+	if r.d.pg {
+		sqlText = `SELECT i.instance, coalesce(t.n, 0) FROM (SELECT DISTINCT instance FROM series) i
+			LEFT JOIN (SELECT instance, sum(n) AS n FROM totals WHERE span = 3600 AND bucket >= ? AND bucket < ? GROUP BY 1) t
+			ON t.instance = i.instance ORDER BY 1`
+	}
+	err := r.each(ctx, func(rows *sql.Rows) error {
+		var it InstanceTotal
+		if err := rows.Scan(&it.Instance, &it.Total); err != nil {
+			return err
+		}
+		out.Instances = append(out.Instances, it)
+		return nil
+	}, sqlText, start.Unix(), end.Unix())
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}

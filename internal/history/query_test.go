@@ -31,8 +31,14 @@ const (
 //	clientB  telemetry  4 at t0-5m, all in the same millisecond
 func filled(t *testing.T) (*Store, *Reader, *clock) {
 	t.Helper()
+	return filledIn(t, testConfig(t.TempDir()))
+}
+
+// filledIn is filled in cfg's database.
+func filledIn(t *testing.T, cfg Config) (*Store, *Reader, *clock) {
+	t.Helper()
 	clk := &clock{t: t0}
-	s, _ := open(t, testConfig(t.TempDir()), Options{Now: clk.Now})
+	s, _ := open(t, cfg, Options{Now: clk.Now})
 	old := t0.Add(-50 * time.Hour)
 	for _, a := range []struct {
 		client, name string
@@ -53,7 +59,13 @@ func filled(t *testing.T) (*Store, *Reader, *clock) {
 	if err := s.Maintain(); err != nil {
 		t.Fatal(err)
 	}
-	return s, openReader(t, s.Path(), clk), clk
+	r, err := s.Reader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.now = clk.Now
+	t.Cleanup(func() { r.Close() })
+	return s, r, clk
 }
 
 func openReader(t *testing.T, path string, clk *clock) *Reader {
@@ -89,297 +101,307 @@ func wantParamError(t *testing.T, err error, param, says string) {
 // hour and minute steps; a step under an hour cannot reach the hours
 // rolled up, and a series has at most MaxPoints buckets.
 func TestSeries(t *testing.T) {
-	_, r, _ := filled(t)
-	ctx := context.Background()
-	series := func(q SeriesQuery) *Series {
-		t.Helper()
-		s, err := r.Series(ctx, q)
-		if err != nil {
-			t.Fatal(err)
+	backends(t, func(t *testing.T, cfg Config) {
+		_, r, _ := filledIn(t, cfg)
+		ctx := context.Background()
+		series := func(q SeriesQuery) *Series {
+			t.Helper()
+			s, err := r.Series(ctx, q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
 		}
-		return s
-	}
-	last3h := SeriesQuery{From: t0.Add(-3 * time.Hour), To: t0, Step: time.Hour}
-	s := series(last3h)
-	if want := "telemetry 7: [2 0 5]\nspotlight 1: [0 1 0]\n"; spell(s) != want || s.Total != 8 {
-		t.Errorf("the household's last 3 hours:\n%swant\n%s", spell(s), want)
-	}
-	if len(s.Buckets) != 3 || !s.Buckets[0].Equal(t0.Add(-3*time.Hour)) || !s.To.Equal(t0) || s.Step != "1h" || s.StepSeconds != 3600 {
-		t.Errorf("buckets %v, to %v, step %s %d", s.Buckets, s.To, s.Step, s.StepSeconds)
-	}
-	for _, c := range []struct {
-		f    Filter
-		want string
-	}{
-		{Filter{Client: clientB}, "telemetry 4: [0 0 4]\nspotlight 1: [0 1 0]\n"},
-		{Filter{Client: clientA}, "telemetry 3: [2 0 1]\n"},
-		{Filter{Category: "spotlight"}, "spotlight 1: [0 1 0]\n"},
-		{Filter{Action: "sinkhole"}, "telemetry 7: [2 0 5]\n"},
-		{Filter{Client: clientB, Action: "log"}, "spotlight 1: [0 1 0]\n"},
-		{Filter{Group: "default", Category: "telemetry"}, "telemetry 7: [2 0 5]\n"},
-		{Filter{Group: "kids"}, ""},
-		{Filter{Client: "10.9.9.9"}, ""},
-	} {
-		q := last3h
-		q.Filter = c.f
-		if got := spell(series(q)); got != c.want {
-			t.Errorf("%+v:\n%swant\n%s", c.f, got, c.want)
+		last3h := SeriesQuery{From: t0.Add(-3 * time.Hour), To: t0, Step: time.Hour}
+		s := series(last3h)
+		if want := "telemetry 7: [2 0 5]\nspotlight 1: [0 1 0]\n"; spell(s) != want || s.Total != 8 {
+			t.Errorf("the household's last 3 hours:\n%swant\n%s", spell(s), want)
 		}
-	}
+		if len(s.Buckets) != 3 || !s.Buckets[0].Equal(t0.Add(-3*time.Hour)) || !s.To.Equal(t0) || s.Step != "1h" || s.StepSeconds != 3600 {
+			t.Errorf("buckets %v, to %v, step %s %d", s.Buckets, s.To, s.Step, s.StepSeconds)
+		}
+		for _, c := range []struct {
+			f    Filter
+			want string
+		}{
+			{Filter{Client: clientB}, "telemetry 4: [0 0 4]\nspotlight 1: [0 1 0]\n"},
+			{Filter{Client: clientA}, "telemetry 3: [2 0 1]\n"},
+			{Filter{Category: "spotlight"}, "spotlight 1: [0 1 0]\n"},
+			{Filter{Action: "sinkhole"}, "telemetry 7: [2 0 5]\n"},
+			{Filter{Client: clientB, Action: "log"}, "spotlight 1: [0 1 0]\n"},
+			{Filter{Group: "default", Category: "telemetry"}, "telemetry 7: [2 0 5]\n"},
+			{Filter{Group: "kids"}, ""},
+			{Filter{Client: "10.9.9.9"}, ""},
+		} {
+			q := last3h
+			q.Filter = c.f
+			if got := spell(series(q)); got != c.want {
+				t.Errorf("%+v:\n%swant\n%s", c.f, got, c.want)
+			}
+		}
 
-	// Minutes, for the last quarter of an hour: from a time within a
-	// minute, widened to whole minutes.
-	s = series(SeriesQuery{From: t0.Add(-15*time.Minute + 20*time.Second), To: t0.Add(-30 * time.Second), Step: time.Minute})
-	if len(s.Buckets) != 15 || s.Categories[0].Counts[5] != 1 || s.Categories[0].Counts[10] != 4 || s.Total != 5 {
-		t.Errorf("the last 15 minutes: %d buckets, %s", len(s.Buckets), spell(s))
-	}
-	s = series(SeriesQuery{From: t0.Add(-15 * time.Minute), To: t0, Step: 5 * time.Minute, Filter: Filter{Client: clientB}})
-	if want := "telemetry 4: [0 0 4]\n"; spell(s) != want {
-		t.Errorf("clientB by 5 minutes:\n%swant\n%s", spell(s), want)
-	}
+		// Minutes, for the last quarter of an hour: from a time within a
+		// minute, widened to whole minutes.
+		s = series(SeriesQuery{From: t0.Add(-15*time.Minute + 20*time.Second), To: t0.Add(-30 * time.Second), Step: time.Minute})
+		if len(s.Buckets) != 15 || s.Categories[0].Counts[5] != 1 || s.Categories[0].Counts[10] != 4 || s.Total != 5 {
+			t.Errorf("the last 15 minutes: %d buckets, %s", len(s.Buckets), spell(s))
+		}
+		s = series(SeriesQuery{From: t0.Add(-15 * time.Minute), To: t0, Step: 5 * time.Minute, Filter: Filter{Client: clientB}})
+		if want := "telemetry 4: [0 0 4]\n"; spell(s) != want {
+			t.Errorf("clientB by 5 minutes:\n%swant\n%s", spell(s), want)
+		}
 
-	// Three days by the hour see the hour rolled up; a day step sums it.
-	s = series(SeriesQuery{From: t0.Add(-72 * time.Hour), To: t0, Step: time.Hour})
-	if c := s.Categories[0]; len(s.Buckets) != 72 || c.Counts[22] != 3 || c.Total != 10 {
-		t.Errorf("three days: %d buckets, %v", len(s.Buckets), c)
-	}
-	s = series(SeriesQuery{From: t0.Add(-72 * time.Hour), To: t0, Step: 24 * time.Hour})
-	if want := "telemetry 10: [0 3 0 7]\nspotlight 1: [0 0 0 1]\n"; spell(s) != want || !s.From.Equal(t0.Add(-84*time.Hour)) {
-		t.Errorf("three days by UTC day, from %v:\n%swant\n%s", s.From, spell(s), want)
-	}
-	// The household is the sum of its clients, before and after roll-up.
-	for _, step := range []time.Duration{time.Hour, 3 * time.Hour} {
-		q := SeriesQuery{From: t0.Add(-72 * time.Hour), To: t0, Step: step}
-		all := series(q)
-		sum := make([]int64, len(all.Buckets))
-		for _, c := range []string{clientA, clientB} {
-			q.Client = c
-			for _, cs := range series(q).Categories {
-				for i, n := range cs.Counts {
-					sum[i] += n
+		// Three days by the hour see the hour rolled up; a day step sums it.
+		s = series(SeriesQuery{From: t0.Add(-72 * time.Hour), To: t0, Step: time.Hour})
+		if c := s.Categories[0]; len(s.Buckets) != 72 || c.Counts[22] != 3 || c.Total != 10 {
+			t.Errorf("three days: %d buckets, %v", len(s.Buckets), c)
+		}
+		s = series(SeriesQuery{From: t0.Add(-72 * time.Hour), To: t0, Step: 24 * time.Hour})
+		if want := "telemetry 10: [0 3 0 7]\nspotlight 1: [0 0 0 1]\n"; spell(s) != want || !s.From.Equal(t0.Add(-84*time.Hour)) {
+			t.Errorf("three days by UTC day, from %v:\n%swant\n%s", s.From, spell(s), want)
+		}
+		// The household is the sum of its clients, before and after roll-up.
+		for _, step := range []time.Duration{time.Hour, 3 * time.Hour} {
+			q := SeriesQuery{From: t0.Add(-72 * time.Hour), To: t0, Step: step}
+			all := series(q)
+			sum := make([]int64, len(all.Buckets))
+			for _, c := range []string{clientA, clientB} {
+				q.Client = c
+				for _, cs := range series(q).Categories {
+					for i, n := range cs.Counts {
+						sum[i] += n
+					}
 				}
 			}
-		}
-		total := make([]int64, len(all.Buckets))
-		for _, cs := range all.Categories {
-			for i, n := range cs.Counts {
-				total[i] += n
+			total := make([]int64, len(all.Buckets))
+			for _, cs := range all.Categories {
+				for i, n := range cs.Counts {
+					total[i] += n
+				}
+			}
+			if !slices.Equal(sum, total) {
+				t.Errorf("step %v: the household %v, its clients %v", step, total, sum)
 			}
 		}
-		if !slices.Equal(sum, total) {
-			t.Errorf("step %v: the household %v, its clients %v", step, total, sum)
+
+		_, err := r.Series(ctx, SeriesQuery{From: t0.Add(-50 * time.Hour), To: t0, Step: 30 * time.Minute})
+		wantParamError(t, err, "step", "want a step of 1h or more, or from after")
+		_, err = r.Series(ctx, SeriesQuery{From: t0.Add(-40 * time.Hour), To: t0, Step: time.Minute})
+		wantParamError(t, err, "step", "2400 buckets; at most 2000: want a step of 2m or more")
+		_, err = r.Series(ctx, SeriesQuery{From: t0.Add(-400 * 24 * time.Hour), To: t0, Step: time.Hour})
+		wantParamError(t, err, "step", "want a step of 6h or more")
+		_, err = r.Series(ctx, SeriesQuery{From: t0, To: t0.Add(-time.Hour), Step: time.Hour})
+		wantParamError(t, err, "from", "not before to")
+		_, err = r.Series(ctx, SeriesQuery{From: t0.Add(-time.Hour), To: t0, Step: 90 * time.Minute})
+		wantParamError(t, err, "step", "whole hours")
+
+		// No step: AutoStep's.
+		if s := series(SeriesQuery{From: t0.Add(-24 * time.Hour), To: t0}); s.Step != "5m" || len(s.Buckets) != 288 {
+			t.Errorf("24 hours with no step: %s, %d buckets", s.Step, len(s.Buckets))
 		}
-	}
-
-	_, err := r.Series(ctx, SeriesQuery{From: t0.Add(-50 * time.Hour), To: t0, Step: 30 * time.Minute})
-	wantParamError(t, err, "step", "want a step of 1h or more, or from after")
-	_, err = r.Series(ctx, SeriesQuery{From: t0.Add(-40 * time.Hour), To: t0, Step: time.Minute})
-	wantParamError(t, err, "step", "2400 buckets; at most 2000: want a step of 2m or more")
-	_, err = r.Series(ctx, SeriesQuery{From: t0.Add(-400 * 24 * time.Hour), To: t0, Step: time.Hour})
-	wantParamError(t, err, "step", "want a step of 6h or more")
-	_, err = r.Series(ctx, SeriesQuery{From: t0, To: t0.Add(-time.Hour), Step: time.Hour})
-	wantParamError(t, err, "from", "not before to")
-	_, err = r.Series(ctx, SeriesQuery{From: t0.Add(-time.Hour), To: t0, Step: 90 * time.Minute})
-	wantParamError(t, err, "step", "whole hours")
-
-	// No step: AutoStep's.
-	if s := series(SeriesQuery{From: t0.Add(-24 * time.Hour), To: t0}); s.Step != "5m" || len(s.Buckets) != 288 {
-		t.Errorf("24 hours with no step: %s, %d buckets", s.Step, len(s.Buckets))
-	}
+	})
 }
 
 // TestEndpoints: per pattern, the count in the range by action, and the
 // first and last seen, of the household and of one client; pages.
 func TestEndpoints(t *testing.T) {
-	_, r, _ := filled(t)
-	ctx := context.Background()
-	spellE := func(es *Endpoints) string {
-		var b strings.Builder
-		for _, e := range es.Endpoints {
-			fmt.Fprintf(&b, "%s %s %d %v %s..%s\n", e.Pattern, e.Category, e.Count, e.Actions,
-				t0.Sub(e.FirstSeen), t0.Sub(e.LastSeen))
+	backends(t, func(t *testing.T, cfg Config) {
+		_, r, _ := filledIn(t, cfg)
+		ctx := context.Background()
+		spellE := func(es *Endpoints) string {
+			var b strings.Builder
+			for _, e := range es.Endpoints {
+				fmt.Fprintf(&b, "%s %s %d %v %s..%s\n", e.Pattern, e.Category, e.Count, e.Actions,
+					t0.Sub(e.FirstSeen), t0.Sub(e.LastSeen))
+			}
+			return b.String()
 		}
-		return b.String()
-	}
-	for _, c := range []struct {
-		q    EndpointsQuery
-		want string
-	}{
-		{EndpointsQuery{From: t0.Add(-72 * time.Hour), To: t0},
-			patTel + " telemetry 10 map[sinkhole:10] 50h0m0s..5m0s\n" + patLog + " spotlight 1 map[log:1] 1h30m0s..1h30m0s\n"},
-		{EndpointsQuery{From: t0.Add(-time.Hour), To: t0}, patTel + " telemetry 5 map[sinkhole:5] 50h0m0s..5m0s\n"},
-		// A range within an hour is widened to the hour.
-		{EndpointsQuery{From: t0.Add(-50*time.Minute - time.Hour), To: t0.Add(-70 * time.Minute)},
-			patLog + " spotlight 1 map[log:1] 1h30m0s..1h30m0s\n"},
-		{EndpointsQuery{Client: clientB, From: t0.Add(-72 * time.Hour), To: t0},
-			patTel + " telemetry 4 map[sinkhole:4] 5m0s..5m0s\n" + patLog + " spotlight 1 map[log:1] 1h30m0s..1h30m0s\n"},
-		{EndpointsQuery{Client: clientA, From: t0.Add(-72 * time.Hour), To: t0}, patTel + " telemetry 6 map[sinkhole:6] 50h0m0s..10m0s\n"},
-		{EndpointsQuery{Client: clientA, From: t0.Add(-24 * time.Hour), To: t0}, patTel + " telemetry 3 map[sinkhole:3] 50h0m0s..10m0s\n"},
-	} {
-		es, err := r.Endpoints(ctx, c.q)
-		if err != nil {
-			t.Fatal(err)
+		for _, c := range []struct {
+			q    EndpointsQuery
+			want string
+		}{
+			{EndpointsQuery{From: t0.Add(-72 * time.Hour), To: t0},
+				patTel + " telemetry 10 map[sinkhole:10] 50h0m0s..5m0s\n" + patLog + " spotlight 1 map[log:1] 1h30m0s..1h30m0s\n"},
+			{EndpointsQuery{From: t0.Add(-time.Hour), To: t0}, patTel + " telemetry 5 map[sinkhole:5] 50h0m0s..5m0s\n"},
+			// A range within an hour is widened to the hour.
+			{EndpointsQuery{From: t0.Add(-50*time.Minute - time.Hour), To: t0.Add(-70 * time.Minute)},
+				patLog + " spotlight 1 map[log:1] 1h30m0s..1h30m0s\n"},
+			{EndpointsQuery{Client: clientB, From: t0.Add(-72 * time.Hour), To: t0},
+				patTel + " telemetry 4 map[sinkhole:4] 5m0s..5m0s\n" + patLog + " spotlight 1 map[log:1] 1h30m0s..1h30m0s\n"},
+			{EndpointsQuery{Client: clientA, From: t0.Add(-72 * time.Hour), To: t0}, patTel + " telemetry 6 map[sinkhole:6] 50h0m0s..10m0s\n"},
+			{EndpointsQuery{Client: clientA, From: t0.Add(-24 * time.Hour), To: t0}, patTel + " telemetry 3 map[sinkhole:3] 50h0m0s..10m0s\n"},
+		} {
+			es, err := r.Endpoints(ctx, c.q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := spellE(es); got != c.want {
+				t.Errorf("%+v:\n%swant\n%s", c.q, got, c.want)
+			}
 		}
-		if got := spellE(es); got != c.want {
-			t.Errorf("%+v:\n%swant\n%s", c.q, got, c.want)
+		q := EndpointsQuery{From: t0.Add(-72 * time.Hour), To: t0, Limit: 1}
+		es, err := r.Endpoints(ctx, q)
+		if err != nil || len(es.Endpoints) != 1 || es.Endpoints[0].Pattern != patTel || es.Total != 2 || es.NextOffset == nil || *es.NextOffset != 1 {
+			t.Fatalf("the first page of one: %+v, %v", es, err)
 		}
-	}
-	q := EndpointsQuery{From: t0.Add(-72 * time.Hour), To: t0, Limit: 1}
-	es, err := r.Endpoints(ctx, q)
-	if err != nil || len(es.Endpoints) != 1 || es.Endpoints[0].Pattern != patTel || es.Total != 2 || es.NextOffset == nil || *es.NextOffset != 1 {
-		t.Fatalf("the first page of one: %+v, %v", es, err)
-	}
-	q.Offset = *es.NextOffset
-	es, err = r.Endpoints(ctx, q)
-	if err != nil || len(es.Endpoints) != 1 || es.Endpoints[0].Pattern != patLog || es.NextOffset != nil {
-		t.Errorf("the second page of one: %+v, %v", es, err)
-	}
-	q.Offset = 5
-	if es, err = r.Endpoints(ctx, q); err != nil || len(es.Endpoints) != 0 || es.Total != 2 {
-		t.Errorf("a page past the last: %+v, %v", es, err)
-	}
-	_, err = r.Endpoints(ctx, EndpointsQuery{From: t0.Add(-time.Hour), To: t0, Limit: MaxLimit + 1})
-	wantParamError(t, err, "limit", "want 1 to 1000")
-	_, err = r.Endpoints(ctx, EndpointsQuery{From: t0.Add(-time.Hour), To: t0, Offset: -1})
-	wantParamError(t, err, "offset", "want 0 to")
+		q.Offset = *es.NextOffset
+		es, err = r.Endpoints(ctx, q)
+		if err != nil || len(es.Endpoints) != 1 || es.Endpoints[0].Pattern != patLog || es.NextOffset != nil {
+			t.Errorf("the second page of one: %+v, %v", es, err)
+		}
+		q.Offset = 5
+		if es, err = r.Endpoints(ctx, q); err != nil || len(es.Endpoints) != 0 || es.Total != 2 {
+			t.Errorf("a page past the last: %+v, %v", es, err)
+		}
+		_, err = r.Endpoints(ctx, EndpointsQuery{From: t0.Add(-time.Hour), To: t0, Limit: MaxLimit + 1})
+		wantParamError(t, err, "limit", "want 1 to 1000")
+		_, err = r.Endpoints(ctx, EndpointsQuery{From: t0.Add(-time.Hour), To: t0, Offset: -1})
+		wantParamError(t, err, "offset", "want 0 to")
+	})
 }
 
 // TestNew: the patterns each client asked for first since a time, from
 // the first-seen table, and how far back the history goes.
 func TestNew(t *testing.T) {
-	_, r, _ := filled(t)
-	ctx := context.Background()
-	spellN := func(n *NewEndpoints) string {
-		var b strings.Builder
-		for _, e := range n.Endpoints {
-			fmt.Fprintf(&b, "%s %s %s %s\n", e.Client, e.Pattern, e.Category, t0.Sub(e.FirstSeen))
+	backends(t, func(t *testing.T, cfg Config) {
+		_, r, _ := filledIn(t, cfg)
+		ctx := context.Background()
+		spellN := func(n *NewEndpoints) string {
+			var b strings.Builder
+			for _, e := range n.Endpoints {
+				fmt.Fprintf(&b, "%s %s %s %s\n", e.Client, e.Pattern, e.Category, t0.Sub(e.FirstSeen))
+			}
+			return b.String()
 		}
-		return b.String()
-	}
-	for _, c := range []struct {
-		q    NewQuery
-		want string
-	}{
-		{NewQuery{Since: t0.Add(-time.Hour)}, clientB + " " + patTel + " telemetry 5m0s\n"},
-		{NewQuery{Since: t0.Add(-2 * time.Hour)}, clientB + " " + patLog + " spotlight 1h30m0s\n" + clientB + " " + patTel + " telemetry 5m0s\n"},
-		{NewQuery{Since: t0.Add(-60 * time.Hour)}, clientA + " " + patTel + " telemetry 50h0m0s\n" +
-			clientB + " " + patLog + " spotlight 1h30m0s\n" + clientB + " " + patTel + " telemetry 5m0s\n"},
-		{NewQuery{Since: t0.Add(-60 * time.Hour), Client: clientA}, clientA + " " + patTel + " telemetry 50h0m0s\n"},
-		{NewQuery{Since: t0.Add(-60 * time.Hour), Limit: 1, Offset: 1}, clientB + " " + patLog + " spotlight 1h30m0s\n"},
-		{NewQuery{Since: t0}, ""},
-	} {
-		n, err := r.New(ctx, c.q)
-		if err != nil {
-			t.Fatal(err)
+		for _, c := range []struct {
+			q    NewQuery
+			want string
+		}{
+			{NewQuery{Since: t0.Add(-time.Hour)}, clientB + " " + patTel + " telemetry 5m0s\n"},
+			{NewQuery{Since: t0.Add(-2 * time.Hour)}, clientB + " " + patLog + " spotlight 1h30m0s\n" + clientB + " " + patTel + " telemetry 5m0s\n"},
+			{NewQuery{Since: t0.Add(-60 * time.Hour)}, clientA + " " + patTel + " telemetry 50h0m0s\n" +
+				clientB + " " + patLog + " spotlight 1h30m0s\n" + clientB + " " + patTel + " telemetry 5m0s\n"},
+			{NewQuery{Since: t0.Add(-60 * time.Hour), Client: clientA}, clientA + " " + patTel + " telemetry 50h0m0s\n"},
+			{NewQuery{Since: t0.Add(-60 * time.Hour), Limit: 1, Offset: 1}, clientB + " " + patLog + " spotlight 1h30m0s\n"},
+			{NewQuery{Since: t0}, ""},
+		} {
+			n, err := r.New(ctx, c.q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := spellN(n); got != c.want {
+				t.Errorf("%+v:\n%swant\n%s", c.q, got, c.want)
+			}
+			if n.HistorySince == nil || !n.HistorySince.Equal(t0.Add(-50*time.Hour)) {
+				t.Errorf("history_since %v, want the hour 50 h ago", n.HistorySince)
+			}
 		}
-		if got := spellN(n); got != c.want {
-			t.Errorf("%+v:\n%swant\n%s", c.q, got, c.want)
+		n, _ := r.New(ctx, NewQuery{Since: t0.Add(-60 * time.Hour), Limit: 2})
+		if n.Total != 3 || n.NextOffset == nil || *n.NextOffset != 2 {
+			t.Errorf("a page of 2 of 3: total %d, next %v", n.Total, n.NextOffset)
 		}
-		if n.HistorySince == nil || !n.HistorySince.Equal(t0.Add(-50*time.Hour)) {
-			t.Errorf("history_since %v, want the hour 50 h ago", n.HistorySince)
-		}
-	}
-	n, _ := r.New(ctx, NewQuery{Since: t0.Add(-60 * time.Hour), Limit: 2})
-	if n.Total != 3 || n.NextOffset == nil || *n.NextOffset != 2 {
-		t.Errorf("a page of 2 of 3: total %d, next %v", n.Total, n.NextOffset)
-	}
+	})
 }
 
 // TestEventsPages: pages of stored events before a cursor, newest first,
 // cover every event once, ties in a millisecond included; filters narrow
 // them.
 func TestEventsPages(t *testing.T) {
-	_, r, _ := filled(t)
-	ctx := context.Background()
-	pageAll := func(q EventsQuery) []string {
-		t.Helper()
-		var got []string
-		for range 20 {
-			p, err := r.Events(ctx, q)
-			if err != nil {
-				t.Fatal(err)
+	backends(t, func(t *testing.T, cfg Config) {
+		_, r, _ := filledIn(t, cfg)
+		ctx := context.Background()
+		pageAll := func(q EventsQuery) []string {
+			t.Helper()
+			var got []string
+			for range 20 {
+				p, err := r.Events(ctx, q)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, e := range p.Events {
+					got = append(got, fmt.Sprintf("%s %s %s", t0.Sub(e.Time), e.Client, e.Category))
+				}
+				if p.Next == "" {
+					return got
+				}
+				if q.Before, err = ParseCursor(p.Next, t0); err != nil {
+					t.Fatal(err)
+				}
 			}
-			for _, e := range p.Events {
-				got = append(got, fmt.Sprintf("%s %s %s", t0.Sub(e.Time), e.Client, e.Category))
-			}
-			if p.Next == "" {
-				return got
-			}
-			if q.Before, err = ParseCursor(p.Next, t0); err != nil {
-				t.Fatal(err)
+			t.Fatal("no end of the pages")
+			return nil
+		}
+		all := pageAll(EventsQuery{Before: EventCursor{TimeMs: t0.UnixMilli()}, Limit: 1000})
+		want := []string{"5m0s " + clientB + " telemetry", "5m0s " + clientB + " telemetry", "5m0s " + clientB + " telemetry", "5m0s " + clientB + " telemetry",
+			"10m0s " + clientA + " telemetry", "1h30m0s " + clientB + " spotlight", "2h30m0s " + clientA + " telemetry", "2h30m0s " + clientA + " telemetry",
+			"49h58m0s " + clientA + " telemetry", "49h59m0s " + clientA + " telemetry", "50h0m0s " + clientA + " telemetry"}
+		equal(t, "all events in one page", all, want)
+		for _, limit := range []int{1, 2, 3} {
+			equal(t, fmt.Sprintf("all events in pages of %d", limit), pageAll(EventsQuery{Before: EventCursor{TimeMs: t0.UnixMilli()}, Limit: limit}), want)
+		}
+		equal(t, "before t0-10m", pageAll(EventsQuery{Before: EventCursor{TimeMs: t0.Add(-10 * time.Minute).UnixMilli()}, Limit: 2}), want[5:])
+		equal(t, "clientB's", pageAll(EventsQuery{Before: EventCursor{TimeMs: t0.UnixMilli()}, Filter: Filter{Client: clientB}, Limit: 2}), append(want[:4:4], want[5]))
+		equal(t, "spotlight", pageAll(EventsQuery{Before: EventCursor{TimeMs: t0.UnixMilli()}, Filter: Filter{Category: "spotlight", Action: "log"}}), want[5:6])
+		for _, q := range []EventsQuery{
+			{Before: EventCursor{TimeMs: t0.Add(-72 * time.Hour).UnixMilli()}},                                 // before every event
+			{Before: EventCursor{TimeMs: t0.UnixMilli()}, Filter: Filter{Client: clientB, Category: "update"}}, // no detail
+		} {
+			if p, err := r.Events(ctx, q); err != nil || p.Events == nil || len(p.Events) != 0 || p.Next != "" {
+				t.Errorf("%+v: %+v, %v; want an empty page, not null", q, p, err)
 			}
 		}
-		t.Fatal("no end of the pages")
-		return nil
-	}
-	all := pageAll(EventsQuery{Before: EventCursor{TimeMs: t0.UnixMilli()}, Limit: 1000})
-	want := []string{"5m0s " + clientB + " telemetry", "5m0s " + clientB + " telemetry", "5m0s " + clientB + " telemetry", "5m0s " + clientB + " telemetry",
-		"10m0s " + clientA + " telemetry", "1h30m0s " + clientB + " spotlight", "2h30m0s " + clientA + " telemetry", "2h30m0s " + clientA + " telemetry",
-		"49h58m0s " + clientA + " telemetry", "49h59m0s " + clientA + " telemetry", "50h0m0s " + clientA + " telemetry"}
-	equal(t, "all events in one page", all, want)
-	for _, limit := range []int{1, 2, 3} {
-		equal(t, fmt.Sprintf("all events in pages of %d", limit), pageAll(EventsQuery{Before: EventCursor{TimeMs: t0.UnixMilli()}, Limit: limit}), want)
-	}
-	equal(t, "before t0-10m", pageAll(EventsQuery{Before: EventCursor{TimeMs: t0.Add(-10 * time.Minute).UnixMilli()}, Limit: 2}), want[5:])
-	equal(t, "clientB's", pageAll(EventsQuery{Before: EventCursor{TimeMs: t0.UnixMilli()}, Filter: Filter{Client: clientB}, Limit: 2}), append(want[:4:4], want[5]))
-	equal(t, "spotlight", pageAll(EventsQuery{Before: EventCursor{TimeMs: t0.UnixMilli()}, Filter: Filter{Category: "spotlight", Action: "log"}}), want[5:6])
-	for _, q := range []EventsQuery{
-		{Before: EventCursor{TimeMs: t0.Add(-72 * time.Hour).UnixMilli()}},                                 // before every event
-		{Before: EventCursor{TimeMs: t0.UnixMilli()}, Filter: Filter{Client: clientB, Category: "update"}}, // no detail
-	} {
-		if p, err := r.Events(ctx, q); err != nil || p.Events == nil || len(p.Events) != 0 || p.Next != "" {
-			t.Errorf("%+v: %+v, %v; want an empty page, not null", q, p, err)
-		}
-	}
 
-	p, err := r.Events(ctx, EventsQuery{Before: EventCursor{TimeMs: t0.UnixMilli()}, Limit: 1})
-	if err != nil || len(p.Events) != 1 {
-		t.Fatal(p, err)
-	}
-	e := p.Events[0]
-	if e.Name != telemetry || e.Type != "A" || e.Action != "sinkhole" || e.Pattern != patTel || e.Group != "default" || e.Source != "sinkhole" || e.Duration == 0 {
-		t.Errorf("an event's fields: %+v", e)
-	}
+		p, err := r.Events(ctx, EventsQuery{Before: EventCursor{TimeMs: t0.UnixMilli()}, Limit: 1})
+		if err != nil || len(p.Events) != 1 {
+			t.Fatal(p, err)
+		}
+		e := p.Events[0]
+		if e.Name != telemetry || e.Type != "A" || e.Action != "sinkhole" || e.Pattern != patTel || e.Group != "default" || e.Source != "sinkhole" || e.Duration == 0 {
+			t.Errorf("an event's fields: %+v", e)
+		}
+	})
 }
 
 // TestExport: every event and every row of counts in a range, in time
 // order, read a page at a time.
 func TestExport(t *testing.T) {
-	_, r, _ := filled(t)
-	ctx := context.Background()
-	defer func(n int) { exportPage = n }(exportPage)
-	for _, page := range []int{1, 2, 1000} {
-		exportPage = page
-		var events []string
-		err := r.EachEvent(ctx, t0.Add(-3*time.Hour), t0, func(e *querylog.Record) error {
-			events = append(events, fmt.Sprintf("%s %s", t0.Sub(e.Time), e.Client))
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
+	backends(t, func(t *testing.T, cfg Config) {
+		_, r, _ := filledIn(t, cfg)
+		ctx := context.Background()
+		defer func(n int) { exportPage = n }(exportPage)
+		for _, page := range []int{1, 2, 1000} {
+			exportPage = page
+			var events []string
+			err := r.EachEvent(ctx, t0.Add(-3*time.Hour), t0, func(e *querylog.Record) error {
+				events = append(events, fmt.Sprintf("%s %s", t0.Sub(e.Time), e.Client))
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			equal(t, fmt.Sprintf("events, pages of %d", page), events, []string{"2h30m0s " + clientA, "2h30m0s " + clientA, "1h30m0s " + clientB,
+				"10m0s " + clientA, "5m0s " + clientB, "5m0s " + clientB, "5m0s " + clientB, "5m0s " + clientB})
+			var counts []string
+			err = r.EachCount(ctx, t0.Add(-72*time.Hour), t0, func(c *CountRow) error {
+				counts = append(counts, fmt.Sprintf("%s %d %s %s %s %s %d", t0.Sub(c.Time), c.Span, c.Client, c.Pattern, c.Category, c.Action, c.N))
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			equal(t, fmt.Sprintf("counts, pages of %d", page), counts, []string{
+				"50h0m0s 3600 " + clientA + " " + patTel + " telemetry sinkhole 3",
+				"2h30m0s 60 " + clientA + " " + patTel + " telemetry sinkhole 2",
+				"1h30m0s 60 " + clientB + " " + patLog + " spotlight log 1",
+				"10m0s 60 " + clientA + " " + patTel + " telemetry sinkhole 1",
+				"5m0s 60 " + clientB + " " + patTel + " telemetry sinkhole 4",
+			})
 		}
-		equal(t, fmt.Sprintf("events, pages of %d", page), events, []string{"2h30m0s " + clientA, "2h30m0s " + clientA, "1h30m0s " + clientB,
-			"10m0s " + clientA, "5m0s " + clientB, "5m0s " + clientB, "5m0s " + clientB, "5m0s " + clientB})
-		var counts []string
-		err = r.EachCount(ctx, t0.Add(-72*time.Hour), t0, func(c *CountRow) error {
-			counts = append(counts, fmt.Sprintf("%s %d %s %s %s %s %d", t0.Sub(c.Time), c.Span, c.Client, c.Pattern, c.Category, c.Action, c.N))
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
+		stop := errors.New("stop")
+		if err := r.EachEvent(ctx, t0.Add(-3*time.Hour), t0, func(*querylog.Record) error { return stop }); err != stop {
+			t.Errorf("fn's error: %v", err)
 		}
-		equal(t, fmt.Sprintf("counts, pages of %d", page), counts, []string{
-			"50h0m0s 3600 " + clientA + " " + patTel + " telemetry sinkhole 3",
-			"2h30m0s 60 " + clientA + " " + patTel + " telemetry sinkhole 2",
-			"1h30m0s 60 " + clientB + " " + patLog + " spotlight log 1",
-			"10m0s 60 " + clientA + " " + patTel + " telemetry sinkhole 1",
-			"5m0s 60 " + clientB + " " + patTel + " telemetry sinkhole 4",
-		})
-	}
-	stop := errors.New("stop")
-	if err := r.EachEvent(ctx, t0.Add(-3*time.Hour), t0, func(*querylog.Record) error { return stop }); err != stop {
-		t.Errorf("fn's error: %v", err)
-	}
+	})
 }
 
 // TestTotalsFollowCounts: totals and pattern_totals add up to counts

@@ -23,7 +23,8 @@ import (
 // snapshot (and keeps the write-ahead log from being reset) for long. A
 // Reader is safe for concurrent use.
 type Reader struct {
-	path string
+	path string // the file, or where the shared database is
+	d    *dialect
 	db   *sql.DB
 	now  func() time.Time
 	ok   atomic.Bool // the file was found, with a schema this build reads
@@ -40,6 +41,39 @@ const maxReaders = 2
 // the writer has created the file works once it has. Check says whether
 // the file is there and readable.
 func OpenReader(path string) (*Reader, error) {
+	return openFileReader(path, (&Config{}).InstanceName())
+}
+
+// NewReader returns a Reader of cfg's history: the shared database of
+// history.dsn, else the file.
+func NewReader(cfg Config) (*Reader, error) {
+	if cfg.Off {
+		return nil, errors.New("history: the history is off (history: off)")
+	}
+	if conn, ok := cfg.Shared(); ok {
+		if err := checkDSN(conn); err != nil && conn != "" {
+			return nil, fmt.Errorf("history: %w", err)
+		}
+		return openPGReader(conn, pgWhere(conn), cfg.InstanceName())
+	}
+	cfg.SetDefaults()
+	return openFileReader(cfg.Path, cfg.InstanceName())
+}
+
+// openPGReader returns a Reader of the shared database conn (described
+// as where), which connects as queries need it.
+func openPGReader(conn, where, instance string) (*Reader, error) {
+	db, err := sql.Open("pgx", conn)
+	if err != nil {
+		return nil, fmt.Errorf("history: %s: %w", where, err)
+	}
+	db.SetMaxOpenConns(maxReaders)
+	db.SetConnMaxIdleTime(time.Minute)
+	return &Reader{path: where, d: newDialect(true, instance), db: db, now: time.Now}, nil
+}
+
+// openFileReader is OpenReader, the file written by instance.
+func openFileReader(path, instance string) (*Reader, error) {
 	if path == "" {
 		return nil, errors.New("history: no path: set history.path, or $STATE_DIRECTORY, $XDG_STATE_HOME or $HOME")
 	}
@@ -52,7 +86,7 @@ func OpenReader(path string) (*Reader, error) {
 	}
 	db.SetMaxOpenConns(maxReaders)
 	db.SetConnMaxIdleTime(time.Minute)
-	return &Reader{path: path, db: db, now: time.Now}, nil
+	return &Reader{path: path, d: newDialect(false, instance), db: db, now: time.Now}, nil
 }
 
 // readDSN is the SQLite URI that reads path and never writes it.
@@ -65,8 +99,11 @@ func readDSN(path string) string {
 	return u.String()
 }
 
-// Path is the file the Reader reads.
+// Path is the file the Reader reads, or where the shared database is.
 func (r *Reader) Path() string { return r.path }
+
+// Shared says whether the Reader reads a shared database, not a file.
+func (r *Reader) Shared() bool { return r.d.pg }
 
 // Close closes the Reader's connections.
 func (r *Reader) Close() error {
@@ -81,6 +118,9 @@ func (r *Reader) Close() error {
 func (r *Reader) Check(ctx context.Context) error {
 	if r.ok.Load() {
 		return nil
+	}
+	if r.d.pg {
+		return r.checkPG(ctx)
 	}
 	if _, err := os.Stat(r.path); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -105,6 +145,23 @@ func (r *Reader) Check(ctx context.Context) error {
 	return nil
 }
 
+// checkPG is Check of a shared database.
+func (r *Reader) checkPG(ctx context.Context) error {
+	v, err := pgSchemaVersion(ctx, r.db)
+	switch {
+	case err != nil:
+		return fmt.Errorf("history: reading %s: %w", r.path, err)
+	case v == 0:
+		return fmt.Errorf("history: %s has no history yet: phonehome serve with this history.dsn creates it", r.path)
+	case v < len(pgMigrations):
+		return fmt.Errorf("history: %s has schema version %d, this phonehome reads %d: start a phonehome serve of this version on it once to bring it up to date", r.path, v, len(pgMigrations))
+	case v > len(pgMigrations):
+		return fmt.Errorf("history: %s has schema version %d; this phonehome knows up to %d: it was written by a newer phonehome", r.path, v, len(pgMigrations))
+	}
+	r.ok.Store(true)
+	return nil
+}
+
 // queryer is the connection pool or a read transaction.
 type queryer interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
@@ -115,6 +172,7 @@ func (r *Reader) query(ctx context.Context, on queryer, q string, args ...any) (
 	if err := r.Check(ctx); err != nil {
 		return nil, err
 	}
+	q = r.d.sql(q)
 	if r.trace != nil {
 		r.trace(q, args)
 	}

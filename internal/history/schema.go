@@ -239,7 +239,7 @@ func schemaVersion(ctx context.Context, db *sql.DB) (int, error) {
 // packEvents moves the events of schema 3, one row each, into blocks, and
 // drops their table. It reads them a page at a time, in time order.
 func packEvents(ctx context.Context, tx *sql.Tx) error {
-	detail, err := prepareDetails(ctx, tx)
+	detail, err := prepareDetails(ctx, tx, newDialect(false, ""))
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,9 @@ const MaxPoints = 2000
 // query log does, anonymized with anonymize_clients).
 type Filter struct {
 	Client, Group, Category, Action string
+	// Instance is one instance's queries (a shared history); "" for
+	// every instance's.
+	Instance string
 }
 
 // SeriesQuery asks for the queries counted from From to To in buckets of
@@ -80,7 +83,7 @@ func (r *Reader) Series(ctx context.Context, q SeriesQuery) (*Series, error) {
 	for i := range s.Buckets {
 		s.Buckets[i] = start.Add(time.Duration(i) * q.Step)
 	}
-	sqlText, args := seriesSQL(q.Filter, step, start.Unix(), s.To.Unix())
+	sqlText, args := seriesSQL(r.d, q.Filter, step, start.Unix(), s.To.Unix())
 	byCategory := map[string]int{}
 	err := r.each(ctx, func(rows *sql.Rows) error {
 		var b, n int64
@@ -112,7 +115,7 @@ func (r *Reader) Series(ctx context.Context, q SeriesQuery) (*Series, error) {
 }
 
 // seriesSQL is the query of Series: bucket start, category, count.
-func seriesSQL(f Filter, step, from, to int64) (string, []any) {
+func seriesSQL(d *dialect, f Filter, step, from, to int64) (string, []any) {
 	var where []string
 	var args []any
 	add := func(cond string, v string) {
@@ -130,6 +133,10 @@ func seriesSQL(f Filter, step, from, to int64) (string, []any) {
 		add("grp = ?", f.Group)
 		add("category = ?", f.Category)
 		add("action = ?", f.Action)
+		if f.Instance != "" {
+			cond, arg := d.instanceIs("", f.Instance)
+			where, args = append(where, cond), append(args, arg)
+		}
 		return `SELECT bucket - bucket % ?, category, sum(n) FROM totals
 			WHERE span = ? AND bucket >= ? AND bucket < ?` + and(where) + ` GROUP BY 1, 2`, args
 	}
@@ -139,6 +146,10 @@ func seriesSQL(f Filter, step, from, to int64) (string, []any) {
 	add("s.grp = ?", f.Group)
 	add("s.category = ?", f.Category)
 	add("s.action = ?", f.Action)
+	if f.Instance != "" {
+		cond, arg := d.instanceIs("s", f.Instance)
+		where, args = append(where, cond), append(args, arg)
+	}
 	return `SELECT c.bucket - c.bucket % ?, s.category, sum(c.n) FROM series s CROSS JOIN counts c ON c.series = s.id
 		WHERE s.client = ? AND c.bucket >= ? AND c.bucket < ?` + and(where) + ` GROUP BY 1, 2`, args
 }

@@ -22,7 +22,8 @@ import (
 	"time"
 	"unsafe"
 
-	_ "modernc.org/sqlite" // the pure-Go SQLite driver: no cgo, the static image stays
+	_ "github.com/jackc/pgx/v5/stdlib" // PostgreSQL through database/sql, for a shared history (history.dsn)
+	_ "modernc.org/sqlite"             // the pure-Go SQLite driver: no cgo, the static image stays
 
 	"github.com/phonehome/phonehome/endpoints"
 	"github.com/phonehome/phonehome/internal/clientnames"
@@ -73,7 +74,9 @@ const (
 // Answered may be called from any goroutine; every other method as well,
 // but they are meant for one owner (serve).
 type Store struct {
-	path          string
+	path          string // the file, or where the shared database is (no password)
+	conn          string // the shared database's connection string; "" for the file
+	d             *dialect
 	log           *slog.Logger
 	now           func() time.Time
 	limit         int
@@ -178,9 +181,13 @@ func Open(cfg Config, opts Options) (*Store, error) {
 		return nil, nil
 	}
 	cfg.SetDefaults()
+	d, conn, where := newDialect(false, cfg.InstanceName()), "", cfg.Path
+	if c, ok := cfg.Shared(); ok {
+		d, conn, where = newDialect(true, cfg.InstanceName()), c, pgWhere(c)
+	}
 	s := &Store{
-		path: cfg.Path, log: opts.Log, now: opts.Now, limit: opts.Backlog, maintainEvery: opts.MaintainEvery, busyTimeout: opts.busyTimeout, eventRate: opts.EventRate,
-		cur: newBatch(), m: newMetrics(cfg.Path), reqs: make(chan request), stop: make(chan struct{}), done: make(chan struct{}),
+		path: where, conn: conn, d: d, log: opts.Log, now: opts.Now, limit: opts.Backlog, maintainEvery: opts.MaintainEvery, busyTimeout: opts.busyTimeout, eventRate: opts.EventRate,
+		cur: newBatch(), m: newMetrics(where, !d.pg), reqs: make(chan request), stop: make(chan struct{}), done: make(chan struct{}),
 		series: map[seriesKey]int64{}, details: newDetailCache(), names: newNamesWriter(opts.Names),
 	}
 	if s.log == nil {
@@ -204,12 +211,17 @@ func Open(cfg Config, opts Options) (*Store, error) {
 	s.all.Store(opts.AllQueries)
 	s.anonymize.Store(opts.AnonymizeClients)
 	s.setConfig(&cfg)
-	err := s.open()
-	if err != nil {
-		s.failed(err)
-	} else {
-		s.maintainLogged() // an error here is not Open's: the file is open and written
+	var err error
+	if !d.pg {
+		err = s.open()
+		if err != nil {
+			s.failed(err)
+		} else {
+			s.maintainLogged() // an error here is not Open's: the file is open and written
+		}
 	}
+	// A shared database may be out of reach for a while: the writer
+	// connects, never Open, which the resolver's start waits for.
 	go s.run()
 	return s, err
 }
@@ -232,8 +244,21 @@ func (s *Store) setConfig(cfg *Config) {
 	s.eventCap.Store(int64(min(s.limit, max(1, int(float64(s.eventRate)*cfg.Flush.Seconds())))))
 }
 
-// Path is the database file.
+// Path is the database file, or for a shared database where it is
+// (postgres://user@host:port/db, without the password).
 func (s *Store) Path() string { return s.path }
+
+// Shared says whether the history is in a database shared by several
+// instances (PostgreSQL), not in the file.
+func (s *Store) Shared() bool { return s.d.pg }
+
+// Reader opens a Reader of the store's database, for the API.
+func (s *Store) Reader() (*Reader, error) {
+	if s.d.pg {
+		return openPGReader(s.conn, s.path, s.d.instance)
+	}
+	return openFileReader(s.path, s.d.instance)
+}
 
 // Answered counts a decided query that matched a catalog entry or a list
 // and was not allowed, or every decided query with all_queries: in memory,
@@ -321,6 +346,13 @@ func (s *Store) Close() error {
 // and what Flush and Maintain ask for.
 func (s *Store) run() {
 	defer close(s.done)
+	if s.d.pg {
+		if err := s.open(); err != nil {
+			s.failed(err)
+		} else {
+			s.maintainLogged()
+		}
+	}
 	flush := time.NewTimer(s.cfg.Load().Flush)
 	defer flush.Stop()
 	maint := time.NewTicker(s.maintainEvery)
@@ -397,7 +429,7 @@ func (s *Store) flush() error {
 	}
 	s.recycle(s.backlog)
 	s.backlog = nil
-	if maxSize := s.cfg.Load().MaxSize; fileSize(s.path) > int64(maxSize) {
+	if maxSize := s.cfg.Load().MaxSize; !s.d.pg && fileSize(s.path) > int64(maxSize) {
 		if err := s.enforceSize(context.Background()); err != nil {
 			s.log.Error("history: keeping the file under max_size", "path", s.path, "err", err)
 		}
@@ -412,7 +444,9 @@ func (s *Store) writeBacklog() error {
 		}
 	}
 	start := time.Now()
-	rows, err := s.write(context.Background(), s.backlog)
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	rows, err := s.write(ctx, s.backlog)
 	if err != nil {
 		return err
 	}
@@ -467,9 +501,16 @@ func (s *Store) recycle(b *batch) {
 	}
 }
 
-// open opens the file (creating its directory), sets it up and migrates
-// the schema.
+// writeTimeout bounds a flush's transaction: a database that hangs (a
+// shared one behind a network that drops packets) holds the writer this
+// long, then the backlog waits for the next flush.
+const writeTimeout = time.Minute
+
+// open opens the database, sets it up and migrates the schema.
 func (s *Store) open() error {
+	if s.d.pg {
+		return s.openPG()
+	}
 	if s.path == "" {
 		return errors.New("history: no path: set history.path, or $STATE_DIRECTORY, $XDG_STATE_HOME or $HOME")
 	}
@@ -499,7 +540,13 @@ func (s *Store) open() error {
 		db.Close()
 		return fmt.Errorf("history: %s: %w", s.path, err)
 	}
-	if err := s.stmts.prepare(ctx, db); err != nil {
+	return s.opened(ctx, db)
+}
+
+// opened prepares the writer's statements on db, a database whose schema
+// is up to date, and makes it the store's.
+func (s *Store) opened(ctx context.Context, db *sql.DB) error {
+	if err := s.stmts.prepare(ctx, db, s.d); err != nil {
 		db.Close()
 		return fmt.Errorf("history: %s: %w", s.path, err)
 	}
@@ -507,6 +554,30 @@ func (s *Store) open() error {
 	clear(s.series)
 	s.details.forget()
 	return nil
+}
+
+// pgTimeout bounds connecting to the shared database and migrating it.
+const pgTimeout = 10 * time.Second
+
+// openPG connects to the shared database and migrates its history
+// tables. One connection: one writer per instance.
+func (s *Store) openPG() error {
+	db, err := sql.Open("pgx", s.conn)
+	if err != nil {
+		return fmt.Errorf("history: %s: %w", s.path, err)
+	}
+	db.SetMaxOpenConns(1)
+	ctx, cancel := context.WithTimeout(context.Background(), pgTimeout)
+	defer cancel()
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return fmt.Errorf("history: connecting to %s: %w", s.path, err)
+	}
+	if err := migratePG(ctx, db); err != nil {
+		db.Close()
+		return fmt.Errorf("history: %s: %w", s.path, err)
+	}
+	return s.opened(ctx, db)
 }
 
 // dsn is the SQLite URI of path: WAL, so that a crash leaves a file that

@@ -114,8 +114,47 @@ func readDB(t *testing.T, path string) *sql.DB {
 	return db
 }
 
+// queryDB is what rows and one read: a *sql.DB of the file, or a
+// store's database (storeDB).
+type queryDB interface {
+	Query(query string, args ...any) (*sql.Rows, error)
+	QueryRow(query string, args ...any) *sql.Row
+}
+
+// testDB is a store's database, read beside it with queries in SQLite's
+// spelling (the dialect's).
+type testDB struct {
+	db *sql.DB
+	d  *dialect
+}
+
+func (db testDB) Query(q string, args ...any) (*sql.Rows, error) {
+	return db.db.Query(db.d.sql(q), args...)
+}
+func (db testDB) QueryRow(q string, args ...any) *sql.Row {
+	return db.db.QueryRow(db.d.sql(q), args...)
+}
+func (db testDB) Exec(q string, args ...any) (sql.Result, error) {
+	return db.db.Exec(db.d.sql(q), args...)
+}
+
+// storeDB opens s's database beside it: the file read-only, or the shared
+// database.
+func storeDB(t *testing.T, s *Store) testDB {
+	t.Helper()
+	if !s.d.pg {
+		return testDB{readDB(t, s.Path()), s.d}
+	}
+	db, err := sql.Open("pgx", s.conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return testDB{db, s.d}
+}
+
 // rows runs a query and returns its rows, each spelled "a|b|c".
-func rows(t *testing.T, db *sql.DB, query string, args ...any) []string {
+func rows(t *testing.T, db queryDB, query string, args ...any) []string {
 	t.Helper()
 	rs, err := db.Query(query, args...)
 	if err != nil {
@@ -135,6 +174,9 @@ func rows(t *testing.T, db *sql.DB, query string, args ...any) []string {
 		}
 		var s []string
 		for _, v := range vals {
+			if b, ok := v.([]byte); ok {
+				v = string(b) // SQLite's text may come as bytes
+			}
 			s = append(s, fmt.Sprint(v))
 		}
 		out = append(out, strings.Join(s, "|"))
@@ -145,7 +187,7 @@ func rows(t *testing.T, db *sql.DB, query string, args ...any) []string {
 	return out
 }
 
-func one(t *testing.T, db *sql.DB, query string, args ...any) int64 {
+func one(t *testing.T, db queryDB, query string, args ...any) int64 {
 	t.Helper()
 	var n sql.NullInt64
 	if err := db.QueryRow(query, args...).Scan(&n); err != nil {
@@ -162,6 +204,21 @@ func storedEvents(t *testing.T, path string) []querylog.Record {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return readEvents(t, r)
+}
+
+// storeEvents reads every event s's database keeps, oldest first.
+func storeEvents(t *testing.T, s *Store) []querylog.Record {
+	t.Helper()
+	r, err := s.Reader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return readEvents(t, r)
+}
+
+func readEvents(t *testing.T, r *Reader) []querylog.Record {
+	t.Helper()
 	defer r.Close()
 	var out []querylog.Record
 	if err := r.EachEvent(context.Background(), time.Unix(0, 0), time.Unix(1<<40, 0), func(e *querylog.Record) error {
@@ -189,110 +246,112 @@ func equal(t *testing.T, what string, got, want []string) {
 // kept, and the events themselves stored with the query log's fields;
 // allowed and unlisted queries, and queries the policy never saw, are not.
 func TestWhatItKeeps(t *testing.T) {
-	dir := t.TempDir()
-	s, _ := open(t, testConfig(dir), Options{})
-	at := t0.Add(30 * time.Second)
-	for i := range 3 {
-		s.Answered(answer(t, "192.168.1.23", telemetry, at.Add(time.Duration(i)*time.Second)))
-	}
-	s.Answered(answer(t, "192.168.1.23", telemetry, at.Add(time.Minute))) // the next minute
-	s.Answered(answer(t, "192.168.1.40", logged, at))
-	s.Answered(answer(t, "192.168.1.40", unlisted, at))                                 // allowed, not in the catalog
-	s.Answered(resolver.Answer{Start: at, Client: netip.MustParseAddr("192.168.1.41")}) // refused before the policy
-	if err := s.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	db := readDB(t, s.Path())
-	b := t0.Unix()
-	equal(t, "counts", rows(t, db, countsBySeries), []string{
-		fmt.Sprintf("60|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|3", b),
-		fmt.Sprintf("60|%d|192.168.1.40|default|arc.msn.com|spotlight|log|1", b),
-		fmt.Sprintf("60|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", b+60),
-	})
-	ms := at.UnixMilli()
-	equal(t, "seen", rows(t, db, `SELECT client, pattern, first_ms, last_ms FROM seen ORDER BY client`), []string{
-		fmt.Sprintf("192.168.1.23|v10.events.data.microsoft.com|%d|%d", ms, ms+60_000),
-		fmt.Sprintf("192.168.1.40|arc.msn.com|%d|%d", ms, ms),
-	})
-	events := storedEvents(t, s.Path())
-	var fields []string
-	for _, e := range events {
-		if e.Client == "192.168.1.40" {
-			fields = append(fields, fmt.Sprintf("%d|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%v", e.Time.UnixMilli(), e.Client, e.Group, e.Name, e.Type,
-				e.Action, e.Category, e.Pattern, e.Windows, e.Edition, e.Rcode, e.Source, e.Duration))
+	backends(t, func(t *testing.T, cfg Config) {
+		s, _ := open(t, cfg, Options{})
+		at := t0.Add(30 * time.Second)
+		for i := range 3 {
+			s.Answered(answer(t, "192.168.1.23", telemetry, at.Add(time.Duration(i)*time.Second)))
 		}
-	}
-	equal(t, "events", fields, []string{
-		fmt.Sprintf("%d|192.168.1.40|default|arc.msn.com.|A|log|spotlight|arc.msn.com|%s|all|NOERROR|upstream|2.1e-05", ms, answer(t, "192.168.1.40", logged, at).Decision.Match.Rule.Versions),
+		s.Answered(answer(t, "192.168.1.23", telemetry, at.Add(time.Minute))) // the next minute
+		s.Answered(answer(t, "192.168.1.40", logged, at))
+		s.Answered(answer(t, "192.168.1.40", unlisted, at))                                 // allowed, not in the catalog
+		s.Answered(resolver.Answer{Start: at, Client: netip.MustParseAddr("192.168.1.41")}) // refused before the policy
+		if err := s.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		db := storeDB(t, s)
+		b := t0.Unix()
+		equal(t, "counts", rows(t, db, countsBySeries), []string{
+			fmt.Sprintf("60|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|3", b),
+			fmt.Sprintf("60|%d|192.168.1.40|default|arc.msn.com|spotlight|log|1", b),
+			fmt.Sprintf("60|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", b+60),
+		})
+		ms := at.UnixMilli()
+		equal(t, "seen", rows(t, db, `SELECT client, pattern, first_ms, last_ms FROM seen ORDER BY client`), []string{
+			fmt.Sprintf("192.168.1.23|v10.events.data.microsoft.com|%d|%d", ms, ms+60_000),
+			fmt.Sprintf("192.168.1.40|arc.msn.com|%d|%d", ms, ms),
+		})
+		events := storeEvents(t, s)
+		var fields []string
+		for _, e := range events {
+			if e.Client == "192.168.1.40" {
+				fields = append(fields, fmt.Sprintf("%d|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%v", e.Time.UnixMilli(), e.Client, e.Group, e.Name, e.Type,
+					e.Action, e.Category, e.Pattern, e.Windows, e.Edition, e.Rcode, e.Source, e.Duration))
+			}
+		}
+		equal(t, "events", fields, []string{
+			fmt.Sprintf("%d|192.168.1.40|default|arc.msn.com.|A|log|spotlight|arc.msn.com|%s|all|NOERROR|upstream|2.1e-05", ms, answer(t, "192.168.1.40", logged, at).Decision.Match.Rule.Versions),
+		})
+		if len(events) != 5 {
+			t.Errorf("%d events, want 5", len(events))
+		}
+		if got := testutil.ToFloat64(s.m.rowsEvents); got != 5 {
+			t.Errorf("rows written (events) = %v, want 5", got)
+		}
 	})
-	if len(events) != 5 {
-		t.Errorf("%d events, want 5", len(events))
-	}
-	if got := testutil.ToFloat64(s.m.rowsEvents); got != 5 {
-		t.Errorf("rows written (events) = %v, want 5", got)
-	}
 }
 
 // TestPrivacyRules: all_queries counts every decided query (an unlisted
 // name under pattern ""), anonymize_clients spells clients as the query
 // log does; a reload (Apply) changes both for what comes next.
 func TestPrivacyRules(t *testing.T) {
-	dir := t.TempDir()
-	s, _ := open(t, testConfig(dir), Options{AllQueries: true, AnonymizeClients: true})
-	s.Answered(answer(t, "192.168.1.23", unlisted, t0))
-	s.Answered(answer(t, "2001:db8:1:2:3:4:5:6", telemetry, t0))
-	s.Apply(testConfig(dir), querylogConfig(false, false))
-	s.Answered(answer(t, "192.168.1.23", unlisted, t0)) // no longer kept
-	s.Answered(answer(t, "192.168.1.23", logged, t0))
-	if err := s.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	db := readDB(t, s.Path())
-	b := t0.Unix()
-	equal(t, "counts", rows(t, db, countsBySeries), []string{
-		fmt.Sprintf("60|%d|192.168.1.0|default||unlisted|allow|1", b),
-		fmt.Sprintf("60|%d|192.168.1.23|default|arc.msn.com|spotlight|log|1", b),
-		fmt.Sprintf("60|%d|2001:db8:1::|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", b),
+	backends(t, func(t *testing.T, cfg Config) {
+		s, _ := open(t, cfg, Options{AllQueries: true, AnonymizeClients: true})
+		s.Answered(answer(t, "192.168.1.23", unlisted, t0))
+		s.Answered(answer(t, "2001:db8:1:2:3:4:5:6", telemetry, t0))
+		s.Apply(cfg, querylogConfig(false, false))
+		s.Answered(answer(t, "192.168.1.23", unlisted, t0)) // no longer kept
+		s.Answered(answer(t, "192.168.1.23", logged, t0))
+		if err := s.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		db := storeDB(t, s)
+		b := t0.Unix()
+		equal(t, "counts", rows(t, db, countsBySeries), []string{
+			fmt.Sprintf("60|%d|192.168.1.0|default||unlisted|allow|1", b),
+			fmt.Sprintf("60|%d|192.168.1.23|default|arc.msn.com|spotlight|log|1", b),
+			fmt.Sprintf("60|%d|2001:db8:1::|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", b),
+		})
+		equal(t, "seen (not for unlisted names)", rows(t, db, `SELECT client, pattern FROM seen ORDER BY client`), []string{
+			"192.168.1.23|arc.msn.com", "2001:db8:1::|v10.events.data.microsoft.com",
+		})
+		var clients []string
+		for _, e := range storeEvents(t, s) {
+			clients = append(clients, e.Client)
+		}
+		equal(t, "event clients", clients, []string{"192.168.1.0", "2001:db8:1::", "192.168.1.23"})
 	})
-	equal(t, "seen (not for unlisted names)", rows(t, db, `SELECT client, pattern FROM seen ORDER BY client`), []string{
-		"192.168.1.23|arc.msn.com", "2001:db8:1::|v10.events.data.microsoft.com",
-	})
-	var clients []string
-	for _, e := range storedEvents(t, s.Path()) {
-		clients = append(clients, e.Client)
-	}
-	equal(t, "event clients", clients, []string{"192.168.1.0", "2001:db8:1::", "192.168.1.23"})
 }
 
 // TestRestart: what was written is there after Close and Open, and counts
 // of the same minute written after the restart add up.
 func TestRestart(t *testing.T) {
-	dir := t.TempDir()
-	cfg := testConfig(dir)
-	s, _ := open(t, cfg, Options{})
-	s.Answered(answer(t, "192.168.1.23", telemetry, t0))
-	s.Answered(answer(t, "192.168.1.23", telemetry, t0))
-	s.Close() // writes what is left
-	s.Answered(answer(t, "192.168.1.23", telemetry, t0))
-	if got := testutil.ToFloat64(s.m.droppedCounts); got != 1 {
-		t.Errorf("an answer after Close: dropped %v, want 1", got)
-	}
+	backends(t, func(t *testing.T, cfg Config) {
+		s, _ := open(t, cfg, Options{})
+		s.Answered(answer(t, "192.168.1.23", telemetry, t0))
+		s.Answered(answer(t, "192.168.1.23", telemetry, t0))
+		s.Close() // writes what is left
+		s.Answered(answer(t, "192.168.1.23", telemetry, t0))
+		if got := testutil.ToFloat64(s.m.droppedCounts); got != 1 {
+			t.Errorf("an answer after Close: dropped %v, want 1", got)
+		}
 
-	s, _ = open(t, cfg, Options{})
-	s.Answered(answer(t, "192.168.1.23", telemetry, t0.Add(time.Second)))
-	if err := s.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	db := readDB(t, cfg.Path)
-	equal(t, "counts", rows(t, db, countsBySeries), []string{
-		fmt.Sprintf("60|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|3", t0.Unix()),
+		s, _ = open(t, cfg, Options{})
+		s.Answered(answer(t, "192.168.1.23", telemetry, t0.Add(time.Second)))
+		if err := s.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		db := storeDB(t, s)
+		equal(t, "counts", rows(t, db, countsBySeries), []string{
+			fmt.Sprintf("60|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|3", t0.Unix()),
+		})
+		if n := one(t, db, `SELECT sum(n) FROM event_blocks`); n != 3 {
+			t.Errorf("%d events, want 3", n)
+		}
+		if n := one(t, db, `SELECT count(*) FROM series`); n != 1 {
+			t.Errorf("%d series, want 1", n)
+		}
 	})
-	if n := one(t, db, `SELECT sum(n) FROM event_blocks`); n != 3 {
-		t.Errorf("%d events, want 3", n)
-	}
-	if n := one(t, db, `SELECT count(*) FROM series`); n != 1 {
-		t.Errorf("%d series, want 1", n)
-	}
 }
 
 // TestRollupAndRetention moves an injected clock: minute rows of hours
@@ -300,59 +359,59 @@ func TestRestart(t *testing.T) {
 // counts and first seen go after retention, events after
 // events_retention, and series and event details with them.
 func TestRollupAndRetention(t *testing.T) {
-	dir := t.TempDir()
-	clk := &clock{t: t0}
-	cfg := testConfig(dir)
-	cfg.Retention, cfg.EventsRetention = Duration(10*24*time.Hour), Duration(3*24*time.Hour)
-	s, _ := open(t, cfg, Options{Now: clk.Now})
-	old := t0.Add(-50 * time.Hour) // 10:00 two days ago and two hours
-	for _, at := range []time.Time{old, old.Add(time.Minute), old.Add(59 * time.Minute), old.Add(61 * time.Minute)} {
-		s.Answered(answer(t, "192.168.1.23", telemetry, at))
-	}
-	s.Answered(answer(t, "192.168.1.23", telemetry, t0.Add(-47*time.Hour))) // recent: stays in minutes
-	s.Answered(answer(t, "192.168.1.40", logged, t0.Add(-9*24*time.Hour)))  // old, but kept
-	s.Answered(answer(t, "192.168.1.50", logged, t0.Add(-11*24*time.Hour))) // past retention
-	if err := s.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Maintain(); err != nil {
-		t.Fatal(err)
-	}
-	db := readDB(t, cfg.Path)
-	h := func(t time.Time) int64 { return t.Truncate(time.Hour).Unix() }
-	equal(t, "counts after roll-up and retention", rows(t, db, countsBySeries), []string{
-		fmt.Sprintf("60|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", t0.Add(-47*time.Hour).Unix()),
-		fmt.Sprintf("3600|%d|192.168.1.40|default|arc.msn.com|spotlight|log|1", h(t0.Add(-9*24*time.Hour))),
-		fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|3", h(old)),
-		fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", h(old)+3600),
-	})
-	equal(t, "seen", rows(t, db, `SELECT client FROM seen ORDER BY client`), []string{"192.168.1.23", "192.168.1.40"})
-	if n := one(t, db, `SELECT count(*) FROM series WHERE client = '192.168.1.50'`); n != 0 {
-		t.Error("the series of a client past retention is still there")
-	}
-	if n := one(t, db, `SELECT sum(n) FROM event_blocks`); n != 5 {
-		t.Errorf("%d events, want the 5 of the last 3 days", n)
-	}
-	equal(t, "the details of the events kept", rows(t, db, `SELECT client FROM event_details`), []string{"192.168.1.23"})
+	backends(t, func(t *testing.T, cfg Config) {
+		clk := &clock{t: t0}
+		cfg.Retention, cfg.EventsRetention = Duration(10*24*time.Hour), Duration(3*24*time.Hour)
+		s, _ := open(t, cfg, Options{Now: clk.Now})
+		old := t0.Add(-50 * time.Hour) // 10:00 two days ago and two hours
+		for _, at := range []time.Time{old, old.Add(time.Minute), old.Add(59 * time.Minute), old.Add(61 * time.Minute)} {
+			s.Answered(answer(t, "192.168.1.23", telemetry, at))
+		}
+		s.Answered(answer(t, "192.168.1.23", telemetry, t0.Add(-47*time.Hour))) // recent: stays in minutes
+		s.Answered(answer(t, "192.168.1.40", logged, t0.Add(-9*24*time.Hour)))  // old, but kept
+		s.Answered(answer(t, "192.168.1.50", logged, t0.Add(-11*24*time.Hour))) // past retention
+		if err := s.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Maintain(); err != nil {
+			t.Fatal(err)
+		}
+		db := storeDB(t, s)
+		h := func(t time.Time) int64 { return t.Truncate(time.Hour).Unix() }
+		equal(t, "counts after roll-up and retention", rows(t, db, countsBySeries), []string{
+			fmt.Sprintf("60|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", t0.Add(-47*time.Hour).Unix()),
+			fmt.Sprintf("3600|%d|192.168.1.40|default|arc.msn.com|spotlight|log|1", h(t0.Add(-9*24*time.Hour))),
+			fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|3", h(old)),
+			fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", h(old)+3600),
+		})
+		equal(t, "seen", rows(t, db, `SELECT client FROM seen ORDER BY client`), []string{"192.168.1.23", "192.168.1.40"})
+		if n := one(t, db, `SELECT count(*) FROM series WHERE client = '192.168.1.50'`); n != 0 {
+			t.Error("the series of a client past retention is still there")
+		}
+		if n := one(t, db, `SELECT sum(n) FROM event_blocks`); n != 5 {
+			t.Errorf("%d events, want the 5 of the last 3 days", n)
+		}
+		equal(t, "the details of the events kept", rows(t, db, `SELECT client FROM event_details`), []string{"192.168.1.23"})
 
-	// A minute written late into an hour already rolled up adds to it.
-	s.Answered(answer(t, "192.168.1.23", telemetry, old.Add(2*time.Minute)))
-	clk.Set(t0.Add(2 * time.Hour)) // and -47 h is now -49 h
-	if err := s.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Maintain(); err != nil {
-		t.Fatal(err)
-	}
-	equal(t, "counts, two hours later", rows(t, db, countsBySeries), []string{
-		fmt.Sprintf("3600|%d|192.168.1.40|default|arc.msn.com|spotlight|log|1", h(t0.Add(-9*24*time.Hour))),
-		fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|4", h(old)),
-		fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", h(old)+3600),
-		fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", h(t0.Add(-47*time.Hour))),
+		// A minute written late into an hour already rolled up adds to it.
+		s.Answered(answer(t, "192.168.1.23", telemetry, old.Add(2*time.Minute)))
+		clk.Set(t0.Add(2 * time.Hour)) // and -47 h is now -49 h
+		if err := s.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Maintain(); err != nil {
+			t.Fatal(err)
+		}
+		equal(t, "counts, two hours later", rows(t, db, countsBySeries), []string{
+			fmt.Sprintf("3600|%d|192.168.1.40|default|arc.msn.com|spotlight|log|1", h(t0.Add(-9*24*time.Hour))),
+			fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|4", h(old)),
+			fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", h(old)+3600),
+			fmt.Sprintf("3600|%d|192.168.1.23|default|v10.events.data.microsoft.com|telemetry|sinkhole|1", h(t0.Add(-47*time.Hour))),
+		})
+		if n := one(t, db, `SELECT sum(n) FROM counts`); n != 7 {
+			t.Errorf("%d queries counted in all, want 7", n)
+		}
 	})
-	if n := one(t, db, `SELECT sum(n) FROM counts`); n != 7 {
-		t.Errorf("%d queries counted in all, want 7", n)
-	}
 }
 
 // TestMaxSize: past max_size the oldest events go first; with none left,

@@ -25,10 +25,10 @@ type statements struct {
 // of the AUTOINCREMENT sequence, and the ids, which the blocks hold as
 // varints, would grow with every hour.
 const (
-	findDetail = `SELECT id, last_ms FROM event_details WHERE client = ? AND grp = ? AND name = ? AND type = ? AND action = ?
+	findDetail = `SELECT id, last_ms FROM event_details WHERE {own} AND client = ? AND grp = ? AND name = ? AND type = ? AND action = ?
 		AND category = ? AND pattern = ? AND windows = ? AND family = ? AND cname = ? AND edition = ? AND rcode = ? AND source = ?`
-	insertDetail = `INSERT INTO event_details (client, grp, name, type, action, category, pattern, windows, family, cname, edition, rcode, source, last_ms)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`
+	insertDetail = `INSERT INTO event_details ({i}client, grp, name, type, action, category, pattern, windows, family, cname, edition, rcode, source, last_ms)
+		VALUES ({'i'}?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`
 	stampDetail = `UPDATE event_details SET last_ms = ? WHERE id = ? AND last_ms < ?`
 )
 
@@ -43,14 +43,14 @@ func (st detailStmts) in(ctx context.Context, tx *sql.Tx) detailStmts {
 // prepareDetails prepares them on p (the pool or a transaction).
 func prepareDetails(ctx context.Context, p interface {
 	PrepareContext(context.Context, string) (*sql.Stmt, error)
-}) (detailStmts, error) {
+}, d *dialect) (detailStmts, error) {
 	var st detailStmts
 	var err error
 	for _, s := range []struct {
 		stmt **sql.Stmt
 		sql  string
 	}{{&st.find, findDetail}, {&st.insert, insertDetail}, {&st.stamp, stampDetail}} {
-		if *s.stmt, err = p.PrepareContext(ctx, s.sql); err != nil {
+		if *s.stmt, err = p.PrepareContext(ctx, d.sql(s.sql)); err != nil {
 			return st, err
 		}
 	}
@@ -59,33 +59,35 @@ func prepareDetails(ctx context.Context, p interface {
 
 const insertBlock = `INSERT INTO event_blocks (first_ms, last_ms, n, data) VALUES (?, ?, ?, ?)`
 
-func (st *statements) prepare(ctx context.Context, db *sql.DB) error {
+func (st *statements) prepare(ctx context.Context, db *sql.DB, d *dialect) error {
 	for _, p := range []struct {
 		stmt **sql.Stmt
 		sql  string
 	}{
 		// The no-op update makes RETURNING give the id of a row that was
 		// already there.
-		{&st.series, `INSERT INTO series (client, grp, pattern, category, action) VALUES (?, ?, ?, ?, ?)
-			ON CONFLICT (client, grp, pattern, category, action) DO UPDATE SET client = excluded.client RETURNING id`},
+		{&st.series, `INSERT INTO series ({i}client, grp, pattern, category, action) VALUES ({'i'}?, ?, ?, ?, ?)
+			ON CONFLICT ({i}client, grp, pattern, category, action) DO UPDATE SET client = excluded.client RETURNING id`},
 		{&st.count, `INSERT INTO counts (span, bucket, series, n) VALUES (?, ?, ?, ?)
-			ON CONFLICT (span, bucket, series) DO UPDATE SET n = n + excluded.n`},
-		{&st.seen, `INSERT INTO seen (client, pattern, first_ms, last_ms) VALUES (?, ?, ?, ?)
-			ON CONFLICT (client, pattern) DO UPDATE SET first_ms = min(first_ms, excluded.first_ms), last_ms = max(last_ms, excluded.last_ms)`},
-		{&st.total, `INSERT INTO totals (span, bucket, grp, category, action, n) VALUES (?, ?, ?, ?, ?, ?)
-			ON CONFLICT (span, bucket, grp, category, action) DO UPDATE SET n = n + excluded.n`},
-		{&st.patternTotal, `INSERT INTO pattern_totals (bucket, pattern, category, action, n) VALUES (?, ?, ?, ?, ?)
-			ON CONFLICT (bucket, pattern, category, action) DO UPDATE SET n = n + excluded.n`},
+			ON CONFLICT (span, bucket, series) DO UPDATE SET n = counts.n + excluded.n`},
+		{&st.seen, `INSERT INTO seen ({i}client, pattern, first_ms, last_ms) VALUES ({'i'}?, ?, ?, ?)
+			ON CONFLICT ({i}client, pattern) DO UPDATE SET
+				first_ms = CASE WHEN excluded.first_ms < seen.first_ms THEN excluded.first_ms ELSE seen.first_ms END,
+				last_ms = CASE WHEN excluded.last_ms > seen.last_ms THEN excluded.last_ms ELSE seen.last_ms END`},
+		{&st.total, `INSERT INTO totals (span, bucket, {i}grp, category, action, n) VALUES (?, ?, {'i'}?, ?, ?, ?)
+			ON CONFLICT (span, bucket, {i}grp, category, action) DO UPDATE SET n = totals.n + excluded.n`},
+		{&st.patternTotal, `INSERT INTO pattern_totals (bucket, {i}pattern, category, action, n) VALUES (?, {'i'}?, ?, ?, ?)
+			ON CONFLICT (bucket, {i}pattern, category, action) DO UPDATE SET n = pattern_totals.n + excluded.n`},
 		{&st.block, insertBlock},
 	} {
-		s, err := db.PrepareContext(ctx, p.sql)
+		s, err := db.PrepareContext(ctx, d.sql(p.sql))
 		if err != nil {
 			return fmt.Errorf("preparing statements: %w", err)
 		}
 		*p.stmt = s
 	}
 	var err error
-	if st.detail, err = prepareDetails(ctx, db); err != nil {
+	if st.detail, err = prepareDetails(ctx, db, d); err != nil {
 		return fmt.Errorf("preparing statements: %w", err)
 	}
 	return nil
@@ -211,6 +213,7 @@ const maxSeriesCache = 100_000
 // and duration.
 type eventDetail struct {
 	client, group, name, qtype, action, category, pattern, windows, family, cname, edition, rcode, source string
+	instance                                                                                              string // what a Reader read; the writer's are its own
 }
 
 // detailRef is a detail's id, and the last_ms the file has for it.

@@ -66,6 +66,9 @@ type Record struct {
 	Rcode    string  `json:"rcode"`
 	Source   string  `json:"source"`
 	Duration float64 `json:"duration"` // seconds
+	// Instance is the phonehome that answered, in a history shared by
+	// several (history.dsn); the query log itself leaves it out.
+	Instance string `json:"instance,omitempty"`
 
 	// addr is the client's address when Client is not anonymized: the
 	// address a name may be given for.
