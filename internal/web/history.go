@@ -17,8 +17,8 @@ import (
 	"github.com/phonehome/phonehome/policy"
 )
 
-// WithHistory serves the history file through r: /api/history,
-// /api/endpoints, /api/new and /api/events?before=. Without it (history:
+// WithHistory serves the history through r: /api/history,
+// /api/endpoints, /api/new, /api/instances and /api/events?before=. Without it (history:
 // off) those answer 404, saying so.
 func WithHistory(r *history.Reader) Option {
 	return func(a *API) { a.history = r }
@@ -36,6 +36,21 @@ func (a *API) historyRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/history", a.withHistory(a.series))
 	mux.HandleFunc("GET /api/endpoints", a.withHistory(a.endpoints))
 	mux.HandleFunc("GET /api/new", a.withHistory(a.newEndpoints))
+	mux.HandleFunc("GET /api/instances", a.withHistory(a.instances))
+}
+
+// instances is GET /api/instances: the phonehome instances whose history
+// this is (one for the file, every one writing a shared database), with
+// the matches each counted in the range.
+func (a *API) instances(w http.ResponseWriter, r *http.Request) {
+	p := readParams(r, "from", "to")
+	to := p.time("to", p.now)
+	from := p.time("from", to.Add(-defaultRange))
+	if p.failed(w) {
+		return
+	}
+	is, err := a.history.Instances(r.Context(), from, to)
+	replyHistory(w, is, err)
 }
 
 // withHistory answers 404 when the history is off, and bounds the time a
@@ -54,7 +69,7 @@ func (a *API) withHistory(h func(http.ResponseWriter, *http.Request)) http.Handl
 
 // series is GET /api/history: counts per bucket and category.
 func (a *API) series(w http.ResponseWriter, r *http.Request) {
-	p := readParams(r, "from", "to", "step", "client", "group", "category", "action")
+	p := readParams(r, "from", "to", "step", "client", "group", "category", "action", "instance")
 	to := p.time("to", p.now)
 	q := history.SeriesQuery{From: p.time("from", to.Add(-defaultRange)), To: to, Step: p.step("step"), Filter: p.filter()}
 	if p.failed(w) {
@@ -67,9 +82,9 @@ func (a *API) series(w http.ResponseWriter, r *http.Request) {
 // endpoints is GET /api/endpoints: per pattern, the count, first and last
 // seen.
 func (a *API) endpoints(w http.ResponseWriter, r *http.Request) {
-	p := readParams(r, "client", "from", "to", "limit", "offset")
+	p := readParams(r, "client", "from", "to", "limit", "offset", "instance")
 	to := p.time("to", p.now)
-	q := history.EndpointsQuery{Client: p.client("client"), From: p.time("from", to.Add(-defaultRange)), To: to,
+	q := history.EndpointsQuery{Client: p.client("client"), Instance: p.word("instance"), From: p.time("from", to.Add(-defaultRange)), To: to,
 		Limit: p.int("limit", 1, history.MaxLimit), Offset: p.int("offset", 0, history.MaxOffset)}
 	if p.failed(w) {
 		return
@@ -103,7 +118,7 @@ func (a *API) newEndpoints(w http.ResponseWriter, r *http.Request) {
 // a page's next, newest first.
 func (a *API) olderEvents(w http.ResponseWriter, r *http.Request) {
 	a.withHistory(func(w http.ResponseWriter, r *http.Request) {
-		p := readParams(r, "before", "client", "group", "category", "action", "limit")
+		p := readParams(r, "before", "client", "group", "category", "action", "instance", "limit")
 		q := history.EventsQuery{Filter: p.filter(), Limit: p.int("limit", 1, history.MaxLimit)}
 		before, err := history.ParseCursor(p.get("before"), p.now)
 		if err != nil {
@@ -224,7 +239,8 @@ func (p *params) client(name string) string {
 	return ip.String()
 }
 
-// word reads a group or category name: printable, at most 255 bytes.
+// word reads a group, category or instance name: printable, at most 255
+// bytes.
 func (p *params) word(name string) string {
 	v := p.get(name)
 	if len(v) > 255 || strings.ContainsFunc(v, func(r rune) bool { return !unicode.IsPrint(r) }) {
@@ -234,9 +250,9 @@ func (p *params) word(name string) string {
 	return v
 }
 
-// filter reads client, group, category and action.
+// filter reads client, group, category, action and instance.
 func (p *params) filter() history.Filter {
-	f := history.Filter{Client: p.client("client"), Group: p.word("group"), Category: strings.ToLower(p.word("category"))}
+	f := history.Filter{Client: p.client("client"), Group: p.word("group"), Category: strings.ToLower(p.word("category")), Instance: p.word("instance")}
 	if v := p.get("action"); v != "" {
 		act, err := policy.ParseAction(v)
 		if err != nil {

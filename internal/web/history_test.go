@@ -14,6 +14,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/phonehome/phonehome/internal/history"
+	"github.com/phonehome/phonehome/internal/pgtest"
 	"github.com/phonehome/phonehome/policy"
 	"github.com/phonehome/phonehome/resolver"
 )
@@ -243,5 +244,67 @@ func TestHistoryFiltered(t *testing.T) {
 	h.ServeHTTP(w, httptest.NewRequest("HEAD", "http://127.0.0.1:8053/api/new", nil))
 	if w.Code != 200 || w.Header().Get("X-Content-Type-Options") != "nosniff" {
 		t.Errorf("HEAD /api/new: %d %v", w.Code, w.Header())
+	}
+}
+
+// TestHistoryFleet: over a history shared by two instances, the routes
+// show the whole fleet, /api/instances lists each with its count, and
+// instance= cuts every route to one; stored events say which answered.
+func TestHistoryFleet(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{})
+	t.Setenv(history.EnvDSN, "")
+	p, _, err := policy.Compile(policy.DefaultConfig(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	var hr *history.Reader
+	for i, instance := range []string{"dns1", "dns2"} {
+		st, err := history.Open(history.Config{DSN: srv.DSN(), Instance: instance, Flush: time.Hour}, history.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 1 + i { // dns1 one query, dns2 two
+			c := netip.MustParseAddr("192.168.1.23")
+			st.Answered(resolver.Answer{Start: now.Add(-time.Hour), Client: c, Question: dns.Question{Name: "v10.events.data.microsoft.com.", Qtype: dns.TypeA, Qclass: dns.ClassINET},
+				Decision: p.Decide(c, "v10.events.data.microsoft.com."), Source: resolver.SourceUpstream})
+		}
+		if err := st.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if hr == nil {
+			if hr, err = st.Reader(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { hr.Close() })
+		}
+		st.Close()
+	}
+	h := historyAPI(t, hr)
+	var is history.Instances
+	getJSON(t, h, "/api/instances?from=-1d", &is)
+	if !is.Shared || len(is.Instances) != 2 || is.Instances[0] != (history.InstanceTotal{Instance: "dns1", Total: 1}) ||
+		is.Instances[1] != (history.InstanceTotal{Instance: "dns2", Total: 2}) {
+		t.Errorf("/api/instances: %+v", is)
+	}
+	var s history.Series
+	for q, want := range map[string]int64{"": 3, "&instance=dns2": 2, "&instance=dns1&client=192.168.1.23": 1, "&instance=other": 0} {
+		getJSON(t, h, "/api/history?from=-4h&step=1h"+q, &s)
+		if s.Total != want {
+			t.Errorf("/api/history%s: %d, want %d", q, s.Total, want)
+		}
+	}
+	var es history.Endpoints
+	getJSON(t, h, "/api/endpoints?from=-7d&instance=dns2", &es)
+	if len(es.Endpoints) != 1 || es.Endpoints[0].Count != 2 {
+		t.Errorf("dns2's endpoints: %+v", es)
+	}
+	var page history.EventPage
+	getJSON(t, h, "/api/events?before=now&instance=dns1", &page)
+	if len(page.Events) != 1 || page.Events[0].Instance != "dns1" {
+		t.Errorf("dns1's events: %+v", page)
+	}
+	if code, body := get(t, h, "/api/history?instance=%00"); code != 400 || !strings.Contains(body, "instance") {
+		t.Errorf("a bad instance name: %d %s", code, body)
 	}
 }
