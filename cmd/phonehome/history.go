@@ -44,14 +44,15 @@ func runHistory(args []string, stdout, stderr io.Writer) int {
 	} else if len(args) > 0 {
 		fmt.Fprintf(stderr, "phonehome history: unknown command %q\n\n", args[0])
 	}
-	fmt.Fprintln(w, "usage: phonehome history <command> [-config FILE | -db PATH] [flags]")
+	fmt.Fprintln(w, "usage: phonehome history <command> [-config FILE | -db PATH | -dsn DSN] [flags]")
 	fmt.Fprintln(w, "\ncommands:")
 	for _, s := range subs {
 		fmt.Fprintf(w, "  %-8s %s\n", s.name, s.summary)
 	}
 	fmt.Fprintln(w, "\nThe file is history.path of -config FILE, or -db PATH, or the default path (history.db in")
 	fmt.Fprintln(w, "$STATE_DIRECTORY, $XDG_STATE_HOME/phonehome or ~/.local/state/phonehome). It is read-only:")
-	fmt.Fprintln(w, "reading it beside a running phonehome is fine.")
+	fmt.Fprintln(w, "reading it beside a running phonehome is fine. With history.dsn in -config, or -dsn, or")
+	fmt.Fprintln(w, "$"+history.EnvDSN+", it is the PostgreSQL database that several instances share instead.")
 	fmt.Fprintln(w, "\nTimes: "+strings.TrimPrefix(history.TimeSyntax, "want ")+".")
 	fmt.Fprintln(w, "Run \"phonehome history <command> -h\" for a command's flags.")
 	if w == stdout {
@@ -67,6 +68,7 @@ type historyCommand struct {
 	fs       *flag.FlagSet
 	config   string
 	db       string
+	dsn      string
 	stderr   io.Writer
 	now      time.Time
 	explicit bool // -config or -db named the file
@@ -78,6 +80,7 @@ func newHistoryCommand(name, usage string, stderr io.Writer) *historyCommand {
 	c.fs.SetOutput(stderr)
 	c.fs.StringVar(&c.config, "config", "", "the config file whose history.path to read")
 	c.fs.StringVar(&c.db, "db", "", "the history file to read (instead of -config)")
+	c.fs.StringVar(&c.dsn, "dsn", "", "the shared PostgreSQL history to read, as history.dsn names it (instead of -config or -db; default $"+history.EnvDSN+")")
 	c.fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: %s %s\n\n", c.name, usage)
 		c.fs.PrintDefaults()
@@ -135,31 +138,36 @@ func (c *historyCommand) client(v string) (string, error) {
 	return ip.String(), nil
 }
 
-// open opens the file read-only and checks it is a history file.
+// open opens the history (the file read-only, or the shared database)
+// and checks it is a history: the one of -config, -db or -dsn, else the
+// shared database of $PHONEHOME_HISTORY_DSN, else the file at the
+// default path.
 func (c *historyCommand) open(ctx context.Context) (*history.Reader, error) {
-	path := c.db
-	switch {
-	case c.db != "" && c.config != "":
-		return nil, errors.New("give -config or -db, not both")
+	var r *history.Reader
+	var err error
+	switch given := btoi(c.db != "") + btoi(c.config != "") + btoi(c.dsn != ""); {
+	case given > 1:
+		return nil, errors.New("give one of -config, -db and -dsn")
 	case c.config != "":
-		f, err := configfile.Load(c.config)
-		if err != nil {
-			return nil, err
+		f, lerr := configfile.Load(c.config)
+		if lerr != nil {
+			return nil, lerr
 		}
 		if f.History.Off {
 			return nil, fmt.Errorf("the history is off in %s (history: off)", c.config)
 		}
-		path = f.History.Path
-	case path == "":
-		path = history.DefaultPath()
+		r, err = history.NewReader(f.History)
+	case c.db != "":
+		r, err = history.OpenReader(c.db) // the file, whatever the environment says
+	default:
+		r, err = history.NewReader(history.Config{DSN: c.dsn})
 	}
-	r, err := history.OpenReader(path)
 	if err != nil {
 		return nil, err
 	}
 	if err := r.Check(ctx); err != nil {
 		r.Close()
-		if c.db == "" && c.config == "" {
+		if c.db == "" && c.config == "" && c.dsn == "" && !r.Shared() {
 			err = fmt.Errorf("%w\n(with neither -config nor -db, this is the default path for you; the service's file is in its state directory, such as /var/lib/phonehome/history.db: use -config or -db)", err)
 		}
 		return nil, err
@@ -177,15 +185,16 @@ func stamp(t time.Time) string {
 
 // historyTop prints the endpoints asked for most.
 func historyTop(args []string, stdout, stderr io.Writer) int {
-	c := newHistoryCommand("top", "[-client IP] [-since 24h] [-until now] [-limit 20] [-config FILE | -db PATH]", stderr)
+	c := newHistoryCommand("top", "[-client IP] [-instance NAME] [-since 24h] [-until now] [-limit 20] [-config FILE | -db PATH | -dsn DSN]", stderr)
 	client := c.fs.String("client", "", "one machine's address (default: every machine)")
+	instance := c.fs.String("instance", "", "one phonehome instance's queries, in a shared history (default: every instance's)")
 	since := c.fs.String("since", "24h", "from this time")
 	until := c.fs.String("until", "now", "to this time")
 	limit := c.fs.Int("limit", 20, fmt.Sprintf("show this many endpoints, at most %d", history.MaxLimit))
 	if code, ok := c.parse(args); !ok {
 		return code
 	}
-	q := history.EndpointsQuery{Limit: *limit}
+	q := history.EndpointsQuery{Limit: *limit, Instance: *instance}
 	var err error
 	if q.Client, err = c.client(*client); err != nil {
 		return c.fail(err)
@@ -242,7 +251,7 @@ func spellActions(m map[string]int64) string {
 
 // historyNew prints the endpoints machines asked for the first time.
 func historyNew(args []string, stdout, stderr io.Writer) int {
-	c := newHistoryCommand("new", "[-since 24h] [-client IP] [-limit 100] [-config FILE | -db PATH]", stderr)
+	c := newHistoryCommand("new", "[-since 24h] [-client IP] [-limit 100] [-config FILE | -db PATH | -dsn DSN]", stderr)
 	client := c.fs.String("client", "", "one machine's address (default: every machine)")
 	since := c.fs.String("since", "24h", "first asked for since this time")
 	limit := c.fs.Int("limit", history.DefaultLimit, fmt.Sprintf("show this many, at most %d", history.MaxLimit))
@@ -290,7 +299,7 @@ func historyNew(args []string, stdout, stderr io.Writer) int {
 
 // historyExport writes the events or the counts of a time range.
 func historyExport(args []string, stdout, stderr io.Writer) int {
-	c := newHistoryCommand("export", "[-from T] [-to T] [-format jsonl|csv] [-table events|counts] [-config FILE | -db PATH]", stderr)
+	c := newHistoryCommand("export", "[-from T] [-to T] [-format jsonl|csv] [-table events|counts] [-config FILE | -db PATH | -dsn DSN]", stderr)
 	from := c.fs.String("from", "", "from this time (default: all the history holds)")
 	to := c.fs.String("to", "now", "to this time")
 	format := c.fs.String("format", "jsonl", "jsonl (one JSON object a line, the query log's fields for events) or csv (with a header)")
@@ -324,29 +333,38 @@ func historyExport(args []string, stdout, stderr io.Writer) int {
 	out := bufio.NewWriter(stdout)
 	cw := csv.NewWriter(out)
 	enc := json.NewEncoder(out)
-	row := func(v any, fields []string) error {
+	// A shared history's rows say which instance counted them: a last
+	// column of CSV.
+	row := func(v any, fields []string, instance string) error {
 		if *format == "csv" {
+			if r.Shared() {
+				fields = append(fields, instance)
+			}
 			return cw.Write(fields)
 		}
 		return enc.Encode(v)
 	}
-	if *table == "events" {
+	header := func(fields ...string) {
 		if *format == "csv" {
-			cw.Write([]string{"time", "client", "group", "name", "type", "action", "category", "pattern", "windows", "family", "cname", "edition", "rcode", "source", "duration", "client_name"})
+			if r.Shared() {
+				fields = append(fields, "instance")
+			}
+			cw.Write(fields)
 		}
+	}
+	if *table == "events" {
+		header("time", "client", "group", "name", "type", "action", "category", "pattern", "windows", "family", "cname", "edition", "rcode", "source", "duration", "client_name")
 		err = r.EachEvent(ctx, start, end, func(e *querylog.Record) error {
 			e.ClientName = names[e.Client]
 			return row(e, []string{e.Time.Format(time.RFC3339Nano), e.Client, e.Group, e.Name, e.Type, e.Action, e.Category, e.Pattern,
-				e.Windows, e.Family, e.CNAME, e.Edition, e.Rcode, e.Source, strconv.FormatFloat(e.Duration, 'g', -1, 64), e.ClientName})
+				e.Windows, e.Family, e.CNAME, e.Edition, e.Rcode, e.Source, strconv.FormatFloat(e.Duration, 'g', -1, 64), e.ClientName}, e.Instance)
 		})
 	} else {
-		if *format == "csv" {
-			cw.Write([]string{"time", "span", "client", "group", "pattern", "category", "action", "n", "client_name"})
-		}
+		header("time", "span", "client", "group", "pattern", "category", "action", "n", "client_name")
 		err = r.EachCount(ctx, start, end, func(n *history.CountRow) error {
 			n.ClientName = names[n.Client]
 			return row(n, []string{n.Time.Format(time.RFC3339), strconv.Itoa(n.Span), n.Client, n.Group, n.Pattern, n.Category, n.Action,
-				strconv.FormatInt(n.N, 10), n.ClientName})
+				strconv.FormatInt(n.N, 10), n.ClientName}, n.Instance)
 		})
 	}
 	cw.Flush()
@@ -379,4 +397,11 @@ func machine(client string, names map[string]string) string {
 		return name + " (" + client + ")"
 	}
 	return client
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

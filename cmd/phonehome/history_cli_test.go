@@ -17,6 +17,7 @@ import (
 
 	"github.com/phonehome/phonehome/internal/dnstest"
 	"github.com/phonehome/phonehome/internal/history"
+	"github.com/phonehome/phonehome/internal/pgtest"
 	"github.com/phonehome/phonehome/policy"
 	"github.com/phonehome/phonehome/resolver"
 )
@@ -202,7 +203,7 @@ func TestHistoryCLIFile(t *testing.T) {
 		{[]string{"top", "-db", filepath.Join(dir, "nope.db")}, 1, "nope.db does not exist"},
 		{[]string{"top", "-config", off}, 1, "the history is off in " + off},
 		{[]string{"top", "-config", filepath.Join(dir, "missing.yaml")}, 1, "missing.yaml"},
-		{[]string{"top", "-config", cfg, "-db", path}, 1, "give -config or -db, not both"},
+		{[]string{"top", "-config", cfg, "-db", path}, 1, "give one of -config, -db and -dsn"},
 		{[]string{"top", "-db", path, "-since", "last week"}, 2, `-since: "last week" is not a time: want an RFC 3339 time`},
 		{[]string{"top", "-db", path, "-client", "pc1"}, 2, `-client: "pc1" is not an IP address`},
 		{[]string{"top", "-db", path, "-limit", "0"}, 2, "-limit 0: want 1 to 1000"},
@@ -252,5 +253,52 @@ func TestServeHistoryAPI(t *testing.T) {
 	out, errs, code := phonehome(t, "history", "top", "-config", cfg, "-client", "127.0.0.1")
 	if code != 0 || !strings.Contains(out, "v10.events.data.microsoft.com") || !strings.Contains(out, "arc.msn.com") {
 		t.Errorf("history top beside serve: %d\n%s%s", code, out, errs)
+	}
+}
+
+// TestHistoryCLIShared: the commands read a history that two instances
+// share with -dsn, or $PHONEHOME_HISTORY_DSN: every instance's, or one's
+// with -instance; an export says which instance counted each row.
+func TestHistoryCLIShared(t *testing.T) {
+	srv := pgtest.Start(t, pgtest.Options{})
+	t.Setenv(history.EnvDSN, "")
+	p, _, err := policy.Compile(policy.DefaultConfig(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for i, instance := range []string{"dns1", "dns2"} {
+		st, err := history.Open(history.Config{DSN: srv.DSN(), Instance: instance, Flush: time.Hour}, history.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := netip.MustParseAddr("192.168.1.23")
+		for range 1 + i {
+			st.Answered(resolver.Answer{Start: now.Add(-time.Hour), Client: c, Question: dns.Question{Name: "v10.events.data.microsoft.com.", Qtype: dns.TypeA, Qclass: dns.ClassINET},
+				Decision: p.Decide(c, "v10.events.data.microsoft.com."), Source: resolver.SourceSinkhole})
+		}
+		if err := st.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		st.Close()
+	}
+	top := regexp.MustCompile(`(?m)^(\d+) +v10\.events\.data\.microsoft\.com +telemetry `)
+	out, errs, code := phonehome(t, "history", "top", "-dsn", srv.DSN(), "-instance", "dns2", "-since", "1d")
+	if m := top.FindStringSubmatch(out); code != 0 || m == nil || m[1] != "2" {
+		t.Errorf("top of dns2: %d\n%s%s", code, out, errs)
+	}
+	t.Setenv(history.EnvDSN, srv.DSN())
+	out, errs, code = phonehome(t, "history", "top", "-since", "1d")
+	if m := top.FindStringSubmatch(out); code != 0 || m == nil || m[1] != "3" {
+		t.Errorf("top of the fleet, from $%s: %d\n%s%s", history.EnvDSN, code, out, errs)
+	}
+	out, errs, code = phonehome(t, "history", "export", "-format", "csv", "-from", "1d")
+	recs, err := csv.NewReader(strings.NewReader(out)).ReadAll()
+	if code != 0 || err != nil || len(recs) != 4 || recs[0][len(recs[0])-1] != "instance" || recs[1][len(recs[1])-1] != "dns1" || recs[3][len(recs[3])-1] != "dns2" {
+		t.Errorf("export as CSV: %d %v\n%s%s", code, err, out, errs)
+	}
+	// -db is the file, whatever the environment says.
+	if _, errs, code := phonehome(t, "history", "top", "-db", filepath.Join(t.TempDir(), "none.db")); code != 1 || !strings.Contains(errs, "none.db does not exist") {
+		t.Errorf("-db with $%s set: %d %s", history.EnvDSN, code, errs)
 	}
 }

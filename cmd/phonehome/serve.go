@@ -139,11 +139,11 @@ func serve(args []string, stderr io.Writer, ready chan<- bound, stop <-chan stru
 		reg.MustRegister(hist.Collector())
 		observers = append(observers, hist)
 	}
-	// The API reads the history on read-only connections of its own, so
-	// that no read holds up the writer.
+	// The API reads the history on connections of its own (read-only,
+	// for the file), so that no read holds up the writer.
 	var apiOpts []web.Option
 	if hist != nil {
-		if hr, err := history.OpenReader(hist.Path()); err != nil {
+		if hr, err := hist.Reader(); err != nil {
 			log.Error("history: the API cannot read it", "err", err)
 		} else {
 			defer hr.Close()
@@ -304,5 +304,5 @@ func historyWhere(cfg *configfile.File) string {
 	if cfg.History.Off {
 		return "off"
 	}
-	return cfg.History.Path
+	return cfg.History.Where()
 }
