@@ -21,7 +21,13 @@ import (
 // TestMain points the history's default file (on unless a config says
 // history: off) into a temporary state directory, so that no test of
 // this package writes one into the home directory of whoever runs it.
+//
+// With PHONEHOME_TEST_PROCESS=1 the test binary is phonehome itself: a
+// test starts it as a process of its own (fleet_process_test.go).
 func TestMain(m *testing.M) {
+	if os.Getenv("PHONEHOME_TEST_PROCESS") == "1" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
 	dir, err := os.MkdirTemp("", "phonehome-state-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
