@@ -32,6 +32,28 @@ func chromium(t *testing.T) string {
 	return ""
 }
 
+// browse starts the headless Chromium at browser, with its profile in
+// dir and none of its own traffic (no updates, sync or QUIC), a window
+// 1100 pixels wide and height high, and more options; it returns a tab's
+// context, bounded by timeout, which the test's cleanup closes.
+func browse(t *testing.T, browser, dir string, height int, timeout time.Duration, more ...chromedp.ExecAllocatorOption) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(filepath.Join(dir, "chrome")),
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.Flag("no-first-run", true), chromedp.Flag("disable-quic", true),
+		chromedp.WindowSize(1100, height))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), append(opts, more...)...)
+	ctx, cancelTab := chromedp.NewContext(actx)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	t.Cleanup(func() {
+		cancel()
+		cancelTab()
+		cancelAlloc()
+	})
+	return ctx
+}
+
 // TestWebPage drives the live page in a real headless Chromium: queries from
 // two client addresses appear in the feed and the per-machine view, a name
 // no Microsoft document lists appears with both machines in its own card,
@@ -64,18 +86,7 @@ policy:
 	lookupA(t, b.dns[0], "alias.example.")
 	lookupFrom(t, "127.0.0.2", b.dns[0], "foo.windows.com.")
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(filepath.Join(dir, "chrome")),
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true), chromedp.Flag("no-first-run", true), chromedp.Flag("disable-quic", true),
-		chromedp.Flag("host-resolver-rules", "MAP rebound.example 127.0.0.1"),
-		chromedp.WindowSize(1100, 900))
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
+	ctx := browse(t, browser, dir, 900, 60*time.Second, chromedp.Flag("host-resolver-rules", "MAP rebound.example 127.0.0.1"))
 
 	text := func(sel string) string {
 		v, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
