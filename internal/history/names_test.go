@@ -2,7 +2,6 @@ package history
 
 import (
 	"context"
-	"database/sql"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -28,76 +27,73 @@ func ptrLookup(name string) clientnames.LookupFunc {
 // for the retention is forgotten; with anonymize_clients the table is
 // emptied.
 func TestNames(t *testing.T) {
-	clk := &clock{t: t0}
-	names := clientnames.New(clientnames.Config{}, clientnames.Options{Now: clk.Now,
-		ConfigNames: map[netip.Addr]string{netip.MustParseAddr("192.168.1.20"): "kids-pc", netip.MustParseAddr("192.168.1.30"): "nas", netip.MustParseAddr("192.168.1.0"): "anon"}})
-	defer names.Close()
-	names.Start(ptrLookup("laptop.lan."))
-	cfg := testConfig(t.TempDir())
-	s, _ := open(t, cfg, Options{Now: clk.Now, Names: names})
-	r, err := OpenReader(cfg.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	read := func() map[string]string {
-		t.Helper()
-		got, err := r.Names(context.Background())
+	backends(t, func(t *testing.T, cfg Config) {
+		clk := &clock{t: t0}
+		names := clientnames.New(clientnames.Config{}, clientnames.Options{Now: clk.Now,
+			ConfigNames: map[netip.Addr]string{netip.MustParseAddr("192.168.1.20"): "kids-pc", netip.MustParseAddr("192.168.1.30"): "nas", netip.MustParseAddr("192.168.1.0"): "anon"}})
+		defer names.Close()
+		names.Start(ptrLookup("laptop.lan."))
+		s, _ := open(t, cfg, Options{Now: clk.Now, Names: names})
+		r, err := s.Reader()
 		if err != nil {
 			t.Fatal(err)
 		}
-		return got
-	}
-	flush := func(clients ...string) {
-		t.Helper()
-		for _, c := range clients {
-			s.Answered(answer(t, c, telemetry, clk.Now()))
+		defer r.Close()
+		read := func() map[string]string {
+			t.Helper()
+			got, err := r.Names(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return got
 		}
-		if err := s.Flush(); err != nil {
+		flush := func(clients ...string) {
+			t.Helper()
+			for _, c := range clients {
+				s.Answered(answer(t, c, telemetry, clk.Now()))
+			}
+			if err := s.Flush(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		v := names.Version()
+		flush("192.168.1.20", "192.168.1.21")
+		if got, want := read(), map[string]string{"192.168.1.20": "kids-pc", "192.168.1.30": "nas"}; !reflect.DeepEqual(got, want) {
+			t.Errorf("after the first flush: %v, want %v", got, want)
+		}
+		// The flush asked for 192.168.1.21's name: once found, the next
+		// flush writes it.
+		for deadline := time.Now().Add(10 * time.Second); names.Version() == v; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("192.168.1.21 was not looked up")
+			}
+		}
+		flush("192.168.1.20")
+		if got := read(); got["192.168.1.21"] != "laptop.lan" || len(got) != 3 {
+			t.Errorf("after the lookup: %v", got)
+		}
+
+		// A row last known long ago is dropped at the hourly rewrite; the
+		// names known are written again with the new time.
+		db := storeDB(t, s)
+		if _, err := db.Exec(`INSERT INTO client_names ({i}client, name, updated_ms) VALUES ({'i'}'10.0.0.9', 'gone', ?)`, t0.Add(-100*24*time.Hour).UnixMilli()); err != nil {
 			t.Fatal(err)
 		}
-	}
-	v := names.Version()
-	flush("192.168.1.20", "192.168.1.21")
-	if got, want := read(), map[string]string{"192.168.1.20": "kids-pc", "192.168.1.30": "nas"}; !reflect.DeepEqual(got, want) {
-		t.Errorf("after the first flush: %v, want %v", got, want)
-	}
-	// The flush asked for 192.168.1.21's name: once found, the next
-	// flush writes it.
-	for deadline := time.Now().Add(10 * time.Second); names.Version() == v; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("192.168.1.21 was not looked up")
+		clk.Set(t0.Add(90 * time.Minute))
+		flush("192.168.1.20")
+		if got := read(); got["10.0.0.9"] != "" || got["192.168.1.20"] != "kids-pc" {
+			t.Errorf("after the hourly rewrite: %v", got)
 		}
-	}
-	flush("192.168.1.20")
-	if got := read(); got["192.168.1.21"] != "laptop.lan" || len(got) != 3 {
-		t.Errorf("after the lookup: %v", got)
-	}
+		if n := one(t, db, `SELECT count(*) FROM client_names WHERE updated_ms = ?`, t0.Add(90*time.Minute).UnixMilli()); n != 3 {
+			t.Errorf("%d names rewritten at the hour, want 3", n)
+		}
 
-	// A row last known long ago is dropped at the hourly rewrite; the
-	// names known are written again with the new time.
-	db, err := sql.Open("sqlite", cfg.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec(`INSERT INTO client_names (client, name, updated_ms) VALUES ('10.0.0.9', 'gone', ?)`, t0.Add(-100*24*time.Hour).UnixMilli()); err != nil {
-		t.Fatal(err)
-	}
-	clk.Set(t0.Add(90 * time.Minute))
-	flush("192.168.1.20")
-	if got := read(); got["10.0.0.9"] != "" || got["192.168.1.20"] != "kids-pc" {
-		t.Errorf("after the hourly rewrite: %v", got)
-	}
-	if n := one(t, db, `SELECT count(*) FROM client_names WHERE updated_ms = ?`, t0.Add(90*time.Minute).UnixMilli()); n != 3 {
-		t.Errorf("%d names rewritten at the hour, want 3", n)
-	}
-
-	// anonymize_clients: no name is kept.
-	s.Apply(cfg, querylog.Config{AnonymizeClients: true})
-	names.Apply(clientnames.Config{}, nil, true)
-	flush("192.168.1.20")
-	if got := read(); len(got) != 0 {
-		t.Errorf("with anonymize_clients: %v", got)
-	}
+		// anonymize_clients: no name is kept.
+		s.Apply(cfg, querylog.Config{AnonymizeClients: true})
+		names.Apply(clientnames.Config{}, nil, true)
+		flush("192.168.1.20")
+		if got := read(); len(got) != 0 {
+			t.Errorf("with anonymize_clients: %v", got)
+		}
+	})
 }

@@ -138,14 +138,15 @@ func (db testDB) Exec(q string, args ...any) (sql.Result, error) {
 	return db.db.Exec(db.d.sql(q), args...)
 }
 
-// storeDB opens s's database beside it: the file read-only, or the shared
-// database.
+// storeDB opens s's database beside it, the file or the shared database,
+// for the test to read or to change behind the store's back.
 func storeDB(t *testing.T, s *Store) testDB {
 	t.Helper()
+	driver, conn := "pgx", s.conn
 	if !s.d.pg {
-		return testDB{readDB(t, s.Path()), s.d}
+		driver, conn = "sqlite", dsn(s.Path(), 5*time.Second)
 	}
-	db, err := sql.Open("pgx", s.conn)
+	db, err := sql.Open(driver, conn)
 	if err != nil {
 		t.Fatal(err)
 	}
