@@ -125,7 +125,14 @@ type Options struct {
 	// TCP bounds the TCP connections and how long each may idle or take
 	// to send a query; zero fields get the defaults (see TCPLimits).
 	TCP TCPLimits
+	// UDPSockets is how many UDP sockets each listen address gets (see
+	// listenOn); 0 is one per core phonehome may use (GOMAXPROCS), at
+	// most maxUDPSockets.
+	UDPSockets int
 }
+
+// maxUDPSockets bounds the UDP sockets of one address.
+const maxUDPSockets = 64
 
 // withDefaults returns opts with what was left out filled in.
 func (opts Options) withDefaults() Options {
@@ -309,6 +316,12 @@ func (s *Server) Close(ctx context.Context) error {
 // which address failed (a port that is taken, say). UDP goes through
 // phonehome's own batching loop (udp.go), TCP through its own connection
 // loop (tcp.go), with the connections of every address bounded together.
+//
+// On Linux each address gets a UDP socket per core phonehome may use
+// (GOMAXPROCS, which follows the CPUs it is allowed), all bound to it with
+// SO_REUSEPORT, each read by one loop: the kernel spreads the clients over
+// them, and no two cores wait for one socket's queue. Elsewhere, or on one
+// core, one socket is read by up to 8 loops.
 func (s *Server) listenOn(addrs []string) error {
 	closeAll := func() {
 		for _, u := range s.udp {
@@ -319,23 +332,31 @@ func (s *Server) listenOn(addrs []string) error {
 		}
 		s.udp, s.tcp = nil, nil
 	}
+	sockets, loops := s.opts.UDPSockets, 1
+	if sockets == 0 {
+		sockets = min(runtime.GOMAXPROCS(0), maxUDPSockets)
+	}
+	if !canReusePort || sockets == 1 {
+		sockets, loops = 1, min(runtime.GOMAXPROCS(0), 8)
+	}
 	for _, a := range addrs {
-		pc, ln, err := listenPair(a)
+		pcs, ln, err := listenPair(a, sockets)
 		if err != nil {
 			closeAll()
 			return err
 		}
-		u, err := newUDPServer(s.handler, pc)
-		s.udp = append(s.udp, u)
-		if err != nil {
-			ln.Close()
-			closeAll()
-			return fmt.Errorf("listening on %s/udp: %w", a, err)
-		}
 		s.tcp = append(s.tcp, newTCPServer(s.handler, ln, s.tcpGate, TransportTCP))
+		for _, pc := range pcs {
+			u, err := newUDPServer(s.handler, pc)
+			s.udp = append(s.udp, u)
+			if err != nil {
+				closeAll()
+				return fmt.Errorf("listening on %s/udp: %w", a, err)
+			}
+		}
 	}
 	for _, u := range s.udp {
-		u.start(min(runtime.GOMAXPROCS(0), 8))
+		u.start(loops)
 	}
 	for _, t := range s.tcp {
 		t.start()
@@ -395,25 +416,47 @@ func (s *Server) closeEncrypted() {
 	s.dot, s.doh = nil, nil
 }
 
-// listenPair binds a over UDP, then TCP on the same port. When the kernel
-// chose the UDP port (":0", as tests ask), that port may be taken over TCP
-// by some other socket: another port is tried then, a few times.
-func listenPair(a string) (*net.UDPConn, net.Listener, error) {
+// listenPair binds a over UDP, then TCP on the same port, then (with
+// sockets > 1) more UDP sockets on that address and port, all with
+// SO_REUSEPORT. When the kernel chose the UDP port (":0", as tests ask),
+// that port may be taken over TCP by some other socket: another port is
+// tried then, a few times. TCP never shares its port: a second phonehome
+// on the same address fails to start, as it should, though its UDP
+// sockets could have joined the first one's.
+func listenPair(a string, sockets int) ([]*net.UDPConn, net.Listener, error) {
 	host, port, _ := net.SplitHostPort(a)
+	var lc net.ListenConfig
+	if sockets > 1 {
+		lc.Control = reusePort
+	}
+	ctx := context.Background()
 	for try := 0; ; try++ {
-		pc, err := net.ListenPacket("udp", a)
+		pc, err := lc.ListenPacket(ctx, "udp", a)
 		if err != nil {
 			return nil, nil, fmt.Errorf("listening on %s/udp: %w%s", a, err, BindHint(port, err, "-listen or listen:"))
 		}
-		p := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(p)))
-		if err == nil {
-			return pc.(*net.UDPConn), ln, nil
+		bound := pc.LocalAddr().(*net.UDPAddr)
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(bound.Port)))
+		if err != nil {
+			pc.Close()
+			if port != "0" || !errors.Is(err, syscall.EADDRINUSE) || try == 20 {
+				return nil, nil, fmt.Errorf("listening on %s/tcp: %w%s", a, err, BindHint(port, err, "-listen or listen:"))
+			}
+			continue
 		}
-		pc.Close()
-		if port != "0" || !errors.Is(err, syscall.EADDRINUSE) || try == 20 {
-			return nil, nil, fmt.Errorf("listening on %s/tcp: %w%s", a, err, BindHint(port, err, "-listen or listen:"))
+		pcs := []*net.UDPConn{pc.(*net.UDPConn)}
+		for len(pcs) < sockets {
+			more, err := lc.ListenPacket(ctx, "udp", bound.String())
+			if err != nil {
+				for _, pc := range pcs {
+					pc.Close()
+				}
+				ln.Close()
+				return nil, nil, fmt.Errorf("listening on %s/udp (socket %d of %d, SO_REUSEPORT): %w", a, len(pcs)+1, sockets, err)
+			}
+			pcs = append(pcs, more.(*net.UDPConn))
 		}
+		return pcs, ln, nil
 	}
 }
 
@@ -424,12 +467,12 @@ func listenPair(a string) (*net.UDPConn, net.Listener, error) {
 func CheckListen(addrs []string) []string {
 	var warns []string
 	for _, a := range addrs {
-		pc, ln, err := listenPair(a)
+		pcs, ln, err := listenPair(a, 1)
 		if err != nil {
 			warns = append(warns, err.Error())
 			continue
 		}
-		pc.Close()
+		pcs[0].Close()
 		ln.Close()
 	}
 	return warns
@@ -482,7 +525,9 @@ func BindHint(port string, err error, choose string) string {
 func (s *Server) Addrs() []string {
 	var out []string
 	for _, u := range s.udp {
-		out = append(out, u.conn.LocalAddr().String())
+		if a := u.conn.LocalAddr().String(); !slices.Contains(out, a) { // an address's sockets come together
+			out = append(out, a)
+		}
 	}
 	return out
 }

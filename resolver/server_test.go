@@ -571,3 +571,46 @@ func TestHeaderBits(t *testing.T) {
 		}
 	}
 }
+
+// TestUDPSocketPerCore: with four UDP sockets on one address
+// (SO_REUSEPORT, as on a machine of four cores), queries from 64 client
+// ports are all answered, every socket reads some of them, and the
+// address is listed once.
+func TestUDPSocketPerCore(t *testing.T) {
+	if !canReusePort {
+		t.Skip("one socket per core needs SO_REUSEPORT (Linux)")
+	}
+	up := dnstest.Start(t)
+	cfg := parseConfig(t, "access: {rate_limit: 0}")
+	cfg.Listen, cfg.Upstreams = []string{"127.0.0.1:0"}, []string{up.Addr()}
+	srv, err := New(cfg, Options{ResolvConf: "/nonexistent", UDPSockets: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close(context.Background())
+	if len(srv.udp) != 4 || len(srv.Addrs()) != 1 {
+		t.Fatalf("%d sockets, addresses %v; want 4 sockets on one address", len(srv.udp), srv.Addrs())
+	}
+	c := &dns.Client{Timeout: 2 * time.Second}
+	for i := range 64 {
+		r, _, err := c.Exchange(query(fmt.Sprintf("client%d.example.", i), dns.TypeA, false), srv.Addrs()[0]) // a new client port each
+		if err != nil || r.Rcode != dns.RcodeSuccess {
+			t.Fatalf("query %d: %v %v", i, r, err)
+		}
+	}
+	for i, u := range srv.udp {
+		if u.conn.LocalAddr().String() != srv.Addrs()[0] {
+			t.Errorf("socket %d is on %s", i, u.conn.LocalAddr())
+		}
+		if u.read.Load() == 0 {
+			t.Errorf("socket %d read none of 64 queries from 64 client ports", i)
+		}
+	}
+	// A second server cannot take the address: TCP does not share it.
+	cfg2 := parseConfig(t, "")
+	cfg2.Listen, cfg2.Upstreams = srv.Addrs(), []string{up.Addr()}
+	if other, err := New(cfg2, Options{ResolvConf: "/nonexistent", UDPSockets: 4}); err == nil {
+		other.Close(context.Background())
+		t.Error("a second server started on the same address")
+	}
+}

@@ -31,6 +31,7 @@ type udpServer struct {
 	pktinfo bool
 
 	stopping atomic.Bool
+	read     atomic.Int64   // datagrams read (one add per batch), for tests
 	loops    sync.WaitGroup // the read loops
 	handed   sync.WaitGroup // queries handed off to goroutines
 }
@@ -100,6 +101,7 @@ func (s *udpServer) serve() {
 			time.Sleep(time.Millisecond)
 			continue
 		}
+		s.read.Add(int64(n))
 		b.n = 0
 		for i, p := range in[:n] {
 			addr, ok := p.Addr.(*net.UDPAddr)
