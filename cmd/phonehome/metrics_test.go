@@ -126,7 +126,7 @@ func TestMetrics(t *testing.T) {
 			qlines = strings.Split(strings.TrimSpace(string(data)), "\n")
 			time.Sleep(20 * time.Millisecond)
 		}
-		if len(qlines) != 4 || !strings.Contains(qlines[0], `"client":"127.0.0.0","group":"default","name":"v10.events.data.microsoft.com.","type":"A","action":"sinkhole","category":"telemetry","pattern":"v10.events.data.microsoft.com","windows":"10-1809..11","edition":"all","rcode":"NOERROR","source":"sinkhole"`) ||
+		if len(qlines) != 4 || !strings.Contains(qlines[0], `"client":"127.0.0.0","group":"default","name":"v10.events.data.microsoft.com.","type":"A","action":"sinkhole","category":"telemetry","pattern":"v10.events.data.microsoft.com","windows":"10-1809..11","edition":"all","rcode":"NOERROR","source":"sinkhole","transport":"udp"`) ||
 			strings.Contains(strings.Join(qlines, "\n"), "www.example.com") {
 			t.Errorf("query log:\n%s", strings.Join(qlines, "\n"))
 		}

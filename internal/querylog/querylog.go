@@ -61,11 +61,14 @@ type Record struct {
 	Family  string `json:"family,omitempty"`
 	// CNAME is the name of the answer's CNAME chain whose pattern decided:
 	// the question name is an alias of the matched endpoint.
-	CNAME    string  `json:"cname,omitempty"`
-	Edition  string  `json:"edition"`
-	Rcode    string  `json:"rcode"`
-	Source   string  `json:"source"`
-	Duration float64 `json:"duration"` // seconds
+	CNAME   string `json:"cname,omitempty"`
+	Edition string `json:"edition"`
+	Rcode   string `json:"rcode"`
+	Source  string `json:"source"`
+	// Transport is what the query came over: udp, tcp, dot (DNS over
+	// TLS) or doh (DNS over HTTPS). The history does not keep it.
+	Transport string  `json:"transport,omitempty"`
+	Duration  float64 `json:"duration"` // seconds
 	// Instance is the phonehome that answered, in a history shared by
 	// several (history.dsn); the query log itself leaves it out.
 	Instance string `json:"instance,omitempty"`
@@ -176,7 +179,7 @@ func NewRecord(a *resolver.Answer, anonymize bool) Record {
 	}
 	r := Record{addr: addr, Time: a.Start, Client: client.String(), Group: d.Group.Name, Name: q.Name, Type: dns.TypeToString[q.Qtype],
 		Action: d.Action.String(), Category: string(d.Category()), Edition: d.Group.Edition.String(),
-		Rcode: dns.RcodeToString[a.Rcode], Source: a.Source.String(), Duration: a.Duration.Seconds()}
+		Rcode: dns.RcodeToString[a.Rcode], Source: a.Source.String(), Transport: a.Transport.String(), Duration: a.Duration.Seconds()}
 	r.CNAME = d.CNAME
 	if d.Match.Rule != nil {
 		r.Pattern = d.Match.Pattern()
@@ -325,8 +328,14 @@ func (r *Record) appendJSON(b []byte) []byte {
 	b = appendField(b, `,"edition":`, r.Edition)
 	b = appendField(b, `,"rcode":`, r.Rcode)
 	b = appendField(b, `,"source":`, r.Source)
+	if r.Transport != "" {
+		b = appendField(b, `,"transport":`, r.Transport)
+	}
 	b = append(b, `,"duration":`...)
 	b = strconv.AppendFloat(b, r.Duration, 'g', -1, 64)
+	if r.Instance != "" {
+		b = appendField(b, `,"instance":`, r.Instance)
+	}
 	return append(b, '}')
 }
 

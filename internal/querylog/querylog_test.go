@@ -74,7 +74,7 @@ func TestAnonymize(t *testing.T) {
 func TestRecordJSON(t *testing.T) {
 	base := Record{Time: time.Date(2026, 11, 27, 5, 6, 7, 891011121, time.UTC), Client: "192.168.1.0", Group: "kids-pc",
 		Name: "v10.events.data.microsoft.com.", Type: "AAAA", Action: "sinkhole", Category: "telemetry",
-		Pattern: "v10.events.data.microsoft.com", Edition: "home", Rcode: "NOERROR", Source: "sinkhole", Duration: 0.000888113}
+		Pattern: "v10.events.data.microsoft.com", Edition: "home", Rcode: "NOERROR", Source: "sinkhole", Transport: "doh", Duration: 0.000888113, Instance: "dns1"}
 	odd := []string{"", `a"b`, `back\slash`, "tab\there", "\x00\x1f", "<script>&", "grüße", "日本", "bad\xffutf8", `x\(y\).example.`}
 	records := []Record{base, {Time: time.Unix(0, 0).In(time.FixedZone("x", 3600)), Duration: 12345.5}}
 	for _, s := range odd {
