@@ -127,11 +127,16 @@ func (m *Metrics) reloaded(err error) {
 	m.lastReload.SetToCurrentTime()
 }
 
-// setState publishes what a newly loaded state holds.
+// setState publishes what a newly loaded state holds. The counter
+// children looked up so far are forgotten: their keys point into the old
+// policy (its groups and entries), which they would keep alive, one whole
+// policy per reload for as long as the process runs. The counters
+// themselves stay in their vectors, and the next query finds them again.
 func (m *Metrics) setState(st *State) {
 	if m == nil {
 		return
 	}
+	m.children.Clear()
 	m.catalog.Reset()
 	for _, e := range st.Policy.Catalog.Entries {
 		for _, ed := range e.Editions.Each() {

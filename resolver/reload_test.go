@@ -1,14 +1,20 @@
 package resolver
 
 import (
+	"context"
+	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"weak"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/phonehome/phonehome/internal/dnstest"
+	"github.com/phonehome/phonehome/policy"
 )
 
 // TestReload calls Reload directly, with a good and a bad config, while a
@@ -123,5 +129,53 @@ func TestReloadKeepsUpstreams(t *testing.T) {
 	s.ask(t, "udp", "", query("two.example.", dns.TypeA, false))
 	if bad.Seen("two.example") != 0 || good.Seen("two.example") != 1 {
 		t.Errorf("after the reload the backed-off upstream was asked again: bad %d, good %d", bad.Seen("two.example"), good.Seen("two.example"))
+	}
+}
+
+// TestReloadLetsThePolicyGo: after reloads, with queries of every kind
+// answered by each policy (sinkholed, logged, cached, through an alias
+// chain, refused, over UDP and TCP), nothing keeps an old policy alive:
+// a soak that reloaded every few seconds grew by a policy a reload while
+// the metrics' counter lookups kept each policy's groups as keys.
+func TestReloadLetsThePolicyGo(t *testing.T) {
+	up := dnstest.Start(t)
+	up.SetChain("alias.example", "v10.events.data.microsoft.com", "cdn.example.net")
+	cfg := parseConfig(t, "access: {rate_limit: 0}\n")
+	cfg.Listen, cfg.Upstreams = []string{"127.0.0.1:0"}, []string{up.Addr()}
+	srv, err := New(cfg, Options{ResolvConf: "/nonexistent", Registry: prometheus.NewRegistry()}) // metrics on, as in serve
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close(context.Background())
+	s := &testServer{addr: srv.Addrs()[0], srv: srv, h: srv.handler}
+	load := func() {
+		t.Helper()
+		for _, network := range []string{"udp", "tcp"} {
+			for _, name := range []string{"v10.events.data.microsoft.com.", "arc.msn.com.", "cached.example.", "alias.example."} {
+				s.ask(t, network, "", query(name, dns.TypeA, true))
+			}
+		}
+	}
+	// The policy, and its default group, which alone holds the group's
+	// matcher and rules: something may hold the one without the other.
+	var old []weak.Pointer[policy.Policy]
+	var groups []weak.Pointer[policy.Group]
+	for i := range 4 {
+		load()
+		old = append(old, weak.Make(s.srv.State().Policy))
+		groups = append(groups, weak.Make(s.srv.State().Policy.Default))
+		cfg := parseConfig(t, fmt.Sprintf("access: {rate_limit: 0}\nsinkhole: {ttl: %ds}\npolicy:\n  default: {actions: {telemetry: sinkhole, spotlight: log}}\n", 60+i))
+		cfg.Listen, cfg.Upstreams = []string{s.addr}, []string{up.Addr()}
+		if err := s.srv.Reload(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	load()
+	runtime.GC()
+	runtime.GC()
+	for i := range old {
+		if old[i].Value() != nil || groups[i].Value() != nil {
+			t.Errorf("the policy before reload %d is still alive (policy %v, its default group %v)", i+1, old[i].Value() != nil, groups[i].Value() != nil)
+		}
 	}
 }

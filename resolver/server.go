@@ -259,14 +259,15 @@ func (s *Server) Reload(cfg *Config) error {
 	}
 	s.handler.metrics.setState(st)
 	s.handler.metrics.reloaded(nil)
-	old := s.handler.swap(st)
 	// Queries already forwarded by the old state finish on its sockets.
-	s.retired[old.Forwarder] = time.AfterFunc(retireAfter, func() {
+	// (The timer holds the forwarder alone: the old state's policy can go.)
+	f := s.handler.swap(st).Forwarder
+	s.retired[f] = time.AfterFunc(retireAfter, func() {
 		s.reloading.Lock()
 		defer s.reloading.Unlock()
-		if _, ok := s.retired[old.Forwarder]; ok {
-			delete(s.retired, old.Forwarder)
-			old.Forwarder.Close()
+		if _, ok := s.retired[f]; ok {
+			delete(s.retired, f)
+			f.Close()
 		}
 	})
 	s.log.Info("reloaded", "groups", len(st.Policy.Groups)+1, "endpoints", len(st.Policy.Catalog.Entries))
