@@ -71,9 +71,27 @@ fi
 go vet ./...
 go test -race ./...
 
+# A fuzzer fails when it finds an input that fails, and writes that input
+# to testdata/fuzz/<Fuzzer>/. Go 1.26's fuzzing coordinator also fails,
+# now and then, as -fuzztime runs out, with "context deadline exceeded"
+# and no input (a race in Go itself, golang/go#75804, fixed in Go 1.27):
+# that alone is reported and passed over, not taken for a finding.
 fuzztime=${FUZZTIME:-20s}
 for target in endpoints:FuzzParse endpoints:FuzzHostname resolver:FuzzHandler resolver:FuzzDoHRequest internal/configfile:FuzzParse policy:FuzzList; do
-  go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "$fuzztime" "./${target%%:*}"
+  pkg=${target%%:*} fuzzer=${target#*:}
+  corpus="$pkg/testdata/fuzz/$fuzzer"
+  before=$(ls "$corpus" 2>/dev/null | sort)
+  log=$(mktemp)
+  if go test -run '^$' -fuzz "^$fuzzer\$" -fuzztime "$fuzztime" "./$pkg" 2>&1 | tee "$log"; [ "${PIPESTATUS[0]}" -ne 0 ]; then
+    after=$(ls "$corpus" 2>/dev/null | sort)
+    if [ "$before" = "$after" ] && grep -q '^    context deadline exceeded$' "$log" && ! grep -q 'Failing input written' "$log"; then
+      echo "scripts/test.sh: $fuzzer stopped with \"context deadline exceeded\" and no failing input: Go 1.26's fuzzing race (golang/go#75804), not a finding" >&2
+    else
+      rm -f "$log"
+      exit 1
+    fi
+  fi
+  rm -f "$log"
 done
 
 soak=${SOAK_DURATION:-90}
