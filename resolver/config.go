@@ -67,6 +67,24 @@ type AccessConfig struct {
 	Allow []policy.Prefix `yaml:"allow"`
 	// RateLimit is queries per second per client address; 0 turns it off.
 	RateLimit *int `yaml:"rate_limit"`
+	// MaxConnections bounds the TCP, DNS-over-TLS and DNS-over-HTTPS
+	// connections open at once, over every listener (default 256, fewer
+	// under a low open-file limit); MaxConnectionsPerClient those from
+	// one client address (default 16). Read at start.
+	MaxConnections          int `yaml:"max_connections"`
+	MaxConnectionsPerClient int `yaml:"max_connections_per_client"`
+}
+
+// TCPLimits are the connection bounds the config sets over opts (zero:
+// the defaults; see TCPLimits).
+func (c *Config) TCPLimits(opts TCPLimits) TCPLimits {
+	if c.Access.MaxConnections > 0 {
+		opts.Conns = c.Access.MaxConnections
+	}
+	if c.Access.MaxConnectionsPerClient > 0 {
+		opts.PerClient = c.Access.MaxConnectionsPerClient
+	}
+	return opts
 }
 
 // SinkholeConfig says how sinkholed names are answered.
@@ -222,11 +240,28 @@ func (c *Config) Check(r *config.Report) {
 	if c.Cache.Size != nil && *c.Cache.Size < 0 {
 		r.Value("cache", "cache size is negative")
 	}
+	c.checkConnections(r)
 	if c.CNAME.MaxChain < 0 || c.CNAME.MaxChain > 64 {
 		r.Value("cname.max_chain", "cname max_chain is %d: want 1 to 64 names", c.CNAME.MaxChain)
 	}
 	c.checkEncrypted(r)
 	c.Policy.Check(r)
+}
+
+// checkConnections checks the connection bounds: each connection costs a
+// file descriptor, and one past the open-file limit would cost the upstream
+// sockets theirs (the starvation the bounds are there to prevent).
+func (c *Config) checkConnections(r *config.Report) {
+	a := c.Access
+	if a.MaxConnections < 0 || a.MaxConnections > maxTCPConns {
+		r.Value("access.max_connections", "access.max_connections is %d: want 1 to %d", a.MaxConnections, maxTCPConns)
+	} else if nofile, ok := openFileLimit(); ok && a.MaxConnections > tcpConnsFor(nofile) && a.MaxConnections > defaultTCPConns() {
+		r.Value("access.max_connections", "access.max_connections is %d, but the open-file limit (%d) leaves room for %d: raise it (LimitNOFILE=%d in the systemd unit, ulimit -n) or lower this",
+			a.MaxConnections, nofile, tcpConnsFor(nofile), 128+2*a.MaxConnections)
+	}
+	if a.MaxConnectionsPerClient < 0 || a.MaxConnectionsPerClient > maxTCPConns {
+		r.Value("access.max_connections_per_client", "access.max_connections_per_client is %d: want 1 to %d", a.MaxConnectionsPerClient, maxTCPConns)
+	}
 }
 
 // checkEncrypted checks the encrypted listeners' keys: their addresses,

@@ -174,7 +174,7 @@ const retireAfter = 10 * time.Second
 // overrides that sinkhole protected endpoints) are logged.
 func New(cfg *Config, opts Options) (*Server, error) {
 	opts = opts.withDefaults()
-	s := &Server{opts: opts, log: opts.Log, retired: map[*Forwarder]*time.Timer{}, tcpGate: newTCPGate(opts.TCP)}
+	s := &Server{opts: opts, log: opts.Log, retired: map[*Forwarder]*time.Timer{}, tcpGate: newTCPGate(cfg.TCPLimits(opts.TCP))}
 	st, err := s.build(cfg, nil)
 	if err != nil {
 		return nil, err

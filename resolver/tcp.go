@@ -114,20 +114,32 @@ func (l TCPLimits) withDefaults() TCPLimits {
 // need. (Go raises the soft limit to the hard one at start, so this reads
 // the limit the process really has.)
 func defaultTCPConns() int {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+	nofile, ok := openFileLimit()
+	if !ok {
 		return 256
 	}
-	return tcpConnsFor(rl.Cur)
+	return min(256, tcpConnsFor(nofile))
 }
 
-// tcpConnsFor is defaultTCPConns under an open-file limit of nofile.
-func tcpConnsFor(nofile uint64) int {
-	if nofile >= 128+2*256 {
-		return 256
+// openFileLimit is the process's open-file limit (the soft one).
+func openFileLimit() (uint64, bool) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, false
 	}
-	return max(16, (int(nofile)-128)/2)
+	return rl.Cur, true
 }
+
+// tcpConnsFor is how many connections an open-file limit of nofile has
+// room for: two descriptors each (a connection, and what answering it
+// may open), past 128 kept for the listeners, the upstream sockets and the
+// files; at least 16.
+func tcpConnsFor(nofile uint64) int {
+	return int(max(16, (min(nofile, 1<<30)-min(nofile, 128))/2))
+}
+
+// maxTCPConns bounds access.max_connections.
+const maxTCPConns = 1 << 20
 
 // Why phonehome closed a TCP connection: at accept, without reading
 // (access, limit, per_client), or later (idle, slow, write).

@@ -13,6 +13,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/phonehome/phonehome/internal/config"
 	"github.com/phonehome/phonehome/internal/dnstest"
 )
 
@@ -113,7 +114,9 @@ func (g *tcpGate) count(why tcpClose) int { return int(g.closed[why].Load()) }
 func TestTCPConnectionLimits(t *testing.T) {
 	up := dnstest.Start(t)
 	reg := prometheus.NewRegistry()
-	s := startWith(t, Options{Registry: reg, TCP: TCPLimits{Conns: 6, PerClient: 3, Idle: time.Minute}}, "", up)
+	// The bounds from the config's keys (access.max_connections and
+	// max_connections_per_client), as a user sets them.
+	s := startWith(t, Options{Registry: reg, TCP: TCPLimits{Idle: time.Minute}}, "access: {max_connections: 6, max_connections_per_client: 3}", up)
 	g := s.srv.tcpGate
 
 	// One address opens ten connections: three are held, seven closed.
@@ -366,9 +369,35 @@ func TestTCPShutdown(t *testing.T) {
 }
 
 func TestTCPConnsFromFileLimit(t *testing.T) {
-	for nofile, want := range map[uint64]int{1 << 20: 256, 1024: 256, 640: 256, 512: 192, 256: 64, 100: 16} {
+	for nofile, want := range map[uint64]int{1 << 20: 524224, 1024: 448, 640: 256, 512: 192, 256: 64, 100: 16} {
 		if got := tcpConnsFor(nofile); got != want {
-			t.Errorf("open-file limit %d: %d connections, want %d", nofile, got, want)
+			t.Errorf("open-file limit %d: room for %d connections, want %d", nofile, got, want)
+		}
+	}
+	// The default is 256, or what a lower limit has room for; the config
+	// may ask for more only within the limit.
+	nofile, _ := openFileLimit()
+	if got, want := defaultTCPConns(), min(256, tcpConnsFor(nofile)); got != want {
+		t.Errorf("default under an open-file limit of %d: %d, want %d", nofile, got, want)
+	}
+	for text, says := range map[string]string{
+		"access: {max_connections: -1}":                     "access.max_connections is -1: want 1 to",
+		"access: {max_connections_per_client: -3}":          "access.max_connections_per_client is -3",
+		fmt.Sprintf("access: {max_connections: %d}", 1<<21): "want 1 to 1048576",
+	} {
+		cfg := parseConfig(t, text)
+		r := config.NewReport(cfg.Source)
+		cfg.Check(r)
+		if err := r.Err(); err == nil || !strings.Contains(err.Error(), says) || !strings.Contains(err.Error(), ":1:") {
+			t.Errorf("%s: %v; want an error at line 1 saying %q", text, err, says)
+		}
+	}
+	if room := tcpConnsFor(nofile); room < maxTCPConns {
+		cfg := parseConfig(t, fmt.Sprintf("access: {max_connections: %d}", room+1))
+		r := config.NewReport(cfg.Source)
+		cfg.Check(r)
+		if err := r.Err(); err == nil || !strings.Contains(err.Error(), "open-file limit") {
+			t.Errorf("max_connections past the open-file limit's room: %v", err)
 		}
 	}
 }

@@ -271,6 +271,18 @@ func TestReloadEachKey(t *testing.T) {
 		})
 	}
 
+	// The connection bounds are the listeners', made at start.
+	for _, key := range []string{"access.max_connections", "access.max_connections_per_client"} {
+		t.Run(key, func(t *testing.T) {
+			write(strings.Replace(base, "access: {rate_limit: 0}", "access: {rate_limit: 0, "+strings.TrimPrefix(key, "access.")+": 20}", 1))
+			if restart := reload(t); !slices.Equal(restart, []string{key}) {
+				t.Errorf("restart needed for %v, want %s", restart, key)
+			}
+			write(base)
+			reload(t)
+		})
+	}
+
 	t.Run("start-only keys", func(t *testing.T) {
 		// Listen and http from the file, not from flags, which win.
 		conf := filepath.Join(dir, "start.yaml")

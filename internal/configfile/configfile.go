@@ -160,6 +160,13 @@ func RestartNeeded(running, next *File) []string {
 			keys = append(keys, "history.instance")
 		}
 	}
+	// The connection bounds are the listeners', made at start.
+	if running.Access.MaxConnections != next.Access.MaxConnections {
+		keys = append(keys, "access.max_connections")
+	}
+	if running.Access.MaxConnectionsPerClient != next.Access.MaxConnectionsPerClient {
+		keys = append(keys, "access.max_connections_per_client")
+	}
 	// The watcher is started (or not) at start.
 	if running.WatchConfig != next.WatchConfig {
 		keys = append(keys, "watch_config")
