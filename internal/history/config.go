@@ -41,7 +41,7 @@ type Config struct {
 	// neither, there is none. Read at start only.
 	DSN string `yaml:"dsn"`
 	// Instance is this phonehome's name in the shared database (who set a
-	// pause; later, whose history a row is); default the host name. Read
+	// pause, whose history a row is); default the host name. Read
 	// at start only.
 	Instance string `yaml:"instance"`
 }
@@ -121,8 +121,8 @@ func (c *Config) SetDefaults() {
 // Shared returns the connection string of the PostgreSQL database shared
 // by several instances, as pgx reads it ("" for history.dsn: env: all of
 // it from the PG* variables), and whether there is one: history.dsn, else
-// $PHONEHOME_HISTORY_DSN; none with history: off. Only the fleet-wide
-// pause uses it yet; the history itself stays in the file.
+// $PHONEHOME_HISTORY_DSN; none with history: off. With one, the history
+// and the fleet-wide pause are there instead of in the file.
 func (c *Config) Shared() (connString string, ok bool) {
 	dsn := c.DSN
 	if dsn == "" {
