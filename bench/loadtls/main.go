@@ -56,6 +56,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/phonehome/phonehome/bench/loopback"
 )
 
 func main() {
@@ -368,7 +370,7 @@ func hold(ctx context.Context, o options, h holdOptions, out io.Writer) error {
 	if o.transport != "dot" && o.transport != "doh" {
 		return fmt.Errorf("hold: -transport %q: want dot or doh", o.transport)
 	}
-	srcs, err := sourceAddrs(h.from, h.sources)
+	srcs, err := loopback.Sources(h.from, h.sources)
 	if err != nil {
 		return err
 	}
@@ -438,24 +440,4 @@ func hold(ctx context.Context, o options, h holdOptions, out io.Writer) error {
 	wg.Wait()
 	fmt.Fprintf(out, "alive %d of %d\n", alive.Load(), h.conns)
 	return nil
-}
-
-// sourceAddrs returns n loopback addresses from first on.
-func sourceAddrs(first string, n int) ([]netip.Addr, error) {
-	a, err := netip.ParseAddr(first)
-	if err != nil {
-		return nil, fmt.Errorf("-from: %w", err)
-	}
-	if n < 1 {
-		return nil, errors.New("-sources must be at least 1")
-	}
-	out := make([]netip.Addr, n)
-	for i := range out {
-		if !a.IsValid() || !a.IsLoopback() {
-			return nil, fmt.Errorf("-from %s -sources %d: only loopback addresses are used", first, n)
-		}
-		out[i] = a
-		a = a.Next()
-	}
-	return out, nil
 }

@@ -232,21 +232,6 @@ func TestHold(t *testing.T) {
 	}
 }
 
-func TestSourceAddrs(t *testing.T) {
-	a, err := sourceAddrs("127.0.1.254", 3)
-	if err != nil || len(a) != 3 || a[0].String() != "127.0.1.254" || a[2].String() != "127.0.2.0" {
-		t.Errorf("got %v, %v", a, err)
-	}
-	for _, bad := range []struct {
-		from string
-		n    int
-	}{{"192.0.2.1", 1}, {"127.255.255.255", 2}, {"127.0.0.1", 0}, {"nonsense", 1}} {
-		if _, err := sourceAddrs(bad.from, bad.n); err == nil {
-			t.Errorf("-from %s -sources %d: no error", bad.from, bad.n)
-		}
-	}
-}
-
 // TestPerf: every query of two passes through a file is answered, over DNS
 // over TLS and over HTTPS, and printed as dnsperf prints it; a server that
 // never answers gets every query counted lost after -t.

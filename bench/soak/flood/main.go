@@ -44,6 +44,8 @@ import (
 
 	"github.com/miekg/dns"
 	"golang.org/x/time/rate"
+
+	"github.com/phonehome/phonehome/bench/loopback"
 )
 
 func main() {
@@ -96,26 +98,6 @@ func (s *stats) String() string {
 		s.tcpClosedAtOnce.Load(), s.tcpClosedLater.Load(), s.tcpCut.Load(), s.tcpAnswers.Load())
 }
 
-// sourceAddrs returns n loopback addresses from first on.
-func sourceAddrs(first string, n int) ([]netip.Addr, error) {
-	a, err := netip.ParseAddr(first)
-	if err != nil {
-		return nil, fmt.Errorf("-from: %w", err)
-	}
-	if n < 1 {
-		return nil, errors.New("-sources must be at least 1")
-	}
-	out := make([]netip.Addr, n)
-	for i := range out {
-		if !a.IsValid() || !a.IsLoopback() {
-			return nil, fmt.Errorf("-from %s -sources %d: only loopback addresses are used", first, n)
-		}
-		out[i] = a
-		a = a.Next()
-	}
-	return out, nil
-}
-
 // run floods until ctx ends and returns the counts; every socket is closed
 // and every goroutine it started has returned when it returns.
 func run(ctx context.Context, o options) (*stats, error) {
@@ -126,7 +108,7 @@ func run(ctx context.Context, o options) (*stats, error) {
 	if !server.Addr().IsLoopback() {
 		return nil, fmt.Errorf("-server %s: only loopback addresses are flooded", o.server)
 	}
-	srcs, err := sourceAddrs(o.from, o.sources)
+	srcs, err := loopback.Sources(o.from, o.sources)
 	if err != nil {
 		return nil, err
 	}
