@@ -41,7 +41,7 @@ func newMetrics(path string, file bool) *metrics {
 	m.failures = prometheus.NewCounter(prometheus.CounterOpts{Name: "phonehome_history_flush_failures_total",
 		Help: "Flushes of the history that could not be written (what they held is kept for the next, up to the backlog bound)."})
 	m.dropped = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_history_dropped_total",
-		Help: "Records the history dropped because its backlog was full (the file could not be written for a while) or it was closed: counts (queries not counted) or events."}, []string{labelPart})
+		Help: "Records the history dropped because its backlog was full (the database could not be written for a while) or it was closed: counts (queries not counted) or events."}, []string{labelPart})
 	m.droppedCounts, m.droppedEvents = m.dropped.WithLabelValues("counts"), m.dropped.WithLabelValues("events")
 	m.pending = prometheus.NewGauge(prometheus.GaugeOpts{Name: "phonehome_history_pending_queries",
 		Help: "Queries counted in memory that the last flush could not write (the history is behind); 0 when the database is being written."})

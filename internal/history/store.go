@@ -466,7 +466,7 @@ func (s *Store) failed(err error) {
 	s.m.failures.Inc()
 	if !s.failing {
 		s.failing = true
-		s.log.Error("history: cannot write; answering goes on, and what is counted meanwhile is kept (up to the backlog bound) and written when the file takes it",
+		s.log.Error("history: cannot write; answering goes on, and what is counted meanwhile is kept (up to the backlog bound) and written when the database takes it",
 			"path", s.path, "err", err)
 	}
 }
