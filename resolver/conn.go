@@ -98,7 +98,7 @@ func (p *connPool) exchange(ctx context.Context, deadline time.Time, q *dns.Msg)
 }
 
 func (p *connPool) exchangeOn(ctx context.Context, deadline time.Time, expired <-chan time.Time, q *dns.Msg) (*dns.Msg, error) {
-	w := &waiter{q: q, ch: make(chan *dns.Msg, 1)}
+	w := &waiter{q: q, ch: make(chan result, 1)}
 	c, err := p.get(ctx, deadline, expired, w)
 	if err != nil {
 		return nil, err
@@ -110,13 +110,13 @@ func (p *connPool) exchangeOn(ctx context.Context, deadline time.Time, expired <
 		return nil, fmt.Errorf("%w: writing: %w", errConnLost, err)
 	}
 	select {
-	case r := <-w.ch:
-		return r, nil
+	case res := <-w.ch:
+		return res.r, nil
 	case <-c.done:
 		// An answer read just before the connection died still counts.
 		select {
-		case r := <-w.ch:
-			return r, nil
+		case res := <-w.ch:
+			return res.r, nil
 		default:
 		}
 		return nil, fmt.Errorf("%w: %w", errConnLost, c.err)
@@ -284,7 +284,7 @@ func (c *streamConn) read() {
 		w := c.waiting[r.Id]
 		if w != nil && sameQuestion(w.q, r) {
 			delete(c.waiting, r.Id)
-			w.ch <- r // buffered
+			w.ch <- result{r: r} // buffered
 		}
 		c.mu.Unlock()
 	}

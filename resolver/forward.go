@@ -7,14 +7,17 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
 )
 
-// Forwarder asks the upstreams in order. One that fails is skipped for a
-// backoff period and tried again after it; a query fails only when every
-// upstream has failed, within a bounded time.
+// Forwarder asks the upstreams in order, the next one as well whenever one
+// is slow to answer (a hedge: see try). One that fails, or times out
+// downAfter times in a row, is skipped for a backoff period, after which
+// one query probes it; a query fails only when every upstream has failed,
+// within a bounded time.
 type Forwarder struct {
 	Upstreams           []*Upstream
 	TryTimeout, Timeout time.Duration
@@ -32,6 +35,8 @@ type Forwarder struct {
 
 	mu      sync.Mutex
 	pending map[string]*call // identical queries in flight go upstream once
+
+	draining atomic.Int32 // races waiting for their slower attempts (race.leave)
 }
 
 // call is one upstream exchange that several identical queries wait for.
@@ -120,59 +125,293 @@ func (f *Forwarder) Forward(ctx context.Context, key string, q *dns.Msg) (*dns.M
 	return c.r.Copy(), nil
 }
 
-// try asks each usable upstream of ups (the forwarder's, or those a DoH
-// upstream's host is looked up through) in turn; when all are backing off
-// it asks them all anyway, since a stale backoff is better than no answer.
+// try asks the usable upstreams of ups (the forwarder's, or those a DoH
+// upstream's host is looked up through) in order, each while the one
+// before it is still asked: an upstream that has not answered within its
+// hedge delay (a multiple of its recent round-trip time) or has failed
+// gets the query's next upstream asked too, and the first good answer
+// wins. When every upstream is backing off it asks them all anyway, since
+// a stale backoff is better than no answer.
 func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.Msg, error) {
 	now := time.Now()
-	deadline := now.Add(f.Timeout)
+	x := &race{f: f, q: q, order: f.choose(now, ups), deadline: now.Add(f.Timeout),
+		last: &errNoUpstream{last: errors.New("no upstreams")}}
+	x.results = make(chan result, len(x.order))
+	x.launch(now)
+	t := time.NewTimer(x.wake())
+	defer t.Stop()
+	for len(x.live) > 0 {
+		select {
+		case res := <-x.results:
+			if r := x.answered(res); r != nil {
+				r.Id = q.Id
+				x.leave()
+				return r, nil
+			}
+		case now := <-t.C:
+			x.expire(now)
+		case <-ctx.Done():
+			// Given up by the caller (or at shutdown): the upstreams
+			// are not to blame.
+			x.abandon()
+			return nil, &errNoUpstream{last: ctx.Err()}
+		}
+		if len(x.live) == 0 || x.hedgeDue(time.Now()) {
+			x.launch(time.Now())
+		}
+		t.Reset(x.wake())
+	}
+	return nil, x.last
+}
+
+// choose returns the upstreams of ups that may be asked now, in order: the
+// healthy ones, and one query's worth of each one whose backoff is over
+// (the probe: if it answers, the upstream is up again). When none may be
+// asked it returns them all.
+func (f *Forwarder) choose(now time.Time, ups []*Upstream) []*Upstream {
 	order := make([]*Upstream, 0, len(ups))
 	for _, u := range ups {
-		if u.healthy(now) {
+		d := u.downUntil.Load()
+		switch {
+		case d == 0:
+			order = append(order, u)
+		case now.UnixNano() >= d && u.downUntil.CompareAndSwap(d, now.Add(f.TryTimeout).UnixNano()):
+			// Backed off, and this query probes it; the other queries
+			// skip it until the probe has had its time.
 			order = append(order, u)
 		}
 	}
 	if len(order) == 0 {
-		order = ups
+		return ups
 	}
-	last := &errNoUpstream{last: errors.New("no upstreams")}
-	for _, u := range order {
-		began := time.Now()
-		end := began.Add(f.TryTimeout)
-		if end.After(deadline) {
-			end = deadline
+	return order
+}
+
+// A race is one query's upstream exchanges, each an attempt.
+type race struct {
+	f        *Forwarder
+	q        *dns.Msg
+	order    []*Upstream // to ask, in turn
+	next     int         // order[next] is the next to ask
+	live     []*attempt  // asked and not yet answered or failed
+	results  chan result // every attempt's answer or failure, once
+	deadline time.Time   // the query's: no attempt outlives it
+	hedgeAt  time.Time   // when the next upstream is asked if none has answered
+	last     *errNoUpstream
+}
+
+// An attempt is one upstream asked once.
+type attempt struct {
+	u     *Upstream
+	q     *dns.Msg // the copy sent, with its own ID
+	began time.Time
+	end   time.Time // its own deadline: the per-try timeout, within the query's
+	// UDP attempts are read by the upstream socket's reader, which
+	// delivers to the race's results through w; the others run in a
+	// goroutine of their own.
+	sock *udpSock
+	w    *waiter
+}
+
+// result is one attempt's answer, or why there is none.
+type result struct {
+	a   *attempt
+	r   *dns.Msg
+	err error
+}
+
+// launch asks the next upstream, and the one after it at once when that
+// fails to send.
+func (x *race) launch(now time.Time) {
+	for x.next < len(x.order) {
+		u := x.order[x.next]
+		x.next++
+		end := now.Add(x.f.TryTimeout)
+		if end.After(x.deadline) {
+			end = x.deadline
 		}
-		r, err := u.exchange(ctx, end, q.Copy())
-		if err == nil {
-			u.metrics.upstreamAnswered(u, r, time.Since(began))
-		}
-		if err == nil && (r.Rcode == dns.RcodeServerFailure || r.Rcode == dns.RcodeRefused) {
-			// The upstream is up but cannot answer this name: try the
-			// next one, without backing off from this one.
-			last = &errNoUpstream{last: fmt.Errorf("%s answered %s", u.Name, dns.RcodeToString[r.Rcode])}
+		a := &attempt{u: u, q: x.q.Copy(), began: now, end: end}
+		x.hedgeAt = now.Add(u.hedgeDelay())
+		if err := x.start(a); err != nil {
+			x.failed(a, err)
 			continue
 		}
-		if err == nil {
-			f.markUp(u)
-			r.Id = q.Id
-			return r, nil
+		if len(x.live) > 0 {
+			u.metrics.upstreamHedged(u)
 		}
-		if ctx.Err() != nil {
-			// Given up by the caller (or at shutdown): the upstream is
-			// not to blame.
-			last = &errNoUpstream{last: err}
-			break
-		}
-		var ne net.Error
-		last = &errNoUpstream{timeout: errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout(), last: err}
-		u.metrics.upstreamFailed(u, last.reason())
-		f.markDown(u, err)
-		if !time.Now().Before(deadline) {
-			break
+		x.live = append(x.live, a)
+		return
+	}
+}
+
+// start sends a's query. A plain upstream's query is written here and its
+// answer delivered by the socket's reader; the other kinds exchange in a
+// goroutine.
+func (x *race) start(a *attempt) error {
+	if a.u.net == "udp" {
+		a.w = &waiter{q: a.q, a: a, ch: x.results}
+		s, err := a.u.pool.send(a.w)
+		a.sock = s
+		return err
+	}
+	go x.exchange(a, a.u.exchange)
+	return nil
+}
+
+// exchange runs one exchange of a in its own goroutine. It is bounded by
+// the forwarder's context and a's deadline, not by the caller's: an
+// attempt that outlives its query still tells whether the upstream
+// answers.
+func (x *race) exchange(a *attempt, ask func(context.Context, time.Time, *dns.Msg) (*dns.Msg, error)) {
+	r, err := ask(x.f.ctx, a.end, a.q)
+	x.results <- result{a: a, r: r, err: err} // buffered: one per attempt
+}
+
+// hedgeDue reports whether the next upstream is to be asked now.
+func (x *race) hedgeDue(now time.Time) bool {
+	return x.next < len(x.order) && !now.Before(x.hedgeAt)
+}
+
+// wake is how long until something is due: the next hedge or the end of an
+// attempt the race times out itself.
+func (x *race) wake() time.Duration {
+	at := x.deadline
+	if x.next < len(x.order) && x.hedgeAt.Before(at) {
+		at = x.hedgeAt
+	}
+	for _, a := range x.live {
+		if a.w != nil && a.end.Before(at) {
+			at = a.end
 		}
 	}
-	return nil, last
+	return time.Until(at)
 }
+
+// answered takes one result, and returns the answer when it is the one.
+func (x *race) answered(res result) *dns.Msg {
+	a := res.a
+	if res.err != nil {
+		x.drop(a)
+		x.failed(a, res.err)
+		return nil
+	}
+	r := res.r
+	if a.w != nil && r.Truncated {
+		// Truncated: ask again over TCP, on the plain upstream's own
+		// pooled connections (rarely more than one).
+		a.sock.forget(a.w)
+		a.sock, a.w = nil, nil
+		go x.exchange(a, a.u.conns.exchange)
+		return nil
+	}
+	x.drop(a)
+	took := time.Since(a.began)
+	a.u.metrics.upstreamAnswered(a.u, r, took)
+	a.u.sampleRTT(took)
+	if r.Rcode == dns.RcodeServerFailure || r.Rcode == dns.RcodeRefused {
+		// The upstream is up but cannot answer this name: ask the
+		// next one, without backing off from this one.
+		x.last = &errNoUpstream{last: fmt.Errorf("%s answered %s", a.u.Name, dns.RcodeToString[r.Rcode])}
+		x.hedgeAt = time.Time{}
+		return nil
+	}
+	x.f.markUp(a.u)
+	return r
+}
+
+// expire fails the UDP attempts whose time is up (the others time out on
+// their own).
+func (x *race) expire(now time.Time) {
+	for i := 0; i < len(x.live); i++ {
+		if a := x.live[i]; a.w != nil && !now.Before(a.end) {
+			x.drop(a)
+			i--
+			x.failed(a, context.DeadlineExceeded)
+		}
+	}
+}
+
+// drop removes a from the live attempts, and its waiter from its socket.
+func (x *race) drop(a *attempt) {
+	if a.w != nil {
+		a.sock.forget(a.w)
+	}
+	for i, b := range x.live {
+		if b == a {
+			x.live = append(x.live[:i], x.live[i+1:]...)
+			return
+		}
+	}
+}
+
+// failed counts a's failure: a timeout adds to its upstream's timeouts in
+// a row, any other failure backs the upstream off at once.
+func (x *race) failed(a *attempt, err error) {
+	var ne net.Error
+	x.last = &errNoUpstream{timeout: errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout(), last: err}
+	x.hedgeAt = time.Time{} // the next upstream is due at once
+	if x.f.ctx.Err() != nil {
+		return // the forwarder is closing: not the upstream's fault
+	}
+	a.u.metrics.upstreamFailed(a.u, x.last.reason())
+	if !x.last.timeout {
+		x.f.markDown(a.u, err)
+	} else if n := a.u.timeouts.Add(1); n >= downAfter || a.u.downUntil.Load() != 0 {
+		x.f.markDown(a.u, fmt.Errorf("%d queries in a row timed out", n))
+	}
+}
+
+// leave hands the attempts still live, once the query has its answer, to a
+// goroutine that waits for them, so that a slow upstream's late answers
+// and a silent one's timeouts still count for its health and round-trip
+// time; when too many already wait, they are abandoned.
+func (x *race) leave() {
+	if len(x.live) == 0 {
+		return
+	}
+	if x.f.draining.Add(1) > maxDraining {
+		x.f.draining.Add(-1)
+		x.abandon()
+		return
+	}
+	go func() {
+		defer x.f.draining.Add(-1)
+		t := time.NewTimer(x.wake())
+		defer t.Stop()
+		for len(x.live) > 0 {
+			select {
+			case res := <-x.results:
+				x.answered(res)
+			case now := <-t.C:
+				x.expire(now)
+			case <-x.f.ctx.Done():
+				x.abandon()
+				return
+			}
+			t.Reset(x.wake())
+		}
+	}()
+}
+
+// abandon stops waiting for the live attempts: UDP waiters leave their
+// sockets, and the goroutines of the others end by their deadlines into the
+// buffered results.
+func (x *race) abandon() {
+	for _, a := range x.live {
+		if a.w != nil {
+			a.sock.forget(a.w)
+		}
+	}
+	x.live = nil
+}
+
+// downAfter is how many timeouts in a row back a healthy upstream off;
+// maxDraining bounds the queries whose slower attempts are still awaited
+// after their answer (see race.leave).
+const (
+	downAfter   = 3
+	maxDraining = 4096
+)
 
 func (f *Forwarder) markDown(u *Upstream, err error) {
 	if u.downUntil.Swap(time.Now().Add(f.Backoff).UnixNano()) != 0 {
@@ -185,6 +424,7 @@ func (f *Forwarder) markDown(u *Upstream, err error) {
 }
 
 func (f *Forwarder) markUp(u *Upstream) {
+	u.timeouts.Store(0)
 	if u.downUntil.Swap(0) == 0 {
 		return
 	}

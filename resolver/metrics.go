@@ -39,6 +39,7 @@ type Metrics struct {
 	upstreamErrs    *prometheus.CounterVec
 	upstreamDur     *prometheus.HistogramVec
 	upstreamHealthy *prometheus.GaugeVec
+	upstreamHedges  *prometheus.CounterVec
 
 	reloads    *prometheus.CounterVec
 	lastReload prometheus.Gauge
@@ -79,6 +80,8 @@ func newMetrics(reg prometheus.Registerer, version string, h *Handler, tcp *tcpG
 			Help: "Upstream exchanges that failed, by reason (timeout, protocol: an answer that is not a DNS answer to the query, such as an HTTP error, network)."}, []string{labelUpstream, labelReason}),
 		upstreamDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "phonehome_upstream_duration_seconds",
 			Help: "Time for an upstream to answer.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{labelUpstream}),
+		upstreamHedges: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_upstream_hedges_total",
+			Help: "Queries sent to an upstream while the upstream asked before it had not yet answered (it was slower than its hedge delay): the upstream queries spent on answering despite a slow or silent upstream."}, []string{labelUpstream}),
 		upstreamHealthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "phonehome_upstream_healthy",
 			Help: "1 while an upstream is answering, 0 while it is backed off."}, []string{labelUpstream}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_config_reloads_total",
@@ -100,7 +103,7 @@ func newMetrics(reg prometheus.Registerer, version string, h *Handler, tcp *tcpG
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
 	reg.MustRegister(m.queries, m.endpoint, m.alias, m.protected, dur, m.upstreamReqs, m.upstreamErrs, m.upstreamDur,
-		m.upstreamHealthy, m.reloads, m.lastReload, m.catalog, build, &funcCollector{m: m, h: h, tcp: tcp})
+		m.upstreamHealthy, m.upstreamHedges, m.reloads, m.lastReload, m.catalog, build, &funcCollector{m: m, h: h, tcp: tcp})
 	return m
 }
 
@@ -219,6 +222,15 @@ func (m *Metrics) upstreamFailed(u *Upstream, reason string) {
 		return
 	}
 	m.upstreamErrs.WithLabelValues(u.Name, reason).Inc()
+}
+
+// upstreamHedged counts a query sent to u while an upstream asked before it
+// is still awaited.
+func (m *Metrics) upstreamHedged(u *Upstream) {
+	if m == nil {
+		return
+	}
+	m.upstreamHedges.WithLabelValues(u.Name).Inc()
 }
 
 func (m *Metrics) upstreamHealth(u *Upstream, up bool) {

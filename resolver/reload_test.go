@@ -112,10 +112,11 @@ func TestReloadKeepsUpstreams(t *testing.T) {
 	bad, good := dnstest.Start(t), dnstest.Start(t)
 	bad.SetMode(dnstest.Drop)
 	s := start(t, "", bad, good)
-	s.ask(t, "udp", "", query("one.example.", dns.TypeA, false)) // bad times out, backs off
+	s.ask(t, "udp", "", query("one.example.", dns.TypeA, false))
 	if bad.Seen("one.example") != 1 || good.Seen("one.example") != 1 {
 		t.Fatalf("first query: bad saw %d, good %d", bad.Seen("one.example"), good.Seen("one.example"))
 	}
+	s.backOff(t, s.srv.State().Forwarder.Upstreams[0])
 	before := s.srv.State().Forwarder.Upstreams
 	cfg := parseConfig(t, "sinkhole: {mode: nxdomain}\n")
 	cfg.Listen, cfg.Upstreams = []string{s.addr}, []string{bad.Addr(), good.Addr()}

@@ -67,6 +67,22 @@ func startOn(t testing.TB, listen, config string, ups ...*dnstest.Upstream) *tes
 	return &testServer{addr: srv.Addrs()[0], srv: srv, h: srv.handler, st: st, clock: clock}
 }
 
+// backOff asks fresh names until u, an upstream that answers nothing, has
+// timed out downAfter times in a row and is backed off. Its timeouts come
+// after the queries' answers (the next upstream answers them), so it
+// waits for them, for at most 10 s.
+func (s *testServer) backOff(t *testing.T, u *Upstream) {
+	t.Helper()
+	for i := range downAfter {
+		s.ask(t, "udp", "", query(fmt.Sprintf("backoff%d.example.", i), dns.TypeA, false))
+	}
+	for give := time.Now().Add(10 * time.Second); u.downUntil.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(give) {
+			t.Fatalf("%s is not backed off after %d timeouts", u.Name, downAfter)
+		}
+	}
+}
+
 // ask sends one query over net ("udp" or "tcp") from the client address
 // from ("" for 127.0.0.1).
 func (s *testServer) ask(t *testing.T, network, from string, m *dns.Msg) *dns.Msg {
@@ -294,7 +310,9 @@ func TestFailoverAndServeStale(t *testing.T) {
 	if r := s.ask(t, "udp", "", query("one.example.", dns.TypeA, false)); answerText(r) != dnstest.AnswerA {
 		t.Fatalf("failover: %v", r)
 	}
-	// The dropped upstream is now backing off: the next query goes straight to the good one.
+	// Once it has timed out a few times in a row, the dropping upstream
+	// backs off: the next query goes straight to the good one.
+	s.backOff(t, s.st.Forwarder.Upstreams[0])
 	before := bad.Queries()
 	s.ask(t, "udp", "", query("two.example.", dns.TypeA, false))
 	if bad.Queries() != before {

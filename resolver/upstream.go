@@ -5,10 +5,12 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -36,8 +38,54 @@ type Upstream struct {
 	// downUntil is when a failed upstream may be tried again (UnixNano);
 	// zero while it is healthy.
 	downUntil atomic.Int64
+	// timeouts counts the exchanges in a row that timed out: downAfter of
+	// them back the upstream off.
+	timeouts atomic.Int32
+	// srtt is the smoothed round-trip time of its answers (nanoseconds;
+	// zero before the first), which its hedge delay is a multiple of.
+	srtt atomic.Int64
 	// refs counts the forwarders using the upstream.
 	refs atomic.Int32
+}
+
+// The hedge delay: how long a query waits for an upstream before the next
+// one is asked too. It is hedgeRTTs times the upstream's smoothed
+// round-trip time, within [hedgeMin, hedgeMax], and hedgeFirst before its
+// first answer. hedgeMin keeps a healthy upstream's ordinary jitter (a
+// garbage collection, a busy core) from doubling queries.
+const (
+	hedgeRTTs  = 3
+	hedgeMin   = 20 * time.Millisecond
+	hedgeMax   = time.Second
+	hedgeFirst = 100 * time.Millisecond
+)
+
+// hedgeDelay is how long a query waits for u before asking the next
+// upstream as well.
+func (u *Upstream) hedgeDelay() time.Duration {
+	s := time.Duration(u.srtt.Load())
+	if s == 0 {
+		return hedgeFirst
+	}
+	return min(max(hedgeRTTs*s, hedgeMin), hedgeMax)
+}
+
+// sampleRTT adds one answer's round-trip time to the smoothed one (weight
+// 1/8, as TCP's).
+func (u *Upstream) sampleRTT(took time.Duration) {
+	for {
+		old := u.srtt.Load()
+		v := int64(took)
+		if old != 0 {
+			v = old + (v-old)/8
+		}
+		if v == 0 {
+			v = 1
+		}
+		if u.srtt.CompareAndSwap(old, v) {
+			return
+		}
+	}
 }
 
 // ParseUpstream makes an upstream of one written as ParseUpstreamAddr
@@ -166,9 +214,12 @@ type udpSock struct {
 	retired bool
 }
 
+// A waiter is one query waiting on a socket or connection for its answer,
+// which the reader delivers to ch (buffered) with a.
 type waiter struct {
 	q  *dns.Msg
-	ch chan *dns.Msg
+	a  *attempt
+	ch chan result
 }
 
 func newUDPPool(addr string) *udpPool { return &udpPool{addr: addr, ids: randomID} }
@@ -262,6 +313,14 @@ func (s *udpSock) read() {
 	buf := make([]byte, dns.MaxMsgSize)
 	for {
 		n, err := s.conn.Read(buf)
+		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) {
+			// An ICMP error for a query sent on this socket: nothing
+			// listens at the upstream's address now, or it cannot be
+			// reached. No query waiting here will be answered, so they
+			// fail at once rather than time out, and the socket reads on.
+			s.fail(err)
+			continue
+		}
 		if err != nil {
 			return // closed
 		}
@@ -273,49 +332,75 @@ func (s *udpSock) read() {
 		w := s.waiting[r.Id]
 		if w != nil && sameQuestion(w.q, r) {
 			delete(s.waiting, r.Id)
-			w.ch <- r // buffered
+			w.ch <- result{a: w.a, r: r} // buffered
 		}
 		s.mu.Unlock()
 	}
 }
 
+// fail ends the wait of every query waiting on s with err.
+func (s *udpSock) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, w := range s.waiting {
+		delete(s.waiting, id)
+		w.ch <- result{a: w.a, err: err} // buffered
+	}
+}
+
 func (p *udpPool) exchange(ctx context.Context, deadline time.Time, q *dns.Msg) (*dns.Msg, error) {
-	w := &waiter{q: q, ch: make(chan *dns.Msg, 1)}
-	s, err := p.sock(w)
+	w := &waiter{q: q, ch: make(chan result, 1)}
+	s, err := p.send(w)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		s.mu.Lock()
-		// read() removes a waiter it answers, and then the ID is free for
-		// another query: remove only our own.
-		if s.waiting[q.Id] == w {
-			delete(s.waiting, q.Id)
-		}
-		closeNow := s.retired && len(s.waiting) == 0
-		s.mu.Unlock()
-		if closeNow {
-			s.conn.Close()
-		}
-	}()
-	b, err := q.Pack()
-	if err != nil {
-		return nil, err
-	}
-	if _, err := s.conn.Write(b); err != nil {
-		return nil, err
-	}
-	// A timer, not a context with a deadline: this runs once per cache
-	// miss, and a context costs three times as much.
+	defer s.forget(w)
+	// A timer, not a context with a deadline: a context costs three times
+	// as much.
 	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 	select {
-	case r := <-w.ch:
-		return r, nil
+	case res := <-w.ch:
+		return res.r, res.err
 	case <-t.C:
 		return nil, context.DeadlineExceeded
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// send registers w on a socket and writes its query; the socket's reader
+// delivers the answer to w.ch. The caller forgets w on the socket returned
+// when it stops waiting, answered or not.
+func (p *udpPool) send(w *waiter) (*udpSock, error) {
+	s, err := p.sock(w)
+	if err != nil {
+		return nil, err
+	}
+	b, err := w.q.Pack()
+	if err == nil {
+		_, err = s.conn.Write(b)
+	}
+	if err != nil {
+		s.forget(w)
+		return nil, err
+	}
+	return s, nil
+}
+
+// forget removes w, if it still waits, and closes a retired socket that no
+// query waits on any more.
+func (s *udpSock) forget(w *waiter) {
+	s.mu.Lock()
+	// read() removes a waiter it answers, and then the ID is free for
+	// another query: remove only our own.
+	if s.waiting[w.q.Id] == w {
+		delete(s.waiting, w.q.Id)
+	}
+	closeNow := s.retired && len(s.waiting) == 0
+	s.mu.Unlock()
+	if closeNow {
+		s.conn.Close()
 	}
 }
 

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/phonehome/phonehome/internal/config"
 	"github.com/phonehome/phonehome/internal/dnstest"
@@ -189,5 +192,162 @@ func TestParseUpstreamAgreesWithConfig(t *testing.T) {
 	u, err := ParseUpstream("tls://127.0.0.1:853")
 	if err != nil || u.tls.ServerName != "127.0.0.1" || u.addr != "127.0.0.1:853" {
 		t.Errorf("tls without a name: %v %+v", err, u)
+	}
+}
+
+// TestHedge: a query whose upstream is slower than its hedge delay asks the
+// next upstream as well, and the first answer wins; the slower attempt is
+// still awaited after the answer, so that its timeout or late answer
+// counts for its upstream's health and round-trip time.
+func TestHedge(t *testing.T) {
+	t.Run("silent", func(t *testing.T) {
+		// A per-try timeout of a minute: without the hedge, each query
+		// would wait that long on the first upstream, and the client's
+		// 3-s exchange would fail.
+		bad, good := dnstest.Start(t), dnstest.Start(t)
+		bad.SetMode(dnstest.Drop)
+		s := startWith(t, Options{TryTimeout: time.Minute, Timeout: time.Minute, Registry: prometheus.NewRegistry()}, "", bad, good)
+		const n = 30
+		errs := make(chan error, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := s.exchange("udp", "", query(fmt.Sprintf("h%d.example.", i), dns.TypeA, false))
+				if err == nil && answerText(r) != dnstest.AnswerA {
+					err = fmt.Errorf("answer %v", r)
+				}
+				errs <- err
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if bad.Queries() != n || good.Queries() != n {
+			t.Errorf("bad asked %d times, good %d; want %d each", bad.Queries(), good.Queries(), n)
+		}
+		if h := testutil.ToFloat64(s.h.metrics.upstreamHedges.WithLabelValues(good.Addr())); h != n {
+			t.Errorf("%v hedges counted, want %d", h, n)
+		}
+	})
+	t.Run("healthy", func(t *testing.T) {
+		// Both answer: the second upstream is asked only when the first
+		// is late beyond its hedge delay (at least hedgeMin), which on
+		// loopback is rare even on a busy machine.
+		first, second := dnstest.Start(t), dnstest.Start(t)
+		s := startWith(t, Options{Registry: prometheus.NewRegistry()}, "", first, second)
+		const n = 200
+		for i := range n {
+			s.ask(t, "udp", "", query(fmt.Sprintf("q%d.example.", i), dns.TypeA, false))
+		}
+		extra := second.Queries()
+		if first.Queries() != n || extra > n/10 {
+			t.Errorf("first asked %d times, second %d: want %d and at most %d", first.Queries(), extra, n, n/10)
+		}
+		if h := testutil.ToFloat64(s.h.metrics.upstreamHedges.WithLabelValues(second.Addr())); h != float64(extra) {
+			t.Errorf("%v hedges counted, the second upstream was asked %d times", h, extra)
+		}
+		if d := s.st.Forwarder.Upstreams[0].hedgeDelay(); d != hedgeMin {
+			t.Errorf("hedge delay %v of a loopback upstream, want %v", d, hedgeMin)
+		}
+	})
+	t.Run("slow", func(t *testing.T) {
+		// An upstream slower than hedgeFirst loses the first race, but its
+		// late answer teaches its round-trip time: later queries wait
+		// three times that for it.
+		slow, fast := dnstest.Start(t), dnstest.Start(t)
+		slow.SetDelay(150 * time.Millisecond)
+		slow.SetMode(dnstest.Delay)
+		s := start(t, "", slow, fast)
+		s.ask(t, "udp", "", query("one.example.", dns.TypeA, false))
+		u := s.st.Forwarder.Upstreams[0]
+		for give := time.Now().Add(10 * time.Second); u.srtt.Load() == 0; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(give) {
+				t.Fatal("the slow upstream's late answer was not counted")
+			}
+		}
+		if d := u.hedgeDelay(); d < 3*150*time.Millisecond {
+			t.Errorf("hedge delay %v after a 150-ms answer", d)
+		}
+		if u.downUntil.Load() != 0 || u.timeouts.Load() != 0 {
+			t.Error("a slow upstream that answers was counted as failing")
+		}
+	})
+	t.Run("probe", func(t *testing.T) {
+		// Once its backoff is over, one query probes a backed-off upstream;
+		// the others skip it while the probe waits.
+		bad, good := dnstest.Start(t), dnstest.Start(t)
+		bad.SetMode(dnstest.Drop)
+		s := start(t, "", bad, good)
+		u := s.st.Forwarder.Upstreams[0]
+		s.backOff(t, u)
+		before := bad.Queries()
+		u.downUntil.Store(time.Now().UnixNano()) // the backoff is over
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.exchange("udp", "", query(fmt.Sprintf("p%d.example.", i), dns.TypeA, false))
+			}()
+		}
+		wg.Wait()
+		if probes := bad.Queries() - before; probes != 1 {
+			t.Errorf("the backed-off upstream was asked %d times by 20 queries, want 1", probes)
+		}
+	})
+}
+
+// TestUDPRefused: a plain upstream where nothing listens (the kernel
+// answers its queries with ICMP port unreachable) fails each query at once
+// and is backed off, rather than timing out; and once something listens
+// there again, answers on the same sockets are read.
+func TestUDPRefused(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := pc.LocalAddr().String()
+	pc.Close()
+	good := dnstest.Start(t)
+	s, log := startUpstreams(t, "", dead, good.Addr())
+	u := s.st.Forwarder.Upstreams[0]
+	if r := mustAsk(t, s, "one.example."); answerText(r) != dnstest.AnswerA {
+		t.Fatalf("answer %v", r)
+	}
+	refused := s.h.metrics.upstreamErrs.WithLabelValues(dead, "network")
+	for give := time.Now().Add(10 * time.Second); testutil.ToFloat64(refused) == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(give) {
+			t.Fatalf("no network error counted for a refused upstream; log:\n%s", log)
+		}
+	}
+	if u.downUntil.Load() == 0 {
+		t.Error("a refused upstream is not backed off")
+	}
+
+	// Something listens there again; every pooled socket gets a query.
+	pc, err = net.ListenPacket("udp", dead)
+	if err != nil {
+		t.Skipf("the port was taken meanwhile: %v", err)
+	}
+	back := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 7)})
+		w.WriteMsg(m)
+	})}
+	go back.ActivateAndServe()
+	t.Cleanup(func() { back.Shutdown() })
+	u.downUntil.Store(0)
+	for i := range 2 * udpSockets {
+		name := fmt.Sprintf("back%d.example.", i)
+		if r := mustAsk(t, s, name); answerText(r) != "192.0.2.7" || good.Seen(name) != 0 {
+			t.Fatalf("%s: %v (the other upstream saw it %d times): an answer on a socket that had a refusal was not read", name, r, good.Seen(name))
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -212,7 +214,17 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("/readyz with a healthy upstream: %d", code)
 		}
 		up.SetMode(dnstest.Drop)
-		lookupA(t, b.dns[0], "down.example.") // SERVFAIL after the try timeout; the upstream backs off
+		// Three timeouts in a row back the only upstream off: three
+		// queries at once, each SERVFAIL after the try timeout.
+		var wg sync.WaitGroup
+		for i := range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				exchangeA("", b.dns[0], fmt.Sprintf("down%d.example.", i))
+			}()
+		}
+		wg.Wait()
 		if code, _ := get(t, "http://"+b.http+"/readyz"); code != 503 {
 			t.Errorf("/readyz with no upstream: %d", code)
 		}
