@@ -143,11 +143,13 @@ func TestDoHFailover(t *testing.T) {
 		if !strings.Contains(log.String(), "HTTP 503 Service Unavailable") {
 			t.Errorf("the log does not say why:\n%s", log)
 		}
-		// Recovered and out of backoff: asked again.
+		// Recovered and out of backoff: probed, then the first asked again.
 		d.SetFault(dnstest.NoFault)
 		doh.downUntil.Store(time.Now().UnixNano())
 		mustAsk(t, s, "c.example.")
-		if d.DNS.Seen("c.example") != 1 || plain.Seen("c.example") != 0 {
+		recovered(t, doh)
+		mustAsk(t, s, "d.example.")
+		if d.DNS.Seen("c.example") != 1 || d.DNS.Seen("d.example") != 1 || plain.Seen("d.example") != 0 {
 			t.Error("a recovered DoH upstream was not asked again")
 		}
 	})

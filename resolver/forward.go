@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -125,19 +126,23 @@ func (f *Forwarder) Forward(ctx context.Context, key string, q *dns.Msg) (*dns.M
 	return c.r.Copy(), nil
 }
 
-// try asks the usable upstreams of ups (the forwarder's, or those a DoH
+// try asks the upstreams of ups (the forwarder's, or those a DoH
 // upstream's host is looked up through) in order, each while the one
 // before it is still asked: an upstream that has not answered within its
 // hedge delay (a multiple of its recent round-trip time) or has failed
 // gets the query's next upstream asked too, and the first good answer
-// wins. When every upstream is backing off it asks them all anyway, since
-// a stale backoff is better than no answer.
+// wins. The healthy upstreams come first, then those backing off, since a
+// stale backoff is better than no answer.
 func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.Msg, error) {
 	now := time.Now()
-	x := &race{f: f, q: q, order: f.choose(now, ups), deadline: now.Add(f.Timeout),
-		last: &errNoUpstream{last: errors.New("no upstreams")}}
-	x.results = make(chan result, len(x.order))
+	x := &race{f: f, q: q, deadline: now.Add(f.Timeout), last: &errNoUpstream{last: errors.New("no upstreams")}}
+	var probe *Upstream
+	x.order, probe = f.choose(now, ups)
+	x.results = make(chan result, len(ups))
 	x.launch(now)
+	if probe != nil {
+		x.add(probe, now)
+	}
 	t := time.NewTimer(x.wake())
 	defer t.Stop()
 	for len(x.live) > 0 {
@@ -164,27 +169,26 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.
 	return nil, x.last
 }
 
-// choose returns the upstreams of ups that may be asked now, in order: the
-// healthy ones, and one query's worth of each one whose backoff is over
-// (the probe: if it answers, the upstream is up again). When none may be
-// asked it returns them all.
-func (f *Forwarder) choose(now time.Time, ups []*Upstream) []*Upstream {
-	order := make([]*Upstream, 0, len(ups))
+// choose orders ups for one query: the healthy ones, then those backing
+// off. One upstream whose backoff is over is this query's probe, asked at
+// once beside the first (if it answers, it is up again); the other
+// queries skip it while the probe has its time.
+func (f *Forwarder) choose(now time.Time, ups []*Upstream) (order []*Upstream, probe *Upstream) {
+	order = make([]*Upstream, 0, len(ups))
+	n := 0 // healthy ones first
 	for _, u := range ups {
 		d := u.downUntil.Load()
 		switch {
 		case d == 0:
-			order = append(order, u)
-		case now.UnixNano() >= d && u.downUntil.CompareAndSwap(d, now.Add(f.TryTimeout).UnixNano()):
-			// Backed off, and this query probes it; the other queries
-			// skip it until the probe has had its time.
+			order = slices.Insert(order, n, u)
+			n++
+		case probe == nil && now.UnixNano() >= d && u.downUntil.CompareAndSwap(d, now.Add(f.TryTimeout).UnixNano()):
+			probe = u
+		default:
 			order = append(order, u)
 		}
 	}
-	if len(order) == 0 {
-		return ups
-	}
-	return order
+	return order, probe
 }
 
 // A race is one query's upstream exchanges, each an attempt.
@@ -221,27 +225,35 @@ type result struct {
 }
 
 // launch asks the next upstream, and the one after it at once when that
-// fails to send.
+// fails to send. Asked while another is still awaited, it is a hedge.
 func (x *race) launch(now time.Time) {
 	for x.next < len(x.order) {
 		u := x.order[x.next]
 		x.next++
-		end := now.Add(x.f.TryTimeout)
-		if end.After(x.deadline) {
-			end = x.deadline
+		hedge := len(x.live) > 0
+		if x.add(u, now) {
+			if hedge {
+				u.metrics.upstreamHedged(u)
+			}
+			x.hedgeAt = now.Add(u.hedgeDelay())
+			return
 		}
-		a := &attempt{u: u, q: x.q.Copy(), began: now, end: end}
-		x.hedgeAt = now.Add(u.hedgeDelay())
-		if err := x.start(a); err != nil {
-			x.failed(a, err)
-			continue
-		}
-		if len(x.live) > 0 {
-			u.metrics.upstreamHedged(u)
-		}
-		x.live = append(x.live, a)
-		return
 	}
+}
+
+// add asks u, and reports whether the query went out.
+func (x *race) add(u *Upstream, now time.Time) bool {
+	end := now.Add(x.f.TryTimeout)
+	if end.After(x.deadline) {
+		end = x.deadline
+	}
+	a := &attempt{u: u, q: x.q.Copy(), began: now, end: end}
+	if err := x.start(a); err != nil {
+		x.failed(a, err)
+		return false
+	}
+	x.live = append(x.live, a)
+	return true
 }
 
 // start sends a's query. A plain upstream's query is written here and its
@@ -305,7 +317,9 @@ func (x *race) answered(res result) *dns.Msg {
 		return nil
 	}
 	x.drop(a)
-	took := time.Since(a.began)
+	now := time.Now()
+	took := now.Sub(a.began)
+	a.u.answeredAt.Store(now.UnixNano())
 	a.u.metrics.upstreamAnswered(a.u, r, took)
 	a.u.sampleRTT(took)
 	if r.Rcode == dns.RcodeServerFailure || r.Rcode == dns.RcodeRefused {
@@ -345,7 +359,10 @@ func (x *race) drop(a *attempt) {
 }
 
 // failed counts a's failure: a timeout adds to its upstream's timeouts in
-// a row, any other failure backs the upstream off at once.
+// a row, any other failure backs the upstream off at once. A timeout of a
+// query sent before the upstream's latest answer adds nothing: when a
+// fault ends, the queries sent during it time out after the upstream is
+// answering again, and must not back it off anew.
 func (x *race) failed(a *attempt, err error) {
 	var ne net.Error
 	x.last = &errNoUpstream{timeout: errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout(), last: err}
@@ -356,6 +373,8 @@ func (x *race) failed(a *attempt, err error) {
 	a.u.metrics.upstreamFailed(a.u, x.last.reason())
 	if !x.last.timeout {
 		x.f.markDown(a.u, err)
+	} else if a.began.UnixNano() < a.u.answeredAt.Load() {
+		return
 	} else if n := a.u.timeouts.Add(1); n >= downAfter || a.u.downUntil.Load() != 0 {
 		x.f.markDown(a.u, fmt.Errorf("%d queries in a row timed out", n))
 	}

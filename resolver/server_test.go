@@ -83,6 +83,18 @@ func (s *testServer) backOff(t *testing.T, u *Upstream) {
 	}
 }
 
+// recovered waits until u, probed by a query, is up again: the probe's
+// answer may come after the query's, from another upstream. It waits 10 s
+// at most.
+func recovered(t *testing.T, u *Upstream) {
+	t.Helper()
+	for give := time.Now().Add(10 * time.Second); u.downUntil.Load() != 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(give) {
+			t.Fatalf("%s was probed and is still backed off", u.Name)
+		}
+	}
+}
+
 // ask sends one query over net ("udp" or "tcp") from the client address
 // from ("" for 127.0.0.1).
 func (s *testServer) ask(t *testing.T, network, from string, m *dns.Msg) *dns.Msg {
@@ -318,11 +330,14 @@ func TestFailoverAndServeStale(t *testing.T) {
 	if bad.Queries() != before {
 		t.Error("an upstream in backoff was asked")
 	}
-	// Recovery: once its backoff is over, it is asked again.
+	// Recovery: once its backoff is over, the next query probes it, and
+	// once it has answered it is the first asked again.
 	bad.SetMode(dnstest.Answer)
 	s.st.Forwarder.Upstreams[0].downUntil.Store(time.Now().UnixNano())
 	s.ask(t, "udp", "", query("three.example.", dns.TypeA, false))
-	if bad.Seen("three.example") != 1 {
+	recovered(t, s.st.Forwarder.Upstreams[0])
+	s.ask(t, "udp", "", query("back.example.", dns.TypeA, false))
+	if bad.Seen("three.example") != 1 || bad.Seen("back.example") != 1 || good.Seen("back.example") != 0 {
 		t.Error("a recovered upstream was not asked again")
 	}
 

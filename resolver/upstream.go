@@ -41,6 +41,8 @@ type Upstream struct {
 	// timeouts counts the exchanges in a row that timed out: downAfter of
 	// them back the upstream off.
 	timeouts atomic.Int32
+	// answeredAt is when it last answered (UnixNano).
+	answeredAt atomic.Int64
 	// srtt is the smoothed round-trip time of its answers (nanoseconds;
 	// zero before the first), which its hedge delay is a multiple of.
 	srtt atomic.Int64

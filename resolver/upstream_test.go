@@ -278,6 +278,61 @@ func TestHedge(t *testing.T) {
 			t.Error("a slow upstream that answers was counted as failing")
 		}
 	})
+	t.Run("last-resort", func(t *testing.T) {
+		// The second upstream is backing off (from an earlier fault) when
+		// the first goes silent: it is asked after the first's hedge
+		// delay all the same, answers, and is up again.
+		first, second := dnstest.Start(t), dnstest.Start(t)
+		s := startWith(t, Options{TryTimeout: time.Minute, Timeout: time.Minute}, "", first, second)
+		u := s.st.Forwarder.Upstreams[1]
+		u.downUntil.Store(time.Now().Add(time.Hour).UnixNano())
+		first.SetMode(dnstest.Drop)
+		if r := s.ask(t, "udp", "", query("one.example.", dns.TypeA, false)); answerText(r) != dnstest.AnswerA {
+			t.Fatalf("answer %v", r)
+		}
+		if u.downUntil.Load() != 0 {
+			t.Error("the backed-off upstream answered and is still backed off")
+		}
+	})
+	t.Run("fault-ends", func(t *testing.T) {
+		// Queries sent to a silent upstream that time out after it has
+		// answered again do not back it off: when a fault ends, the
+		// upstream does not flap.
+		bad, good := dnstest.Start(t), dnstest.Start(t)
+		s, _ := startUpstreams(t, "", bad.Addr(), good.Addr())
+		u := s.st.Forwarder.Upstreams[0]
+		bad.SetMode(dnstest.Drop)
+		for i := range downAfter {
+			mustAsk(t, s, fmt.Sprintf("lost%d.example.", i)) // answered by good; bad's tries wait 2 s
+		}
+		bad.SetMode(dnstest.Answer)
+		mustAsk(t, s, "back.example.")
+		if bad.Seen("back.example") != 1 {
+			t.Fatal("the first upstream was not asked")
+		}
+		timeouts := s.h.metrics.upstreamErrs.WithLabelValues(u.Name, "timeout")
+		for give := time.Now().Add(10 * time.Second); testutil.ToFloat64(timeouts) < downAfter; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(give) {
+				t.Fatalf("%v timeouts counted, want %d", testutil.ToFloat64(timeouts), downAfter)
+			}
+		}
+		if u.downUntil.Load() != 0 {
+			t.Error("timeouts of queries sent before the upstream answered again backed it off")
+		}
+	})
+	t.Run("probe-second", func(t *testing.T) {
+		// A second upstream whose backoff is over is probed beside the
+		// first, though the first answers at once.
+		first, second := dnstest.Start(t), dnstest.Start(t)
+		s := start(t, "", first, second)
+		u := s.st.Forwarder.Upstreams[1]
+		u.downUntil.Store(time.Now().UnixNano())
+		s.ask(t, "udp", "", query("one.example.", dns.TypeA, false))
+		recovered(t, u)
+		if second.Seen("one.example") != 1 {
+			t.Error("the second upstream was not probed")
+		}
+	})
 	t.Run("probe", func(t *testing.T) {
 		// Once its backoff is over, one query probes a backed-off upstream;
 		// the others skip it while the probe waits.
