@@ -1,36 +1,40 @@
 #!/usr/bin/env bash
-# Soak test of issue 11 ("faults under load"): phonehome under a steady mixed
-# load from several client addresses while, on a schedule, its upstream dies,
-# crawls, drops or fails, its config is reloaded good and broken, garbage and
-# a TCP connection flood arrive, one client goes over its rate limit, and its
-# query log is rotated. Run from anywhere, as root:
+# Soak test of issue 11 ("faults under load") and issue 18 item 7 (failover
+# the client doesn't feel): phonehome under a steady mixed load from several
+# client addresses while, on a schedule, its two upstreams die, crawl, drop
+# or fail, its first upstream alone goes silent, its config is reloaded good
+# and broken, garbage and a TCP connection flood arrive, one client goes over
+# its rate limit, and its query log is rotated. Run from anywhere, as root:
 #
-#   DURATION=90 bash bench/soak.sh     # the short form (CI): one cycle of 9 phases, under 3 min in all
-#   DURATION=1800 bash bench/soak.sh   # the long form: 20 cycles, about 31 min
+#   DURATION=90 bash bench/soak.sh     # the short form (CI): one cycle of 10 phases, under 3 min in all
+#   DURATION=1800 bash bench/soak.sh   # the long form: 18 cycles, about 31 min
 #   OUT=/tmp/soak bash bench/soak.sh   # also keep the raw outputs (dnsperf, metrics, logs) there
 #   HEAP_PROFILE=1 bash bench/soak.sh  # also what grew on phonehome's heap, start to end (go tool pprof)
 #
 # It needs root, 2 cores and Go; Debian's dnsperf, util-linux (taskset,
 # unshare), iproute2 (ip) and curl it installs with apt-get when they are
-# missing. It builds phonehome, the stub upstream (internal/stubdns) and the
-# flood (bench/soak/flood).
+# missing. It builds phonehome, the stub upstream (internal/stubdns, run
+# twice) and the flood (bench/soak/flood).
 #
 # Everything runs inside a network namespace of its own with only loopback
 # (unshare -n), so no packet can leave the machine, and inside a PID
 # namespace, so every process it started dies with it. The whole run is
 # bounded by `timeout`. phonehome is pinned to CPU 0 (SERVER_CPU); dnsperf,
-# the stub and the flood share CPU 1 (LOAD_CPU); all at nice -19, in a
+# the stubs and the flood share CPU 1 (LOAD_CPU); all at nice -19, in a
 # session of their own (setsid) whose autogroup is at nice -19 too, so that
 # other work on the machine yields to them.
 #
-# phonehome listens on 127.0.0.1:5301, forwards to the stub on
-# 127.0.0.1:5300 (its only upstream: /etc/resolv.conf is never used) and
-# serves /metrics and the API on 127.0.0.1:8053. Its config: access.allow
-# 127.0.0.0/8, rate_limit RATE_LIMIT (300 q/s per client address), a cache
-# of 5,000 answers whose TTLs are cut to 5 s (so that cached names expire
-# and are served stale, EDE 3, while the upstream fails), telemetry and a
-# list of ads sinkholed, every query logged to a file, and its history
-# database (on by default) in the work directory.
+# phonehome listens on 127.0.0.1:5301, forwards to two stubs, the first on
+# 127.0.0.1:5300 and the second on 127.0.0.1:5302, listed in that order
+# (its only upstreams: /etc/resolv.conf is never used), and serves /metrics
+# and the API on 127.0.0.1:8053. Each stub has a -fault-file and a log of
+# its own. phonehome asks the first upstream, and the second too when the
+# first is slower than its hedge delay or backed off. Its config:
+# access.allow 127.0.0.0/8, rate_limit RATE_LIMIT (300 q/s per client
+# address), a cache of 5,000 answers whose TTLs are cut to 5 s (so that
+# cached names expire and are served stale, EDE 3, while the upstreams
+# fail), telemetry and a list of ads sinkholed, every query logged to a
+# file, and its history database (on by default) in the work directory.
 #
 # The load: CLIENTS (4) dnsperf processes, one per client address
 # (127.0.0.11, .12, ...), each at RATE (100) queries per second, started
@@ -40,19 +44,25 @@
 # EDNS0. A query without an answer within LOST_AFTER (5) seconds is lost.
 #
 # The schedule: after a warm-up (a good reload; 5,200 names from 8 other
-# addresses, to fill the cache; 15 s of the clients' load with the faults
-# on top of each other, so that phonehome has reached its working size; then idle
-# for 2 s, and until the reload's old forwarder is retired) the run is DURATION / (9 * PHASE)
-# cycles (at least 1) of nine phases of PHASE (10) seconds each:
-#   steady     load alone;
-#   restart    the stub is killed (SIGKILL) and restarted 3 s later;
-#   slow       the stub answers SLOW_DELAY (1.5 s) late;
-#   drop       the stub answers nothing;
-#   servfail   the stub answers SERVFAIL;
-#              (each of these three from the phase's start until 2 s
-#              before its end; the stub changes its ways on SIGHUP, from
-#              its -fault-file, without a restart, so that each phase
-#              shows one fault)
+# addresses, to fill the cache; 15 s of the clients' load with the faults,
+# on both stubs, on top of each other, so that phonehome has reached its
+# working size; then idle for 2 s, and until the reload's old forwarder is
+# retired) the run is DURATION / (10 * PHASE) cycles (at least 1) of ten
+# phases of PHASE (10) seconds each:
+#   steady     load alone, every upstream healthy;
+#   restart    both stubs are killed (SIGKILL) and restarted 3 s later;
+#   slow       both stubs answer SLOW_DELAY (1.5 s) late;
+#   drop       both stubs answer nothing;
+#   servfail   both stubs answer SERVFAIL;
+#              (in these four every upstream fails: stale answers and
+#              SERVFAILs are expected)
+#   failover   the first stub answers nothing, the second answers as
+#              ever: phonehome must fail over without the clients feeling
+#              it (issue 18 item 7);
+#              (slow, drop, servfail and failover each from the phase's
+#              start until 2 s before its end; a stub changes its ways on
+#              SIGHUP, from its -fault-file, without a restart, so that
+#              each phase shows one fault)
 #   reload     every 2 s a reload, alternating a good file (two versions in
 #              turn) and a broken one (bad YAML, then a bad value), by
 #              SIGHUP and by POST /api/reload in turn (which must answer
@@ -70,18 +80,33 @@
 # the allowed clients, answered, lost, SERVFAILs and their p99 latency
 # (from dnsperf -v); from phonehome's metrics, scraped at each phase's end,
 # the answers it sent to every client (phonehome_responses_total), stale
-# answers (source="stale": EDE 3) and queries dropped by the rate limit
-# (phonehome_refused_total{reason="rate_limit"}); the over-limit client
-# apart. Then resident memory (VmRSS), Go heap and stacks, goroutines
-# (go_goroutines) and open descriptors (/proc/PID/fd) at the start (idle
-# after the warm-up), at the end of each cycle (under load) and at the end
-# (idle again, after a settle time); and how busy the machine was:
-# phonehome's CPU, other work on its core, the time its threads waited for
-# a CPU, and UDP datagrams dropped at full receive buffers, by socket.
+# answers (source="stale": EDE 3), queries dropped by the rate limit
+# (phonehome_refused_total{reason="rate_limit"}), the queries it sent
+# upstream (phonehome_upstream_requests_total, answers, plus
+# phonehome_upstream_errors_total, failures; both upstreams) and the extra
+# ones among them (phonehome_upstream_hedges_total: sent to an upstream
+# while an earlier one was still awaited), and for the failover phases
+# what each upstream answered and which was backed off
+# (phonehome_upstream_healthy); the over-limit client apart. Then resident
+# memory (VmRSS), Go heap and stacks, goroutines (go_goroutines) and open
+# descriptors (/proc/PID/fd) at the start (idle after the warm-up), at the
+# end of each cycle (under load) and at the end (idle again, after a
+# settle time); and how busy the machine was: phonehome's CPU, other work
+# on its core, the time its threads waited for a CPU, and UDP datagrams
+# dropped at full receive buffers, by socket. results.tsv (with OUT) has
+# all of it per phase, phases.tsv each phase's wall-clock start, to read
+# phonehome's log (logs/phonehome.log: "upstream down", "upstream up") by.
 #
 # It exits 0 only when all of these hold:
 #   - no query from an allowed client was lost (the over-limit client's
 #     drops are expected and not counted);
+#   - in the failover phases the allowed clients got no SERVFAIL and lost
+#     no query, and the p99 of their latencies (over all those phases) is
+#     at most FAILOVER_P99_MS (300) ms;
+#   - in the steady phases the extra upstream queries are at most
+#     EXTRA_PCT (10)% of the upstream queries, and every upstream was
+#     healthy through them, as that figure assumes (not backed off at
+#     their start, none failing in them);
 #   - the rate limit dropped queries only in the ratelimit phases (so the
 #     allowed clients stayed under it), and did drop some there;
 #   - resident memory at the end is less than MEM_GROWTH (10)% above the
@@ -95,14 +120,16 @@
 set -euo pipefail
 
 # Tunables (environment).
-DURATION=${DURATION:-90}       # seconds of load: DURATION / (9 * PHASE) cycles of the nine phases, at least one
+DURATION=${DURATION:-90}       # seconds of load: DURATION / (10 * PHASE) cycles of the ten phases, at least one
 PHASE=${PHASE:-10}             # seconds per phase
 CLIENTS=${CLIENTS:-4}          # allowed client addresses, each with its own dnsperf (at most 8)
 RATE=${RATE:-100}              # queries per second per allowed client
 RATE_LIMIT=${RATE_LIMIT:-300}  # phonehome's access.rate_limit, per client address
 OVER_RATE=${OVER_RATE:-600}    # queries per second of the client over its limit
 LOST_AFTER=${LOST_AFTER:-5}    # dnsperf -t: seconds without an answer before a query counts as lost
-SLOW_DELAY=${SLOW_DELAY:-1500ms} # how late the slow stub answers (phonehome gives up on a try after 2 s)
+SLOW_DELAY=${SLOW_DELAY:-1500ms} # how late the slow stubs answer (phonehome gives up on a try after 2 s)
+FAILOVER_P99_MS=${FAILOVER_P99_MS:-300} # the failover phases' p99 latency allowed, ms
+EXTRA_PCT=${EXTRA_PCT:-10}     # extra upstream queries (hedges) allowed in the steady phases, % of the upstream queries
 FLOOD_UDP=${FLOOD_UDP:-2000}   # garbage datagrams a second in the flood phases
 FLOOD_TCP=${FLOOD_TCP:-400}    # TCP connections the flood keeps open (phonehome allows 256, 16 per address)
 SETTLE=${SETTLE:-15}           # seconds allowed after the load for goroutines and descriptors to return
@@ -110,13 +137,13 @@ MEM_GROWTH=${MEM_GROWTH:-10}   # % of resident memory growth allowed, start to e
 GOROUTINE_SLACK=${GOROUTINE_SLACK:-5}
 FD_SLACK=${FD_SLACK:-5}
 SERVER_CPU=${SERVER_CPU:-0}    # core of phonehome
-LOAD_CPU=${LOAD_CPU:-1}        # core of dnsperf, the stub and the flood
+LOAD_CPU=${LOAD_CPU:-1}        # core of dnsperf, the stubs and the flood
 NICE=${NICE:--19}
 OUT=${OUT:-}                   # keep raw outputs here
 HEAP_PROFILE=${HEAP_PROFILE:-0} # 1: heap profiles of phonehome at the start and the end (bench/soak/heapprofile)
 
-STUB_PORT=5300 PH_PORT=5301 HTTP_PORT=8053 # only ever bound on 127.0.0.1 in the namespace
-KINDS=(steady restart slow drop servfail reload flood ratelimit rotate)
+STUB_PORT=5300 STUB2_PORT=5302 PH_PORT=5301 HTTP_PORT=8053 # only ever bound on 127.0.0.1 in the namespace
+KINDS=(steady restart slow drop servfail failover reload flood ratelimit rotate)
 CYCLES=$((DURATION / (${#KINDS[@]} * PHASE)))
 ((CYCLES >= 1)) || CYCLES=1
 if ((CLIENTS < 1 || CLIENTS > 8)); then
@@ -196,7 +223,7 @@ if [[ -z ${SOAK_INSIDE:-} ]]; then
 	good() {
 		cat <<-EOF
 			listen: ["127.0.0.1:$PH_PORT"]
-			upstreams: ["127.0.0.1:$STUB_PORT"]
+			upstreams: ["127.0.0.1:$STUB_PORT", "127.0.0.1:$STUB2_PORT"]
 			http: "127.0.0.1:$HTTP_PORT"
 			access:
 			  allow: [127.0.0.0/8]
@@ -245,6 +272,7 @@ if [[ -z ${SOAK_INSIDE:-} ]]; then
 	in_namespace "$limit" SOAK_INSIDE=1 "SOAK_WORK=$work" "DURATION=$DURATION" "PHASE=$PHASE" "CLIENTS=$CLIENTS" "RATE=$RATE" "RATE_LIMIT=$RATE_LIMIT" \
 		"OVER_RATE=$OVER_RATE" "LOST_AFTER=$LOST_AFTER" "SLOW_DELAY=$SLOW_DELAY" "FLOOD_UDP=$FLOOD_UDP" "FLOOD_TCP=$FLOOD_TCP" \
 		"SETTLE=$SETTLE" "MEM_GROWTH=$MEM_GROWTH" "GOROUTINE_SLACK=$GOROUTINE_SLACK" "FD_SLACK=$FD_SLACK" \
+		"FAILOVER_P99_MS=$FAILOVER_P99_MS" "EXTRA_PCT=$EXTRA_PCT" \
 		"SERVER_CPU=$SERVER_CPU" "LOAD_CPU=$LOAD_CPU" "NICE=$NICE" "HEAP_PROFILE=$HEAP_PROFILE" || rc=$?
 
 	# What grew on the heap, start to end (HEAP_PROFILE=1).
@@ -310,7 +338,7 @@ scrape() {
 	local try
 	for try in 1 2 3; do
 		curl -s --max-time 5 "http://127.0.0.1:$HTTP_PORT/metrics" |
-			grep -E '^(go_goroutines|go_memstats_heap_inuse_bytes|go_memstats_stack_inuse_bytes|process_open_fds|process_resident_memory_bytes|phonehome_responses_total|phonehome_refused_total|phonehome_tcp_closed_total|phonehome_tcp_connections|phonehome_config_reloads_total|phonehome_querylog_dropped_total|phonehome_upstream_errors_total)[ {]' >"$1" || true
+			grep -E '^(go_goroutines|go_memstats_heap_inuse_bytes|go_memstats_stack_inuse_bytes|process_open_fds|process_resident_memory_bytes|phonehome_responses_total|phonehome_refused_total|phonehome_tcp_closed_total|phonehome_tcp_connections|phonehome_config_reloads_total|phonehome_querylog_dropped_total|phonehome_upstream_errors_total|phonehome_upstream_requests_total|phonehome_upstream_hedges_total|phonehome_upstream_healthy)[ {]' >"$1" || true
 		grep -q '^go_goroutines ' "$1" && return 0
 		sleep 0.5
 	done
@@ -334,48 +362,62 @@ host() {
 }
 fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 
-# The stub upstream, on the load core. stub_start starts it, answering,
-# and waits until it listens; stub_kill kills it (SIGKILL). stub_fault
-# [slow|drop|servfail] changes how it answers (nothing: normally) through
-# its -fault-file and SIGHUP, without a restart, and waits until it says so.
-stub=
+# The stub upstreams, on the load core: stub 1 on 127.0.0.1:STUB_PORT,
+# phonehome's first upstream, and stub 2 on STUB2_PORT, its second, each
+# with a -fault-file (stubN.fault) and a log (logs/stubN.log) of its own.
+# stub_start N... starts them, answering, and waits until each listens;
+# stub_kill N... kills them (SIGKILL). stub_fault FAULT N... changes how
+# they answer (FAULT slow, drop, servfail, or "" for normally) through
+# their -fault-files and SIGHUP, without a restart, and waits until each
+# says so.
+stub_pid=() stub_port=([1]=$STUB_PORT [2]=$STUB2_PORT)
 stub_start() {
-	local before
-	: >"$work/stub.fault"
-	before=$(grep -c listening "$work/logs/stub.log" 2>/dev/null || true)
-	"${on_load[@]}" "$bin/stubdns" -listen "127.0.0.1:$STUB_PORT" -fault-file "$work/stub.fault" 2>>"$work/logs/stub.log" &
-	stub=$!
-	for _ in $(seq 100); do
-		(($(grep -c listening "$work/logs/stub.log" || true) > before)) && return 0
-		sleep 0.02
+	local n before=()
+	for n in "$@"; do
+		: >"$work/stub$n.fault"
+		before[n]=$(grep -c listening "$work/logs/stub$n.log" 2>/dev/null || true)
+		"${on_load[@]}" "$bin/stubdns" -listen "127.0.0.1:${stub_port[n]}" -fault-file "$work/stub$n.fault" 2>>"$work/logs/stub$n.log" &
+		stub_pid[n]=$!
 	done
-	echo "the stub did not start" >&2
-	exit 1
+	for n in "$@"; do
+		for _ in $(seq 100); do
+			(($(grep -c listening "$work/logs/stub$n.log" || true) > before[n])) && continue 2
+			sleep 0.02
+		done
+		echo "stub $n did not start" >&2
+		exit 1
+	done
 }
 stub_kill() {
-	kill -KILL "$stub" 2>/dev/null || true
-	wait "$stub" 2>/dev/null || true
+	local n
+	for n in "$@"; do kill -KILL "${stub_pid[n]}" 2>/dev/null || true; done
+	for n in "$@"; do wait "${stub_pid[n]}" 2>/dev/null || true; done
 }
 stub_fault() {
-	local before
-	case ${1:-} in
-	slow) echo "slow $SLOW_DELAY" ;;
-	*) echo "${1:-}" ;;
-	esac >"$work/stub.fault"
-	before=$(grep -c '^fault:' "$work/logs/stub.log" || true)
-	if ! kill -HUP "$stub" 2>/dev/null; then
-		echo "the stub has exited; its log:" >&2
-		tail -n 5 "$work/logs/stub.log" >&2
-		exit 1
-	fi
-	for _ in $(seq 100); do
-		(($(grep -c '^fault:' "$work/logs/stub.log" || true) > before)) && return 0
-		sleep 0.01
+	local fault=$1 n before=()
+	shift
+	for n in "$@"; do
+		case $fault in
+		slow) echo "slow $SLOW_DELAY" ;;
+		*) echo "$fault" ;;
+		esac >"$work/stub$n.fault"
+		before[n]=$(grep -c '^fault:' "$work/logs/stub$n.log" || true)
+		if ! kill -HUP "${stub_pid[n]}" 2>/dev/null; then
+			echo "stub $n has exited; its log:" >&2
+			tail -n 5 "$work/logs/stub$n.log" >&2
+			exit 1
+		fi
 	done
-	echo "the stub did not take the fault ${1:-none}" >&2
-	exit 1
+	for n in "$@"; do
+		for _ in $(seq 100); do
+			(($(grep -c '^fault:' "$work/logs/stub$n.log" || true) > before[n])) && continue 2
+			sleep 0.01
+		done
+		echo "stub $n did not take the fault ${fault:-none}" >&2
+		exit 1
+	done
 }
-stub_start
+stub_start 1 2
 
 # phonehome, on its own core; its query log goes to a file of its own, its
 # history database where systemd's StateDirectory would put it: here, in
@@ -498,15 +540,15 @@ dnsperf_client() {
 # Warm-up, to bring phonehome to its working size before the start
 # level is taken: a good reload; the cache filled from 8 other addresses;
 # then a rehearsal of 15 s of the clients' load in which the faults come
-# on top of each other: the stub is killed and back 1.5 s later; for 8 s
-# it answers late (so queries pile up waiting, as they do in the fault
-# phases) while the over-limit client and the flood run and a broken
-# reload is refused; then it drops every query for 2 s; then 3 s of
-# health, so that the first phase does not start on a failing upstream;
+# on top of each other, on both stubs: they are killed and back 1.5 s
+# later; for 8 s they answer late (so queries pile up waiting, as they do
+# in the fault phases) while the over-limit client and the flood run and a
+# broken reload is refused; then they drop every query for 2 s; then 3 s
+# of health, so that the first phase does not start on failing upstreams;
 # then idle for 2 s, and at least until the good reload's old forwarder is
-# retired. Without
-# the rehearsal of every fault, the first cycle's peaks would raise the
-# resident memory the Go runtime keeps, which is not growth.
+# retired. Without the rehearsal of every fault, the first cycle's peaks
+# would raise the resident memory the Go runtime keeps, which is not
+# growth.
 # ---------------------------------------------------------------------------
 say "phonehome (pid $ph) serving; warming up"
 t_warm=$(now_ms)
@@ -531,10 +573,10 @@ for ((c = 1; c <= CLIENTS; c++)); do
 	warm+=($!)
 done
 gen_input 9 0 $((OVER_RATE * 9)) >"$work/inputs/0.over"
-stub_kill
+stub_kill 1 2
 sleep_until $((t_rehearsal + 1500))
-stub_start
-stub_fault slow
+stub_start 1 2
+stub_fault slow 1 2
 sleep_until $((t_rehearsal + 2000))
 reload 1 0
 # The over-limit client's drops are expected: its file is not a warm.* one.
@@ -542,9 +584,9 @@ PHASE=8 dnsperf_client 127.0.0.20 "$OVER_RATE" "$work/inputs/0.over" "$work/runs
 warm+=($!)
 "${on_load[@]}" "$bin/flood" -server "127.0.0.1:$PH_PORT" -from 127.0.66.1 -sources 20 -duration 8s \
 	-udp-rate "$FLOOD_UDP" -tcp-conns "$FLOOD_TCP" >"$work/runs/warm.flood" 2>&1 || true
-stub_fault drop
+stub_fault drop 1 2
 sleep_until $((t_rehearsal + 12000))
-stub_fault
+stub_fault "" 1 2
 wait "${warm[@]}" || true
 warm_lost=$(cat "$work"/runs/warm.* | awk '/Queries lost:/ { s += $3 } END { print s + 0 }')
 sleep 2
@@ -590,7 +632,7 @@ heap_profile 1
 # The phases.
 # ---------------------------------------------------------------------------
 nphases=$((CYCLES * ${#KINDS[@]}))
-printf 'phase\tcycle\tkind\n' >"$work/phases.tsv"
+printf 'phase\tcycle\tkind\tstart\n' >"$work/phases.tsv"
 t_load=$(now_ms)
 loads=() # the dnsperf processes started
 # host.tsv: per phase, phonehome's CPU use (% of a core), the other work
@@ -602,7 +644,8 @@ for ((i = 1; i <= nphases; i++)); do
 	cycle=$(((i - 1) / ${#KINDS[@]} + 1))
 	t0=$((t_load + (i - 1) * PHASE * 1000))
 	t_end=$((t0 + PHASE * 1000))
-	printf '%s\t%s\t%s\n' "$i" "$cycle" "$kind" >>"$work/phases.tsv"
+	# start: the phase's wall-clock time, to read phonehome's log by.
+	printf '%s\t%s\t%s\t%(%H:%M:%S)T.%03d\n' "$i" "$cycle" "$kind" $((t0 / 1000)) $((t0 % 1000)) >>"$work/phases.tsv"
 	for ((c = 1; c <= CLIENTS; c++)); do
 		gen_input "$c" "$i" $((RATE * PHASE * 12 / 10)) >"$work/inputs/$i.c$c"
 	done
@@ -627,14 +670,20 @@ for ((i = 1; i <= nphases; i++)); do
 
 	case $kind in
 	restart)
-		stub_kill
+		stub_kill 1 2
 		sleep_until $((t0 + 3000))
-		stub_start
+		stub_start 1 2
 		;;
 	slow | drop | servfail)
-		stub_fault "$kind"
+		stub_fault "$kind" 1 2
 		sleep_until $((t_end - 2000))
-		stub_fault
+		stub_fault "" 1 2
+		;;
+	failover)
+		# The first upstream silent, the second as ever.
+		stub_fault drop 1
+		sleep_until $((t_end - 2000))
+		stub_fault "" 1
 		;;
 	reload)
 		for ((j = 0; j * 2 < PHASE - 1; j++)); do
@@ -709,18 +758,23 @@ if running "$ph"; then
 	ph_rc=killed
 fi
 wait "$ph" && ph_rc=${ph_rc:-0} || ph_rc=${ph_rc:-$?}
-stub_kill
+stub_kill 1 2
 
 # ---------------------------------------------------------------------------
 # The report.
 # ---------------------------------------------------------------------------
 # Per phase: the allowed clients' counts from dnsperf's statistics, their
 # latencies from its per-query lines ("> RCODE name type seconds"), the
-# over-limit client's apart; stale answers and rate-limit drops from the
-# metrics at the phase's two ends.
-printf 'phase\tcycle\tkind\tsent\tanswered\tlost\tservfail\tother_rcodes\tstale\trate_limited\tover_sent\tover_answered\tover_lost\tmalformed\ttcp_closed_at_once\tp99_ms\tphonehome_answers\tphonehome_cpu\tother_cpu\trcvbuf_errors\trunqueue_ms\n' >"$work/results.tsv"
+# over-limit client's apart; stale answers, rate-limit drops and upstream
+# queries from the metrics at the phase's two ends: the queries sent
+# upstream (answers plus failures, both upstreams), the extra ones
+# (hedges), each upstream's answers and failures, and whether each was
+# healthy at the phase's end (phonehome_upstream_healthy: 0 while backed
+# off, set when phonehome marks it down or up).
+printf 'phase\tcycle\tkind\tsent\tanswered\tlost\tservfail\tother_rcodes\tstale\trate_limited\tover_sent\tover_answered\tover_lost\tmalformed\ttcp_closed_at_once\tp99_ms\tphonehome_answers\tphonehome_cpu\tother_cpu\trcvbuf_errors\trunqueue_ms\tupstream_queries\tupstream_hedges\tupstream1_answers\tupstream1_failures\tupstream2_answers\tupstream2_failures\tupstream1_healthy\tupstream2_healthy\n' >"$work/results.tsv"
+up1="upstream=\"127.0.0.1:$STUB_PORT\"" up2="upstream=\"127.0.0.1:$STUB2_PORT\""
 prev=$work/metrics/start
-while IFS=$'\t' read -r i cycle kind; do
+while IFS=$'\t' read -r i cycle kind _; do
 	[[ $i == phase ]] && continue
 	m=$work/metrics/$i
 	read -r sent answered lost servfail other < <(awk '
@@ -736,12 +790,16 @@ while IFS=$'\t' read -r i cycle kind; do
 			END { print s + 0, a + 0, l + 0 }' "$work/runs/$i.over")
 	fi
 	d() { echo $(($(metric "$m" "$@") - $(metric "$prev" "$@"))); }
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "$cycle" "$kind" \
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "$cycle" "$kind" \
 		"$sent" "$answered" "$lost" "$servfail" "$other" \
 		"$(d phonehome_responses_total 'source="stale"')" "$(d phonehome_refused_total 'reason="rate_limit"')" \
 		"${over[@]}" "$(d phonehome_refused_total 'reason="malformed"')" \
 		"$(($(d phonehome_tcp_closed_total 'reason="limit"') + $(d phonehome_tcp_closed_total 'reason="per_client"')))" \
 		"$p99" "$(d phonehome_responses_total)" "$(awk -F'\t' -v i="$i" '$1 == i { print $2 "\t" $3 "\t" $4 "\t" $5 }' "$work/host.tsv")" \
+		"$(($(d phonehome_upstream_requests_total) + $(d phonehome_upstream_errors_total)))" "$(d phonehome_upstream_hedges_total)" \
+		"$(d phonehome_upstream_requests_total "$up1")" "$(d phonehome_upstream_errors_total "$up1")" \
+		"$(d phonehome_upstream_requests_total "$up2")" "$(d phonehome_upstream_errors_total "$up2")" \
+		"$(metric "$m" phonehome_upstream_healthy "$up1")" "$(metric "$m" phonehome_upstream_healthy "$up2")" \
 		>>"$work/results.tsv"
 	prev=$m
 done <"$work/phases.tsv"
@@ -777,10 +835,11 @@ awk -F'\t' -v p99f="$work/p99.tsv" '
 BEGIN {
 	while ((getline l < p99f) > 0) { split(l, a, "\t"); p99[a[1]] = a[2] }
 	what["steady"] = "load alone"
-	what["restart"] = "stub killed, back after 3 s"
-	what["slow"] = "stub answers " ENVIRON["SLOW_DELAY"] " late"
-	what["drop"] = "stub answers nothing"
-	what["servfail"] = "stub answers SERVFAIL"
+	what["restart"] = "stubs killed, back after 3 s"
+	what["slow"] = "stubs answer " ENVIRON["SLOW_DELAY"] " late"
+	what["drop"] = "stubs answer nothing"
+	what["servfail"] = "stubs answer SERVFAIL"
+	what["failover"] = "first stub silent, second ok"
 	what["reload"] = "reload every 2 s, good/broken"
 	what["flood"] = "garbage UDP + TCP flood"
 	what["ratelimit"] = "one client over its limit"
@@ -790,22 +849,31 @@ NR == 1 { next }
 {
 	k = $3; if (!(k in n)) order[++nk] = k
 	n[k]++
-	for (c = 4; c <= 17; c++) if (c != 16) s[k, c] += $c
+	for (c = 4; c <= 27; c++) if (c != 16 && (c < 18 || c > 21)) s[k, c] += $c
+	# The first upstream backed off at the end of a failover phase; the
+	# second at its start (the end of the phase before).
+	if (k == "failover") { down1 += !$28; down2 += !prev2 }
+	prev2 = $29
 }
 END {
 	printf "\nphonehome soak: %d cycle(s) of %d phases of %d s; %d clients at %d q/s each (rate limit %d), one more at %d q/s in ratelimit phases\n",
 		ENVIRON["CYCLES"], nk, ENVIRON["PHASE"], ENVIRON["CLIENTS"], ENVIRON["RATE"], ENVIRON["RATE_LIMIT"], ENVIRON["OVER_RATE"]
 	printf "lost: no answer within %d s; stale: answers with EDE 3 (phonehome_responses_total{source=\"stale\"}, all clients)\n\n", ENVIRON["LOST_AFTER"]
-	printf "columns: the allowed clients queries sent, answered, lost, SERVFAILs and p99; phonehome answers sent to every client, stale answers\n"
-	printf "and queries dropped by the rate limit (phonehome_refused_total{reason=\"rate_limit\"}), from its metrics\n\n"
-	fmt = "%-10s %-31s %8s %8s %5s %8s %8s %9s %6s %7s\n"
-	printf fmt, "phase", "what", "sent", "answered", "lost", "SERVFAIL", "p99 ms", "phonehome", "stale", "limited"
+	printf "columns: the allowed clients queries sent, answered, lost, SERVFAILs and p99; phonehome answers sent to every client, stale answers,\n"
+	printf "queries dropped by the rate limit (phonehome_refused_total{reason=\"rate_limit\"}), queries sent upstream (phonehome_upstream_requests_total\n"
+	printf "+ phonehome_upstream_errors_total, both upstreams) and the extra ones among them (phonehome_upstream_hedges_total), from its metrics\n\n"
+	fmt = "%-10s %-31s %8s %8s %5s %8s %8s %9s %6s %7s %8s %13s\n"
+	printf fmt, "phase", "what", "sent", "answered", "lost", "SERVFAIL", "p99 ms", "phonehome", "stale", "limited", "upstream", "extra"
 	for (j = 1; j <= nk; j++) {
 		k = order[j]
-		printf "%-10s %-31s %8d %8d %5d %8d %8s %9d %6d %7d\n", k, what[k], s[k, 4], s[k, 5], s[k, 6], s[k, 7], p99[k], s[k, 17], s[k, 9], s[k, 10]
-		T4 += s[k, 4]; T5 += s[k, 5]; T6 += s[k, 6]; T7 += s[k, 7]; T9 += s[k, 9]; T10 += s[k, 10]; T17 += s[k, 17]
+		printf "%-10s %-31s %8d %8d %5d %8d %8s %9d %6d %7d %8d %13s\n", k, what[k], s[k, 4], s[k, 5], s[k, 6], s[k, 7], p99[k], s[k, 17], s[k, 9], s[k, 10],
+			s[k, 22], sprintf("%d (%.1f%%)", s[k, 23], s[k, 22] ? 100 * s[k, 23] / s[k, 22] : 0)
+		T4 += s[k, 4]; T5 += s[k, 5]; T6 += s[k, 6]; T7 += s[k, 7]; T9 += s[k, 9]; T10 += s[k, 10]; T17 += s[k, 17]; T22 += s[k, 22]; T23 += s[k, 23]
 	}
-	printf "%-10s %-31s %8d %8d %5d %8d %8s %9d %6d %7d\n", "all", "", T4, T5, T6, T7, "", T17, T9, T10
+	printf "%-10s %-31s %8d %8d %5d %8d %8s %9d %6d %7d %8d %13s\n", "all", "", T4, T5, T6, T7, "", T17, T9, T10, T22, sprintf("%d (%.1f%%)", T23, T22 ? 100 * T23 / T22 : 0)
+	if (n["failover"])
+		printf "\nfailover phases (first upstream silent): the first upstream answered %d queries and failed %d, the second answered %d and failed %d;\n  %d extra upstream queries; the first upstream was backed off at the end of %d of %d, the second at the start of %d (phonehome_upstream_healthy)\n",
+			s["failover", 24], s["failover", 25], s["failover", 26], s["failover", 27], s["failover", 23], down1, n["failover"], down2
 	if (s["ratelimit", 11] > 0)
 		printf "\nthe over-limit client (127.0.0.20, %d q/s): %d sent, %d answered, %d dropped by the rate limit (not counted as lost)\n",
 			ENVIRON["OVER_RATE"], s["ratelimit", 11], s["ratelimit", 12], s["ratelimit", 13]
@@ -838,9 +906,28 @@ lost=$(awk -F'\t' 'NR > 1 { s += $6 } END { print s + 0 }' "$work/results.tsv")
 limited_elsewhere=$(awk -F'\t' 'NR > 1 && $3 != "ratelimit" { s += $10 } END { print s + 0 }' "$work/results.tsv")
 limited_there=$(awk -F'\t' 'NR > 1 && $3 == "ratelimit" { s += $10 } END { print s + 0 }' "$work/results.tsv")
 growth=$(awk -v a="$rss_start" -v b="$rss_end" 'BEGIN { printf "%+.1f", 100 * (b - a) / a }')
+# The failover phases: the allowed clients' queries, lost ones and
+# SERVFAILs, and the p99 over all those phases. The steady phases: upstream
+# queries and the extra ones (hedges) among them, and whether every
+# upstream was healthy through them, as the figure assumes: healthy at a
+# phase's start (phonehome_upstream_healthy at the end of the phase before)
+# and no upstream failure in it (only a failure backs an upstream off).
+read -r fo_sent fo_lost fo_servfail < <(awk -F'\t' 'NR > 1 && $3 == "failover" { s += $4; l += $6; f += $7 } END { print s + 0, l + 0, f + 0 }' "$work/results.tsv")
+fo_p99=$(awk -F'\t' '$1 == "failover" { print $2 }' "$work/p99.tsv")
+read -r st_up st_extra < <(awk -F'\t' 'NR > 1 && $3 == "steady" { q += $22; h += $23 } END { print q + 0, h + 0 }' "$work/results.tsv")
+st_pct=$(awk -v q="$st_up" -v h="$st_extra" 'BEGIN { printf "%.1f", q ? 100 * h / q : 0 }')
+read -r st_n st_unhealthy < <(awk -F'\t' -v h1="$(metric "$work/metrics/start" phonehome_upstream_healthy "$up1")" \
+	-v h2="$(metric "$work/metrics/start" phonehome_upstream_healthy "$up2")" '
+	NR > 1 && $3 == "steady" { n++; if (!(h1 && h2) || $25 || $27) u++ }
+	NR > 1 { h1 = $28; h2 = $29 }
+	END { print n + 0, u + 0 }' "$work/results.tsv")
 echo
 echo "checks:"
 check "$((lost == 0 && warm_lost == 0))" "no allowed client's query lost: $lost lost in the phases, $warm_lost in the warm-up"
+check "$((fo_sent > 0 && fo_lost == 0 && fo_servfail == 0))" "failover phases (first upstream silent): no SERVFAIL and no query lost: $fo_servfail SERVFAILs, $fo_lost lost of $fo_sent sent"
+check "$(awk -v p="${fo_p99:-0}" -v m="$FAILOVER_P99_MS" 'BEGIN { print (p <= m) }')" "failover phases' p99 latency: ${fo_p99:-none} ms (limit $FAILOVER_P99_MS ms)"
+check "$((st_up > 0 && st_extra * 100 <= EXTRA_PCT * st_up))" "extra upstream queries with every upstream healthy (steady phases): $st_extra of $st_up upstream queries (${st_pct}%, limit ${EXTRA_PCT}%)"
+check "$((st_unhealthy == 0))" "every upstream healthy through the steady phases (so the figure above measures hedging): $st_unhealthy of $st_n had an upstream backed off at its start or failing in it"
 check "$((limited_elsewhere == 0 && limited_there > 0))" "the rate limit dropped only the over-limit client's queries: $limited_there in ratelimit phases, $limited_elsewhere elsewhere"
 check "$(awk -v g="$growth" -v m="$MEM_GROWTH" 'BEGIN { print (g < m) }')" "resident memory from start to end: $((rss_start / 1024)) -> $((rss_end / 1024)) MB (${growth}%, limit +${MEM_GROWTH}%)"
 check "$((gr_end <= gr_start + GOROUTINE_SLACK))" "goroutines back to the start level within ${settle_s}s: $gr_start -> $gr_end (slack $GOROUTINE_SLACK)"
