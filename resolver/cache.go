@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"slices"
 	"strings"
 	"time"
 
@@ -22,10 +23,15 @@ type Cache struct {
 // garbage collector need not trace through thousands of messages' records on
 // every cycle, which held up answers by milliseconds when it ran.
 type cached struct {
-	wire    []byte
+	wire    []byte // compressed, without an OPT record
 	stored  time.Time
 	expires time.Time
 	chain   *Chain // nil without a CNAME
+	// For the UDP loop's wire path (wire.go): where the question ends
+	// and where each record's TTL is in wire; ttls is nil when wire
+	// cannot be patched.
+	qend uint16
+	ttls []uint16
 }
 
 const (
@@ -51,18 +57,30 @@ func NewCache(size int, minTTL, maxTTL time.Duration, now func() time.Time) *Cac
 // the DO and CD bits.
 func Key(q *dns.Msg) string {
 	qq := q.Question[0]
+	o := q.IsEdns0()
+	return keyOf(qq.Name, qq.Qtype, qq.Qclass, o != nil && o.Do(), q.CheckingDisabled)
+}
+
+// keyOf is Key of a query's parts.
+func keyOf(name string, qtype, qclass uint16, do, cd bool) string {
 	var b strings.Builder
-	b.Grow(len(qq.Name) + 12)
-	b.WriteString(strings.ToLower(qq.Name))
-	b.WriteByte(byte(qq.Qtype >> 8))
-	b.WriteByte(byte(qq.Qtype))
-	b.WriteByte(byte(qq.Qclass >> 8))
-	b.WriteByte(byte(qq.Qclass))
+	b.Grow(len(name) + 5)
+	for i := range len(name) {
+		c := name[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b.WriteByte(c)
+	}
+	b.WriteByte(byte(qtype >> 8))
+	b.WriteByte(byte(qtype))
+	b.WriteByte(byte(qclass >> 8))
+	b.WriteByte(byte(qclass))
 	var flags byte
-	if o := q.IsEdns0(); o != nil && o.Do() {
+	if do {
 		flags |= 1
 	}
-	if q.CheckingDisabled {
+	if cd {
 		flags |= 2
 	}
 	b.WriteByte(flags)
@@ -110,6 +128,23 @@ func (c *Cache) lookup(key string, stale bool) (*dns.Msg, *Chain) {
 	age := uint32(now.Sub(e.stored) / time.Second)
 	headers(m, func(h *dns.RR_Header) { h.Ttl -= min(h.Ttl, age) })
 	return m, e.chain
+}
+
+// fresh returns the entry for key while it is fresh, and its age in
+// seconds, for the wire path; or nil.
+func (c *Cache) fresh(key string) (*cached, uint32) {
+	if c.lru == nil {
+		return nil, 0
+	}
+	e, ok := c.lru.Get(key)
+	if !ok {
+		return nil, 0
+	}
+	now := c.now()
+	if !now.Before(e.expires) {
+		return nil, 0
+	}
+	return e, uint32(now.Sub(e.stored) / time.Second)
 }
 
 // forgetDecisions drops what every cached alias chain remembers of a
@@ -161,6 +196,10 @@ func (c *Cache) Put(key string, m *dns.Msg, chain *Chain) {
 		return
 	}
 	m = m.Copy()
+	// Stored without the upstream's OPT record, which no answer passes
+	// on (reply adds phonehome's own), and compressed, as sent.
+	m.Extra = slices.DeleteFunc(m.Extra, func(rr dns.RR) bool { return rr.Header().Rrtype == dns.TypeOPT })
+	m.Compress = true
 	now := c.now()
 	headers(m, func(h *dns.RR_Header) {
 		if time.Duration(h.Ttl)*time.Second > ttl {
@@ -173,7 +212,11 @@ func (c *Cache) Put(key string, m *dns.Msg, chain *Chain) {
 	if err != nil {
 		return
 	}
-	c.lru.Add(key, &cached{wire: wire, stored: now, expires: now.Add(ttl), chain: chain})
+	e := &cached{wire: wire, stored: now, expires: now.Add(ttl), chain: chain}
+	if qend, ttls, ok := wireRecords(wire); ok {
+		e.qend, e.ttls = uint16(qend), ttls
+	}
+	c.lru.Add(key, e)
 }
 
 func (c *Cache) clamp(d time.Duration) time.Duration {

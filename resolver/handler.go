@@ -162,7 +162,13 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	q := req.Question[0]
 	a.Question, a.Decision = q, st.Policy.Decide(client, q.Name)
 	h.pauseIfAsked(&a.Decision)
+	h.serveDecided(w, req, st, a)
+}
 
+// serveDecided answers a query the policy has decided (a.Decision): the
+// rest of ServeDNS, which the UDP loop's wire path (wire.go) also ends in
+// when it cannot answer a query itself.
+func (h *Handler) serveDecided(w dns.ResponseWriter, req *dns.Msg, st *State, a Answer) {
 	// 5. Sinkholed names are answered here and never reach an upstream.
 	if a.Decision.Action == policy.Sinkhole {
 		h.sinkhole(w, req, st, a)

@@ -137,6 +137,9 @@ func (s *udpServer) handle(w *batchWriter, b []byte) {
 	if b[2]&0x80 != 0 { // QR: a response
 		return
 	}
+	if s.h.serveWire(w, b) != wireNotMine { // cache hits and sinkholed names, mostly (wire.go)
+		return
+	}
 	req := new(dns.Msg)
 	if err := req.Unpack(b); err != nil {
 		s.h.counters.Malformed.Add(1)

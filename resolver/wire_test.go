@@ -1,0 +1,244 @@
+package resolver
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/net/ipv4"
+
+	"github.com/phonehome/phonehome/internal/dnstest"
+)
+
+// wireAsk runs one packed query through the UDP loop's handling (the wire
+// path first, as udpServer.handle does) and returns the answer it queued
+// and whether the wire path answered it itself.
+func wireAsk(t *testing.T, s *testServer, b []byte) (*dns.Msg, bool) {
+	t.Helper()
+	w := &batchWriter{udpReply: udpReply{addr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4242}},
+		batch: &batch{out: make([]ipv4.Message, 1)}, buf: make([]byte, 0, maxUDP)}
+	res := s.h.serveWire(w, b)
+	if res == wireNotMine {
+		req := new(dns.Msg)
+		if err := req.Unpack(b); err != nil {
+			t.Fatal(err)
+		}
+		s.h.ServeDNS(w, req)
+	}
+	if w.batch.n != 1 {
+		t.Fatalf("%d answers queued", w.batch.n)
+	}
+	r := new(dns.Msg)
+	if err := r.Unpack(w.batch.out[0].Buffers[0]); err != nil {
+		t.Fatalf("the answer does not unpack: %v", err)
+	}
+	return r, res == wireAnswered
+}
+
+// slowAsk answers the same query through ServeDNS alone, as a UDP query,
+// and returns the answer as the client would read it.
+func slowAsk(t *testing.T, s *testServer, b []byte) *dns.Msg {
+	t.Helper()
+	req := new(dns.Msg)
+	if err := req.Unpack(b); err != nil {
+		t.Fatal(err)
+	}
+	w := &fakeWriter{remote: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4242}}
+	s.h.ServeDNS(w, req)
+	if len(w.msgs) != 1 {
+		t.Fatalf("%d answers", len(w.msgs))
+	}
+	p, err := w.msgs[0].Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := new(dns.Msg)
+	if err := r.Unpack(p); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestWirePath: every query the wire path answers gets the answer
+// ServeDNS gives it, record for record (TTLs within the second the two
+// calls may straddle), and the queries it is not for go to ServeDNS.
+func TestWirePath(t *testing.T) {
+	up := dnstest.Start(t)
+	up.SetChain("alias.example.", "edge.cdn.example.", "e1.cdn.example.")
+	up.SetChain("to-telemetry.example.", "v10.events.data.microsoft.com.")
+	s := start(t, "sinkhole: {ttl: 1m}\n", up)
+
+	type variant struct {
+		name       string
+		build      func(m *dns.Msg)
+		fast, warm bool // the wire path answers it; warm the cache first
+	}
+	edns := func(size uint16, do bool, opts ...dns.EDNS0) func(m *dns.Msg) {
+		return func(m *dns.Msg) {
+			m.SetEdns0(size, do)
+			m.IsEdns0().Option = opts
+		}
+	}
+	var variants []variant
+	for _, name := range []string{"www.example.com.", "WwW.ExAmPlE.cOm.", "alias.example.", "a-b_c.example."} {
+		// Spelt otherwise than the cached question (asked first in
+		// lower case), a name goes to ServeDNS.
+		fast := name != "WwW.ExAmPlE.cOm."
+		for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeMX} {
+			n, qt := name, qtype
+			variants = append(variants,
+				variant{fmt.Sprintf("%s %s", n, dns.TypeToString[qt]), func(m *dns.Msg) { m.SetQuestion(n, qt) }, fast, true},
+				variant{fmt.Sprintf("%s %s edns", n, dns.TypeToString[qt]), func(m *dns.Msg) { m.SetQuestion(n, qt); edns(1232, false)(m) }, fast, true},
+				variant{fmt.Sprintf("%s %s do cd", n, dns.TypeToString[qt]), func(m *dns.Msg) {
+					m.SetQuestion(n, qt)
+					m.CheckingDisabled = true
+					edns(4096, true)(m)
+				}, fast, true},
+			)
+		}
+	}
+	variants = append(variants,
+		variant{"sinkholed A", func(m *dns.Msg) { m.SetQuestion("v10.events.data.microsoft.com.", dns.TypeA) }, true, false},
+		variant{"sinkholed AAAA edns", func(m *dns.Msg) {
+			m.SetQuestion("V10.Events.Data.Microsoft.Com.", dns.TypeAAAA)
+			edns(1232, false)(m)
+		}, true, false},
+		variant{"sinkholed A cookie", func(m *dns.Msg) {
+			m.SetQuestion("v10.events.data.microsoft.com.", dns.TypeA)
+			edns(512, true, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"})(m)
+		}, true, false},
+		variant{"sinkholed TXT: a SOA, from ServeDNS", func(m *dns.Msg) { m.SetQuestion("v10.events.data.microsoft.com.", dns.TypeTXT) }, false, false},
+		variant{"alias of a sinkholed name: ServeDNS", func(m *dns.Msg) { m.SetQuestion("to-telemetry.example.", dns.TypeA) }, false, true},
+		variant{"no RD", func(m *dns.Msg) { m.SetQuestion("www.example.com.", dns.TypeA); m.RecursionDesired = false }, true, true},
+		variant{"client subnet: ServeDNS", func(m *dns.Msg) {
+			m.SetQuestion("www.example.com.", dns.TypeA)
+			edns(1232, false, &dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: net.IPv4(192, 0, 2, 0)})(m)
+		}, false, true},
+		variant{"escaped name: ServeDNS", func(m *dns.Msg) { m.SetQuestion(`a\.b.example.`, dns.TypeA) }, false, true},
+		variant{"ANY: ServeDNS", func(m *dns.Msg) { m.SetQuestion("www.example.com.", dns.TypeANY) }, false, false},
+		variant{"canary: ServeDNS", func(m *dns.Msg) { m.SetQuestion("use-application-dns.net.", dns.TypeA) }, false, false},
+		variant{"DDR: ServeDNS", func(m *dns.Msg) { m.SetQuestion("_dns.resolver.arpa.", dns.TypeSVCB) }, false, false},
+		variant{"CHAOS: ServeDNS", func(m *dns.Msg) {
+			m.SetQuestion("version.bind.", dns.TypeTXT)
+			m.Question[0].Qclass = dns.ClassCHAOS
+		}, false, false},
+	)
+
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			q := new(dns.Msg)
+			v.build(q)
+			q.Id = 0xbeef
+			b, err := q.Pack()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.warm {
+				slowAsk(t, s, b)
+			}
+			s.clock.set(7 * time.Second) // the cached TTLs have gone down
+			defer s.clock.set(0)
+			fast, took := wireAsk(t, s, b)
+			slow := slowAsk(t, s, b)
+			if took != v.fast {
+				t.Errorf("the wire path answered it: %v, want %v", took, v.fast)
+			}
+			ttlFast, ttlSlow := ttlsOf(fast), ttlsOf(slow)
+			for i := range min(len(ttlFast), len(ttlSlow)) {
+				if d := int(ttlFast[i]) - int(ttlSlow[i]); d < -1 || d > 1 {
+					t.Errorf("record %d: TTL %d on the wire path, %d from ServeDNS", i, ttlFast[i], ttlSlow[i])
+				}
+			}
+			setTTLs(fast, 0)
+			setTTLs(slow, 0)
+			if fast.String() != slow.String() {
+				t.Errorf("the wire path answered\n%s\nServeDNS\n%s", fast, slow)
+			}
+			if v.warm && ttlSlow[0] > 300-7 {
+				t.Errorf("a cached answer 7 s old has TTL %d", ttlSlow[0])
+			}
+		})
+	}
+}
+
+func ttlsOf(m *dns.Msg) (ttls []uint32) {
+	headers(m, func(h *dns.RR_Header) { ttls = append(ttls, h.Ttl) })
+	return ttls
+}
+
+func setTTLs(m *dns.Msg, ttl uint32) { headers(m, func(h *dns.RR_Header) { h.Ttl = ttl }) }
+
+// TestWireTooBig: a cached answer larger than the client takes is left to
+// ServeDNS, which truncates it.
+func TestWireTooBig(t *testing.T) {
+	up := dnstest.Start(t)
+	up.SetHandler(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg).SetReply(r)
+		for i := range 40 {
+			rr, _ := dns.NewRR(fmt.Sprintf("%s 300 IN A 192.0.2.%d", r.Question[0].Name, i+1))
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})
+	s := start(t, "", up)
+	q := new(dns.Msg).SetQuestion("many.example.", dns.TypeA)
+	q.SetEdns0(4096, false)
+	big, _ := q.Pack()
+	slowAsk(t, s, big) // cached over a large EDNS size
+	q = new(dns.Msg).SetQuestion("many.example.", dns.TypeA)
+	b, _ := q.Pack()
+	r, took := wireAsk(t, s, b)
+	if took || !r.Truncated || len(r.Answer) != 0 {
+		t.Errorf("an answer over 512 bytes to a client without EDNS: wire path %v, TC %v, %d records", took, r.Truncated, len(r.Answer))
+	}
+	r, took = wireAsk(t, s, big)
+	if !took || len(r.Answer) != 40 {
+		t.Errorf("the same within 1232 bytes: wire path %v, %d records", took, len(r.Answer))
+	}
+}
+
+// FuzzParseWire: whatever parseWire takes, miekg/dns reads the same way:
+// the same ID, flags, question (name as sent), EDNS0 size and DO bit.
+//
+//	go test -run '^$' -fuzz FuzzParseWire -fuzztime 1m ./resolver
+func FuzzParseWire(f *testing.F) {
+	for _, build := range []func(m *dns.Msg){
+		func(m *dns.Msg) { m.SetQuestion("www.example.com.", dns.TypeA) },
+		func(m *dns.Msg) { m.SetQuestion("A-b_C.example.", dns.TypeAAAA); m.SetEdns0(1232, true) },
+		func(m *dns.Msg) {
+			m.SetQuestion("x.example.", dns.TypeMX)
+			m.SetEdns0(4096, false)
+			m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"}}
+		},
+	} {
+		m := new(dns.Msg)
+		build(m)
+		b, _ := m.Pack()
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var q wireQuery
+		if !parseWire(b, &q) {
+			return
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(b); err != nil {
+			t.Fatalf("parseWire took what miekg/dns does not: %v", err)
+		}
+		want := wireQuery{id: m.Id, rd: m.RecursionDesired, cd: m.CheckingDisabled, name: m.Question[0].Name,
+			qtype: m.Question[0].Qtype, qclass: m.Question[0].Qclass, size: dns.MinMsgSize}
+		if o := m.IsEdns0(); o != nil {
+			want.edns, want.do, want.size = true, o.Do(), max(dns.MinMsgSize, min(int(o.UDPSize()), maxUDP))
+		}
+		want.question = q.question
+		if fmt.Sprint(q) != fmt.Sprint(want) {
+			t.Fatalf("parseWire read %+v, miekg/dns %+v", q, want)
+		}
+		if !bytes.HasPrefix(b[12:], q.question) {
+			t.Fatal("the question is not the packet's")
+		}
+	})
+}
