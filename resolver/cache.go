@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"encoding/binary"
 	"slices"
 	"strings"
 	"time"
@@ -195,29 +196,38 @@ func (c *Cache) Put(key string, m *dns.Msg, chain *Chain) {
 	if ttl <= 0 {
 		return
 	}
-	m = m.Copy()
 	// Stored without the upstream's OPT record, which no answer passes
-	// on (reply adds phonehome's own), and compressed, as sent.
-	m.Extra = slices.DeleteFunc(m.Extra, func(rr dns.RR) bool { return rr.Header().Rrtype == dns.TypeOPT })
-	m.Compress = true
-	now := c.now()
-	headers(m, func(h *dns.RR_Header) {
-		if time.Duration(h.Ttl)*time.Second > ttl {
-			h.Ttl = uint32(ttl / time.Second)
-		} else if time.Duration(h.Ttl)*time.Second < c.minTTL {
-			h.Ttl = uint32(c.minTTL / time.Second)
-		}
-	})
-	wire, err := m.Pack()
+	// on (reply adds phonehome's own), and compressed, as sent; packed
+	// from a shallow copy (m is the caller's, and packing changes no
+	// record), with the TTLs clamped in the packed bytes.
+	p := *m
+	if slices.ContainsFunc(p.Extra, isOPT) {
+		p.Extra = slices.DeleteFunc(slices.Clone(p.Extra), isOPT)
+	}
+	p.Compress = true
+	wire, err := p.Pack()
 	if err != nil {
 		return
 	}
-	e := &cached{wire: wire, stored: now, expires: now.Add(ttl), chain: chain}
-	if qend, ttls, ok := wireRecords(wire); ok {
-		e.qend, e.ttls = uint16(qend), ttls
+	qend, ttls, ok := wireRecords(wire)
+	if !ok {
+		return
 	}
+	maxTTL, minTTL := uint32(ttl/time.Second), uint32(c.minTTL/time.Second)
+	for _, off := range ttls {
+		switch t := binary.BigEndian.Uint32(wire[off:]); {
+		case t > maxTTL:
+			binary.BigEndian.PutUint32(wire[off:], maxTTL)
+		case t < minTTL:
+			binary.BigEndian.PutUint32(wire[off:], minTTL)
+		}
+	}
+	now := c.now()
+	e := &cached{wire: wire, stored: now, expires: now.Add(ttl), chain: chain, qend: uint16(qend), ttls: ttls}
 	c.lru.Add(key, e)
 }
+
+func isOPT(rr dns.RR) bool { return rr.Header().Rrtype == dns.TypeOPT }
 
 func (c *Cache) clamp(d time.Duration) time.Duration {
 	if d < c.minTTL {

@@ -42,9 +42,10 @@ type Forwarder struct {
 
 // call is one upstream exchange that several identical queries wait for.
 type call struct {
-	done chan struct{}
-	r    *dns.Msg
-	err  error
+	done   chan struct{}
+	r      *dns.Msg
+	err    error
+	shared bool // another query waits for it too (under Forwarder.mu)
 }
 
 // ErrOverload is returned at once when too many queries wait on upstreams.
@@ -92,6 +93,7 @@ func NewForwarder(ups []*Upstream, max int, log *slog.Logger) *Forwarder {
 func (f *Forwarder) Forward(ctx context.Context, key string, q *dns.Msg) (*dns.Msg, error) {
 	f.mu.Lock()
 	if c, ok := f.pending[key]; ok {
+		c.shared = true
 		f.mu.Unlock()
 		select {
 		case <-c.done:
@@ -117,11 +119,15 @@ func (f *Forwarder) Forward(ctx context.Context, key string, q *dns.Msg) (*dns.M
 
 	f.mu.Lock()
 	delete(f.pending, key)
+	shared := c.shared // no query joins once the call is out of pending
 	f.mu.Unlock()
 	<-f.inflight
 	close(c.done)
 	if c.r == nil {
 		return nil, c.err
+	}
+	if !shared {
+		return c.r, nil // the caller's own: it may change it
 	}
 	return c.r.Copy(), nil
 }
@@ -135,7 +141,8 @@ func (f *Forwarder) Forward(ctx context.Context, key string, q *dns.Msg) (*dns.M
 // stale backoff is better than no answer.
 func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.Msg, error) {
 	now := time.Now()
-	x := &race{f: f, q: q, deadline: now.Add(f.Timeout), last: &errNoUpstream{last: errors.New("no upstreams")}}
+	id := q.Id // the attempts give q IDs of their own
+	x := &race{f: f, q: q, deadline: now.Add(f.Timeout), last: errNoneAsked}
 	var probe *Upstream
 	x.order, probe = f.choose(now, ups)
 	x.results = make(chan result, len(ups))
@@ -149,7 +156,7 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.
 		select {
 		case res := <-x.results:
 			if r := x.answered(res); r != nil {
-				r.Id = q.Id
+				r.Id = id
 				x.leave()
 				return r, nil
 			}
@@ -191,6 +198,9 @@ func (f *Forwarder) choose(now time.Time, ups []*Upstream) (order []*Upstream, p
 	return order, probe
 }
 
+// errNoneAsked is a race's failure until an upstream has failed.
+var errNoneAsked = &errNoUpstream{last: errors.New("no upstreams")}
+
 // A race is one query's upstream exchanges, each an attempt.
 type race struct {
 	f        *Forwarder
@@ -201,6 +211,7 @@ type race struct {
 	results  chan result // every attempt's answer or failure, once
 	deadline time.Time   // the query's: no attempt outlives it
 	hedgeAt  time.Time   // when the next upstream is asked if none has answered
+	sent     bool        // q has gone out with an attempt: the others copy it
 	last     *errNoUpstream
 }
 
@@ -247,7 +258,17 @@ func (x *race) add(u *Upstream, now time.Time) bool {
 	if end.After(x.deadline) {
 		end = x.deadline
 	}
-	a := &attempt{u: u, q: x.q.Copy(), began: now, end: end}
+	// Each attempt sends its own copy (its own ID), but the first, which
+	// is most often the only one, sends the race's when it is a UDP one:
+	// that sets the ID here, on this goroutine, while the others' run in
+	// goroutines of their own, which must not share what later attempts
+	// copy.
+	q := x.q
+	if x.sent || u.net != "udp" {
+		q = q.Copy()
+	}
+	x.sent = true
+	a := &attempt{u: u, q: q, began: now, end: end}
 	if err := x.start(a); err != nil {
 		x.failed(a, err)
 		return false
@@ -313,6 +334,7 @@ func (x *race) answered(res result) *dns.Msg {
 		// pooled connections (rarely more than one).
 		a.sock.forget(a.w)
 		a.sock, a.w = nil, nil
+		a.q = a.q.Copy() // the goroutine's own (the race's may be copied meanwhile)
 		go x.exchange(a, a.u.conns.exchange)
 		return nil
 	}

@@ -34,6 +34,13 @@ type udpServer struct {
 	read     atomic.Int64   // datagrams read (one add per batch), for tests
 	loops    sync.WaitGroup // the read loops
 	handed   sync.WaitGroup // queries handed off to goroutines
+
+	// Cache misses run on workers (see HandOff) and send their answers
+	// through sq, together.
+	work    chan func()
+	quit    chan struct{} // closed at shutdown: idle workers return
+	workers atomic.Int32  // running, for tests
+	sq      *sendQueue
 }
 
 const (
@@ -50,7 +57,8 @@ type batchConn interface {
 
 func newUDPServer(h *Handler, c *net.UDPConn) (*udpServer, error) {
 	la := c.LocalAddr().(*net.UDPAddr)
-	s := &udpServer{h: h, conn: c, v6: la.IP.To4() == nil, pktinfo: la.IP.IsUnspecified()}
+	s := &udpServer{h: h, conn: c, v6: la.IP.To4() == nil, pktinfo: la.IP.IsUnspecified(),
+		work: make(chan func()), quit: make(chan struct{})}
 	var err error
 	if s.v6 {
 		p := ipv6.NewPacketConn(c)
@@ -65,6 +73,7 @@ func newUDPServer(h *Handler, c *net.UDPConn) (*udpServer, error) {
 		}
 		s.bc = p
 	}
+	s.sq = &sendQueue{bc: s.bc}
 	return s, err
 }
 
@@ -190,6 +199,7 @@ func (s *udpServer) shutdown(ctx context.Context) {
 	case <-done:
 	case <-ctx.Done():
 	}
+	close(s.quit)
 	s.conn.Close()
 }
 
@@ -257,13 +267,45 @@ func (w *batchWriter) queue(b []byte) {
 	w.batch.n++
 }
 
+// HandOff runs f on a worker of the loop's: a goroutine kept from one miss
+// to the next, idle for at most workerIdle, so that its stack has grown
+// to what a miss needs (a goroutine per miss grew one anew each time,
+// 6% of a miss's cost). A new worker starts when none is idle.
 func (w *batchWriter) HandOff(f func(dns.ResponseWriter)) {
 	s, own := w.s, &udpWriter{udpReply{s: w.s, addr: w.addr, oob: bytes.Clone(w.oob), dst: w.dst}}
 	s.handed.Add(1)
-	go func() {
+	job := func() {
 		defer s.handed.Done()
 		f(own)
-	}()
+	}
+	select {
+	case s.work <- job:
+	default:
+		go s.worker(job)
+	}
+}
+
+// workerIdle is how long a worker waits for another miss before it ends.
+const workerIdle = 5 * time.Second
+
+// worker runs job, then the jobs HandOff gives it, until it has had none
+// for workerIdle or the server shuts down.
+func (s *udpServer) worker(job func()) {
+	s.workers.Add(1)
+	defer s.workers.Add(-1)
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		job()
+		idle.Reset(workerIdle)
+		select {
+		case job = <-s.work:
+		case <-idle.C:
+			return
+		case <-s.quit:
+			return
+		}
+	}
 }
 
 // udpWriter sends one answer with a system call of its own.
@@ -278,7 +320,11 @@ func (w *udpWriter) WriteMsg(m *dns.Msg) error {
 	return err
 }
 
+// Write sends b with the answers other misses send at the same time (see
+// sendQueue); b must not change after.
 func (w *udpWriter) Write(b []byte) (int, error) {
-	n, _, err := w.s.conn.WriteMsgUDP(b, w.oob, w.addr)
-	return n, err
+	if err := w.s.sq.send(b, w.addr, w.oob); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }

@@ -209,6 +209,7 @@ const (
 
 type udpSock struct {
 	conn    *net.UDPConn
+	sq      *sendQueue // queries go out together (see sendQueue)
 	ids     func() uint16
 	mu      sync.Mutex
 	waiting map[uint16]*waiter
@@ -294,7 +295,7 @@ func (p *udpPool) dial() (*udpSock, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &udpSock{conn: c, ids: p.ids, waiting: map[uint16]*waiter{}}
+	s := &udpSock{conn: c, sq: newSendQueue(c), ids: p.ids, waiting: map[uint16]*waiter{}}
 	go s.read()
 	return s, nil
 }
@@ -381,7 +382,7 @@ func (p *udpPool) send(w *waiter) (*udpSock, error) {
 	}
 	b, err := w.q.Pack()
 	if err == nil {
-		_, err = s.conn.Write(b)
+		err = s.sq.send(b, nil, nil)
 	}
 	if err != nil {
 		s.forget(w)
