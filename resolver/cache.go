@@ -168,7 +168,12 @@ func (c *Cache) forgetDecisions() {
 // as long as RFC 2308 and the config allow: positive answers for their
 // lowest TTL, NXDOMAIN and NODATA for the SOA minimum, SERVFAIL for at most
 // 5 s. Other answers are not stored.
-func (c *Cache) Put(key string, m *dns.Msg, chain *Chain) {
+func (c *Cache) Put(key string, m *dns.Msg, chain *Chain) { c.putReceived(key, m, nil, chain) }
+
+// putReceived is Put of an answer that may come with its bytes as the upstream
+// sent them (nil when it did not come over UDP): those are stored, copied
+// without their OPT record, rather than m packed again.
+func (c *Cache) putReceived(key string, m *dns.Msg, received []byte, chain *Chain) {
 	if c.lru == nil || m.Truncated {
 		return
 	}
@@ -200,14 +205,17 @@ func (c *Cache) Put(key string, m *dns.Msg, chain *Chain) {
 	// on (reply adds phonehome's own), and compressed, as sent; packed
 	// from a shallow copy (m is the caller's, and packing changes no
 	// record), with the TTLs clamped in the packed bytes.
-	p := *m
-	if slices.ContainsFunc(p.Extra, isOPT) {
-		p.Extra = slices.DeleteFunc(slices.Clone(p.Extra), isOPT)
-	}
-	p.Compress = true
-	wire, err := p.Pack()
-	if err != nil {
-		return
+	wire := withoutOPT(received)
+	if wire == nil {
+		p := *m
+		if slices.ContainsFunc(p.Extra, isOPT) {
+			p.Extra = slices.DeleteFunc(slices.Clone(p.Extra), isOPT)
+		}
+		p.Compress = true
+		var err error
+		if wire, err = p.Pack(); err != nil {
+			return
+		}
 	}
 	qend, ttls, ok := wireRecords(wire)
 	if !ok {

@@ -309,7 +309,7 @@ func (d *dohClient) lookupHost(ctx context.Context) (string, error) {
 		q := new(dns.Msg)
 		q.SetQuestion(dns.Fqdn(d.host), qt)
 		q.SetEdns0(maxUDP, false)
-		r, err := via.f.try(ctx, q, via.ups)
+		r, _, err := via.f.try(ctx, q, via.ups)
 		if err != nil {
 			return "", fmt.Errorf("looking up %s through the other upstreams: %w", d.host, err)
 		}

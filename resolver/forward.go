@@ -44,6 +44,7 @@ type Forwarder struct {
 type call struct {
 	done   chan struct{}
 	r      *dns.Msg
+	wire   []byte // r as received, or nil
 	err    error
 	shared bool // another query waits for it too (under Forwarder.mu)
 }
@@ -91,6 +92,14 @@ func NewForwarder(ups []*Upstream, max int, log *slog.Logger) *Forwarder {
 
 // Forward answers q from the upstreams. key identifies identical queries.
 func (f *Forwarder) Forward(ctx context.Context, key string, q *dns.Msg) (*dns.Msg, error) {
+	r, _, err := f.forward(ctx, key, q)
+	return r, err
+}
+
+// forward is Forward that also returns the answer as the upstream sent it,
+// when it came over plain UDP (nil otherwise), for the cache to store
+// without packing it again. The bytes are shared: read them only.
+func (f *Forwarder) forward(ctx context.Context, key string, q *dns.Msg) (*dns.Msg, []byte, error) {
 	f.mu.Lock()
 	if c, ok := f.pending[key]; ok {
 		c.shared = true
@@ -98,24 +107,24 @@ func (f *Forwarder) Forward(ctx context.Context, key string, q *dns.Msg) (*dns.M
 		select {
 		case <-c.done:
 			if c.r == nil {
-				return nil, c.err
+				return nil, nil, c.err
 			}
-			return c.r.Copy(), nil
+			return c.r.Copy(), c.wire, nil
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		}
 	}
 	select {
 	case f.inflight <- struct{}{}:
 	default:
 		f.mu.Unlock()
-		return nil, ErrOverload
+		return nil, nil, ErrOverload
 	}
 	c := &call{done: make(chan struct{})}
 	f.pending[key] = c
 	f.mu.Unlock()
 
-	c.r, c.err = f.try(ctx, q, f.Upstreams)
+	c.r, c.wire, c.err = f.try(ctx, q, f.Upstreams)
 
 	f.mu.Lock()
 	delete(f.pending, key)
@@ -124,12 +133,12 @@ func (f *Forwarder) Forward(ctx context.Context, key string, q *dns.Msg) (*dns.M
 	<-f.inflight
 	close(c.done)
 	if c.r == nil {
-		return nil, c.err
+		return nil, nil, c.err
 	}
 	if !shared {
-		return c.r, nil // the caller's own: it may change it
+		return c.r, c.wire, nil // the caller's own: it may change it
 	}
-	return c.r.Copy(), nil
+	return c.r.Copy(), c.wire, nil
 }
 
 // try asks the upstreams of ups (the forwarder's, or those a DoH
@@ -139,7 +148,7 @@ func (f *Forwarder) Forward(ctx context.Context, key string, q *dns.Msg) (*dns.M
 // gets the query's next upstream asked too, and the first good answer
 // wins. The healthy upstreams come first, then those backing off, since a
 // stale backoff is better than no answer.
-func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.Msg, error) {
+func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.Msg, []byte, error) {
 	now := time.Now()
 	id := q.Id // the attempts give q IDs of their own
 	x := &race{f: f, q: q, deadline: now.Add(f.Timeout), last: errNoneAsked}
@@ -162,7 +171,7 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.
 			if r := x.answered(res); r != nil {
 				r.Id = id
 				x.leave()
-				return r, nil
+				return r, res.wire, nil
 			}
 		case now := <-t.C:
 			x.expire(now)
@@ -170,14 +179,14 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.
 			// Given up by the caller (or at shutdown): the upstreams
 			// are not to blame.
 			x.abandon()
-			return nil, &errNoUpstream{last: ctx.Err()}
+			return nil, nil, &errNoUpstream{last: ctx.Err()}
 		}
 		if len(x.live) == 0 || x.hedgeDue(time.Now()) {
 			x.launch(time.Now())
 		}
 		t.Reset(x.wake())
 	}
-	return nil, x.last
+	return nil, nil, x.last
 }
 
 // choose orders ups for one query: the healthy ones, then those backing
@@ -242,9 +251,10 @@ type attempt struct {
 
 // result is one attempt's answer, or why there is none.
 type result struct {
-	a   *attempt
-	r   *dns.Msg
-	err error
+	a    *attempt
+	r    *dns.Msg
+	wire []byte // r as received over UDP (the reader's copy), or nil
+	err  error
 }
 
 // launch asks the next upstream, and the one after it at once when that

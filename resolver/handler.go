@@ -280,11 +280,11 @@ func (h *Handler) resolve(st *State, key string, req *dns.Msg) (*dns.Msg, *Chain
 	// The UDP and TCP loops carry no request context, so the exchange is
 	// bounded by the forwarder's: its own deadlines, and cancelled when a
 	// reload retires the forwarder or the server shuts down.
-	r, err := st.Forwarder.Forward(st.Forwarder.ctx, key, upstreamQuery(req))
+	r, wire, err := st.Forwarder.forward(st.Forwarder.ctx, key, upstreamQuery(req))
 	if err == nil {
 		// The alias chain is read once, here, and cached with the answer.
 		chain := aliasChain(r, st.MaxChain)
-		st.Cache.Put(key, r, chain)
+		st.Cache.putReceived(key, r, wire, chain)
 		return r, chain, 0, SourceUpstream
 	}
 	if errors.Is(err, ErrOverload) {

@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -335,7 +336,7 @@ func (s *udpSock) read() {
 		w := s.waiting[r.Id]
 		if w != nil && sameQuestion(w.q, r) {
 			delete(s.waiting, r.Id)
-			w.ch <- result{a: w.a, r: r} // buffered
+			w.ch <- result{a: w.a, r: r, wire: bytes.Clone(buf[:n])} // buffered
 		}
 		s.mu.Unlock()
 	}

@@ -339,6 +339,45 @@ func wireRecords(msg []byte) (qend int, ttls []uint16, ok bool) {
 	return qend, ttls, off == len(msg)
 }
 
+// withoutOPT returns a copy of the packed message msg without its OPT
+// record, when that is its last record (where every server puts it), or
+// msg copied when it has none; nil for nil, or for a message it cannot
+// read that way (the cache then packs the unpacked answer).
+func withoutOPT(msg []byte) []byte {
+	if msg == nil || len(msg) < 12 || binary.BigEndian.Uint16(msg[4:]) != 1 {
+		return nil
+	}
+	off, ok := skipName(msg, 12)
+	if !ok {
+		return nil
+	}
+	off += 4
+	n := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + int(binary.BigEndian.Uint16(msg[10:]))
+	opt := -1
+	for i := range n {
+		start := off
+		if off, ok = skipName(msg, off); !ok || off+10 > len(msg) {
+			return nil
+		}
+		if binary.BigEndian.Uint16(msg[off:]) == dns.TypeOPT {
+			if i != n-1 {
+				return nil
+			}
+			opt = start
+		}
+		off += 10 + int(binary.BigEndian.Uint16(msg[off+8:]))
+	}
+	if off != len(msg) {
+		return nil
+	}
+	if opt < 0 {
+		return bytes.Clone(msg)
+	}
+	out := bytes.Clone(msg[:opt])
+	binary.BigEndian.PutUint16(out[10:], binary.BigEndian.Uint16(out[10:])-1)
+	return out
+}
+
 // skipName returns the offset after the packed name at off.
 func skipName(msg []byte, off int) (int, bool) {
 	for off < len(msg) {

@@ -242,3 +242,31 @@ func FuzzParseWire(f *testing.F) {
 		}
 	})
 }
+
+// TestWithoutOPT: an answer stored as received loses its OPT record when
+// that is last, and is refused (packed anew by the cache) otherwise.
+func TestWithoutOPT(t *testing.T) {
+	m := new(dns.Msg).SetQuestion("www.example.com.", dns.TypeA)
+	m.Response = true
+	rr, _ := dns.NewRR("www.example.com. 300 IN A 192.0.2.1")
+	m.Answer = []dns.RR{rr}
+	extra, _ := dns.NewRR("ns.example.com. 300 IN A 192.0.2.53")
+	m.Extra = []dns.RR{extra}
+	m.Compress = true
+	plain, _ := m.Pack()
+	if got := withoutOPT(plain); !bytes.Equal(got, plain) || &got[0] == &plain[0] {
+		t.Error("an answer without OPT is not kept as it is, in a copy")
+	}
+	m.SetEdns0(1232, true)
+	withOPT, _ := m.Pack()
+	if got := withoutOPT(withOPT); !bytes.Equal(got, plain) {
+		t.Errorf("OPT last: %x, want %x", got, plain)
+	}
+	m.Extra = []dns.RR{m.Extra[1], m.Extra[0]} // OPT first, then the A
+	optFirst, _ := m.Pack()
+	for name, b := range map[string][]byte{"OPT not last": optFirst, "cut short": withOPT[:len(withOPT)-3], "nil": nil, "header only": withOPT[:12]} {
+		if got := withoutOPT(b); got != nil {
+			t.Errorf("%s: %x, want nil", name, got)
+		}
+	}
+}
