@@ -153,7 +153,7 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.
 	id := q.Id // the attempts give q IDs of their own
 	x := &race{f: f, q: q, deadline: now.Add(f.Timeout), last: errNoneAsked}
 	var probe *Upstream
-	x.order, probe = f.choose(now, ups)
+	x.order, probe = f.choose(x.orderBuf[:0], now, ups)
 	x.results = make(chan result, len(ups))
 	x.launch(now)
 	if probe != nil {
@@ -193,8 +193,8 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.
 // off. One upstream whose backoff is over is this query's probe, asked at
 // once beside the first (if it answers, it is up again); the other
 // queries skip it while the probe has its time.
-func (f *Forwarder) choose(now time.Time, ups []*Upstream) (order []*Upstream, probe *Upstream) {
-	order = make([]*Upstream, 0, len(ups))
+func (f *Forwarder) choose(order []*Upstream, now time.Time, ups []*Upstream) ([]*Upstream, *Upstream) {
+	var probe *Upstream
 	n := 0 // healthy ones first
 	for _, u := range ups {
 		d := u.downUntil.Load()
@@ -233,6 +233,10 @@ type race struct {
 	deadline time.Time   // the query's: no attempt outlives it
 	hedgeAt  time.Time   // when the next upstream is asked if none has answered
 	sent     bool        // q has gone out with an attempt: the others copy it
+	// Room for the commonest case, saving allocations: the order of up to
+	// four upstreams, and the first attempt.
+	orderBuf [4]*Upstream
+	first    attempt
 	last     *errNoUpstream
 }
 
@@ -247,6 +251,7 @@ type attempt struct {
 	// goroutine of their own.
 	sock *udpSock
 	w    *waiter
+	wait waiter // what w points to
 }
 
 // result is one attempt's answer, or why there is none.
@@ -289,8 +294,14 @@ func (x *race) add(u *Upstream, now time.Time) bool {
 	if x.sent || u.net != "udp" {
 		q = q.Copy()
 	}
+	var a *attempt
+	if x.sent {
+		a = new(attempt)
+	} else {
+		a = &x.first
+	}
 	x.sent = true
-	a := &attempt{u: u, q: q, began: now, end: end}
+	*a = attempt{u: u, q: q, began: now, end: end}
 	if err := x.start(a); err != nil {
 		x.failed(a, err)
 		return false
@@ -304,7 +315,8 @@ func (x *race) add(u *Upstream, now time.Time) bool {
 // goroutine.
 func (x *race) start(a *attempt) error {
 	if a.u.net == "udp" {
-		a.w = &waiter{q: a.q, a: a, ch: x.results}
+		a.wait = waiter{q: a.q, a: a, ch: x.results}
+		a.w = &a.wait
 		s, err := a.u.pool.send(a.w)
 		a.sock = s
 		return err

@@ -43,7 +43,15 @@ func newSendQueue(c *net.UDPConn) *sendQueue {
 // is lost, as one lost on the way would be.
 func (q *sendQueue) send(b []byte, addr net.Addr, oob []byte) error {
 	q.mu.Lock()
-	q.pending = append(q.pending, ipv4.Message{Buffers: [][]byte{b}, Addr: addr, OOB: oob})
+	// The messages' Buffers slices are kept from round to round: one
+	// allocation less a datagram.
+	if n := len(q.pending); n < cap(q.pending) {
+		q.pending = q.pending[:n+1]
+		m := &q.pending[n]
+		m.Buffers, m.Addr, m.OOB = append(m.Buffers[:0], b), addr, oob
+	} else {
+		q.pending = append(q.pending, ipv4.Message{Buffers: [][]byte{b}, Addr: addr, OOB: oob})
+	}
 	if q.flushing {
 		q.mu.Unlock()
 		return nil
@@ -73,7 +81,11 @@ func (q *sendQueue) send(b []byte, addr net.Addr, oob []byte) error {
 			}
 			sent += k
 		}
-		clear(out) // drop the buffers and addresses sent
+		for i := range out { // drop what was sent, keep the Buffers slices
+			m := &out[i]
+			clear(m.Buffers)
+			m.Addr, m.OOB, m.N, m.NN, m.Flags = nil, nil, 0, 0, 0
+		}
 		q.mu.Lock()
 		q.spare = out[:0]
 		q.mu.Unlock()
