@@ -158,6 +158,10 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.
 	x.launch(now)
 	if probe != nil {
 		x.add(probe, now)
+	} else if len(x.order) == 1 && x.order[0].net == "udp" {
+		// One upstream: no hedge can cover a datagram lost on the way,
+		// so the query is sent to it once more if no answer comes.
+		x.resendAt = now.Add(resendDelay(x.order[0]))
 	}
 	t := timers.Get().(*time.Timer)
 	t.Reset(x.wake())
@@ -184,6 +188,7 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.
 		if len(x.live) == 0 || x.hedgeDue(time.Now()) {
 			x.launch(time.Now())
 		}
+		x.resendIfDue(time.Now())
 		t.Reset(x.wake())
 	}
 	return nil, nil, x.last
@@ -232,6 +237,7 @@ type race struct {
 	results  chan result // every attempt's answer or failure, once
 	deadline time.Time   // the query's: no attempt outlives it
 	hedgeAt  time.Time   // when the next upstream is asked if none has answered
+	resendAt time.Time   // when the only upstream is asked again (zero: never)
 	sent     bool        // q has gone out with an attempt: the others copy it
 	// Room for the commonest case, saving allocations: the order of up to
 	// four upstreams, and the first attempt.
@@ -339,12 +345,34 @@ func (x *race) hedgeDue(now time.Time) bool {
 	return x.next < len(x.order) && !now.Before(x.hedgeAt)
 }
 
-// wake is how long until something is due: the next hedge or the end of an
-// attempt the race times out itself.
+// resendDelay is how long a query waits for its only upstream before it
+// is sent to it again: twice its hedge delay, at least resendMin (a
+// datagram lost on the way, not a slow upstream, is what it covers).
+func resendDelay(u *Upstream) time.Duration { return max(2*u.hedgeDelay(), resendMin) }
+
+const resendMin = 250 * time.Millisecond
+
+// resendIfDue sends the query to its only upstream once more when it is
+// time (see try), counted as a hedge.
+func (x *race) resendIfDue(now time.Time) {
+	if x.resendAt.IsZero() || now.Before(x.resendAt) || len(x.live) == 0 {
+		return
+	}
+	x.resendAt = time.Time{}
+	if u := x.order[0]; x.add(u, now) {
+		u.metrics.upstreamHedged(u)
+	}
+}
+
+// wake is how long until something is due: the next hedge, a resend, or
+// the end of an attempt the race times out itself.
 func (x *race) wake() time.Duration {
 	at := x.deadline
 	if x.next < len(x.order) && x.hedgeAt.Before(at) {
 		at = x.hedgeAt
+	}
+	if !x.resendAt.IsZero() && x.resendAt.Before(at) {
+		at = x.resendAt
 	}
 	for _, a := range x.live {
 		if a.w != nil && a.end.Before(at) {

@@ -333,6 +333,36 @@ func TestHedge(t *testing.T) {
 			t.Error("the second upstream was not probed")
 		}
 	})
+	t.Run("resend", func(t *testing.T) {
+		// The only upstream loses the first datagram of each name: the
+		// query is sent to it once more after resendMin, not left to
+		// the per-try timeout (a minute here, past the client's 3 s).
+		up := dnstest.Start(t)
+		var mu sync.Mutex
+		seen := map[string]bool{}
+		up.SetHandler(func(w dns.ResponseWriter, r *dns.Msg) {
+			mu.Lock()
+			again := seen[r.Question[0].Name]
+			seen[r.Question[0].Name] = true
+			mu.Unlock()
+			if !again {
+				return // lost on the way
+			}
+			m := new(dns.Msg).SetReply(r)
+			rr, _ := dns.NewRR(r.Question[0].Name + " 60 IN A 192.0.2.9")
+			m.Answer = []dns.RR{rr}
+			w.WriteMsg(m)
+		})
+		s := startWith(t, Options{TryTimeout: time.Minute, Timeout: time.Minute, Registry: prometheus.NewRegistry()}, "", up)
+		for i := range 3 {
+			if r := s.ask(t, "udp", "", query(fmt.Sprintf("lost%d.example.", i), dns.TypeA, false)); answerText(r) != "192.0.2.9" {
+				t.Fatalf("answer %v", r)
+			}
+		}
+		if h := testutil.ToFloat64(s.h.metrics.upstreamHedges.WithLabelValues(up.Addr())); h != 3 {
+			t.Errorf("%v resends counted as hedges, want 3", h)
+		}
+	})
 	t.Run("probe", func(t *testing.T) {
 		// Once its backoff is over, one query probes a backed-off upstream;
 		// the others skip it while the probe waits.
