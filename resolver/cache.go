@@ -29,8 +29,7 @@ type cached struct {
 	expires time.Time
 	chain   *Chain // nil without a CNAME
 	// For the UDP loop's wire path (wire.go): where the question ends
-	// and where each record's TTL is in wire; ttls is nil when wire
-	// cannot be patched.
+	// and where each record's TTL is in wire.
 	qend uint16
 	ttls []uint16
 }

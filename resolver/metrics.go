@@ -81,7 +81,7 @@ func newMetrics(reg prometheus.Registerer, version string, h *Handler, tcp *tcpG
 		upstreamDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "phonehome_upstream_duration_seconds",
 			Help: "Time for an upstream to answer.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{labelUpstream}),
 		upstreamHedges: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_upstream_hedges_total",
-			Help: "Queries sent to an upstream while the upstream asked before it had not yet answered (it was slower than its hedge delay): the upstream queries spent on answering despite a slow or silent upstream."}, []string{labelUpstream}),
+			Help: "Queries sent to an upstream while one asked before had not yet answered (slower than its hedge delay; with a single upstream, the query sent to it again): the upstream queries spent on answering despite a slow, silent or lossy upstream."}, []string{labelUpstream}),
 		upstreamHealthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "phonehome_upstream_healthy",
 			Help: "1 while an upstream is answering, 0 while it is backed off."}, []string{labelUpstream}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "phonehome_config_reloads_total",

@@ -17,9 +17,10 @@ import (
 // udpServer answers DNS over one UDP socket, many packets per system call
 // (recvmmsg and sendmmsg through golang.org/x/net). A query that is answered
 // without waiting — refused, sinkholed, from the cache — is answered with the
-// batch it came in; a cache miss is handed to a goroutine of its own and
-// sends its answer alone. Under load this saves most of the system calls and
-// goroutines a query costs with one read, one goroutine and one write each.
+// batch it came in; a cache miss is handed to a worker (HandOff), and its
+// answer goes out with the other misses' through the send queue. Under
+// load this saves most of the system calls and goroutines a query costs
+// with one read, one goroutine and one write each.
 type udpServer struct {
 	h    *Handler
 	conn *net.UDPConn
@@ -308,7 +309,7 @@ func (s *udpServer) worker(job func()) {
 	}
 }
 
-// udpWriter sends one answer with a system call of its own.
+// udpWriter sends a miss's answer, off the read loop's batch.
 type udpWriter struct{ udpReply }
 
 func (w *udpWriter) WriteMsg(m *dns.Msg) error {

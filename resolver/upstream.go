@@ -137,16 +137,11 @@ func (u *Upstream) healthy(now time.Time) bool {
 	return d == 0 || now.UnixNano() >= d
 }
 
-// exchange asks the upstream once, by the deadline or until ctx ends.
+// exchange asks a tcp://, tls:// or https:// upstream once, by the
+// deadline or until ctx ends. (A plain upstream's queries are written and
+// read by the forwarder's race itself: race.start.)
 func (u *Upstream) exchange(ctx context.Context, deadline time.Time, q *dns.Msg) (*dns.Msg, error) {
-	if u.net == "udp" {
-		r, err := u.pool.exchange(ctx, deadline, q)
-		if err != nil || !r.Truncated {
-			return r, err
-		}
-		// Truncated: ask again over TCP, on the plain upstream's own
-		// pooled connections (rarely more than one).
-	} else if u.doh != nil {
+	if u.doh != nil {
 		return u.doh.exchange(ctx, deadline, q)
 	}
 	return u.conns.exchange(ctx, deadline, q)
@@ -349,27 +344,6 @@ func (s *udpSock) fail(err error) {
 	for id, w := range s.waiting {
 		delete(s.waiting, id)
 		w.ch <- result{a: w.a, err: err} // buffered
-	}
-}
-
-func (p *udpPool) exchange(ctx context.Context, deadline time.Time, q *dns.Msg) (*dns.Msg, error) {
-	w := &waiter{q: q, ch: make(chan result, 1)}
-	s, err := p.send(w)
-	if err != nil {
-		return nil, err
-	}
-	defer s.forget(w)
-	// A timer, not a context with a deadline: a context costs three times
-	// as much.
-	t := time.NewTimer(time.Until(deadline))
-	defer t.Stop()
-	select {
-	case res := <-w.ch:
-		return res.r, res.err
-	case <-t.C:
-		return nil, context.DeadlineExceeded
-	case <-ctx.Done():
-		return nil, ctx.Err()
 	}
 }
 

@@ -206,7 +206,7 @@ func (h *Handler) serveWire(w *batchWriter, b []byte) wireResult {
 // the records keep the stored one, which a patched copy of the stored
 // question cannot do when the records' names point to it.
 func (q *wireQuery) cached(buf []byte, e *cached, age uint32) ([]byte, bool) {
-	if e.ttls == nil || !bytes.Equal(e.wire[12:e.qend], q.question) || len(e.wire)+q.optLen(false, 0) > q.size {
+	if !bytes.Equal(e.wire[12:e.qend], q.question) || len(e.wire)+q.optLen(false, 0) > q.size {
 		return nil, false
 	}
 	buf = append(buf[:0], e.wire...)
