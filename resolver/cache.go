@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"encoding/binary"
+	"hash/maphash"
 	"slices"
 	"strings"
 	"time"
@@ -13,26 +14,39 @@ import (
 // Cache holds upstream answers for everyone: the policy decides before the
 // cache is asked, so one cache serves every group and a reload never serves
 // a stale decision.
+//
+// Its LRU is keyed by a hash of the question (cacheKey), which the UDP
+// loop's wire path computes from the packet without allocating; the entry's
+// own copy of the question tells a hash that two questions share from a hit.
 type Cache struct {
-	lru            *lru.Cache[string, *cached]
+	lru            *lru.Cache[uint64, *cached]
+	seed           maphash.Seed
 	size           int
 	minTTL, maxTTL time.Duration
 	now            func() time.Time
+	epoch          time.Time // entries' times are counted from it
 }
 
-// cached is an answer in wire format: a byte slice holds no pointers, so the
+// cached is an answer in wire format: byte slices hold no pointers, so the
 // garbage collector need not trace through thousands of messages' records on
-// every cycle, which held up answers by milliseconds when it ran.
+// every cycle, which held up answers by milliseconds when it ran. Twenty
+// thousand of them are most of phonehome's heap, so an entry is one
+// allocation besides itself and its times are counters, not time.Times.
 type cached struct {
-	wire    []byte // compressed, without an OPT record
-	stored  time.Time
-	expires time.Time
-	chain   *Chain // nil without a CNAME
-	// For the UDP loop's wire path (wire.go): where the question ends
-	// and where each record's TTL is in wire.
-	qend uint16
-	ttls []uint16
+	// data is the answer, compressed, without an OPT record, then the
+	// offset of each record's TTL in it (2 bytes each): for the UDP
+	// loop's wire path (wire.go), which patches them.
+	data  []byte
+	wlen  uint16 // the answer is data[:wlen]
+	qend  uint16 // where its question ends
+	flags uint8  // the DO and CD bits of the query it answers
+	// stored and expires are nanoseconds after the cache's epoch.
+	stored, expires int64
+	chain           *Chain // nil without a CNAME
 }
+
+// wire is the stored answer.
+func (e *cached) wire() []byte { return e.data[:e.wlen] }
 
 const (
 	servfailTTL = 5 * time.Second
@@ -46,15 +60,16 @@ func NewCache(size int, minTTL, maxTTL time.Duration, now func() time.Time) *Cac
 	if now == nil {
 		now = time.Now
 	}
-	c := &Cache{size: size, minTTL: minTTL, maxTTL: maxTTL, now: now}
+	c := &Cache{size: size, minTTL: minTTL, maxTTL: maxTTL, now: now, seed: maphash.MakeSeed(), epoch: now()}
 	if size > 0 {
-		c.lru, _ = lru.New[string, *cached](size)
+		c.lru, _ = lru.New[uint64, *cached](size)
 	}
 	return c
 }
 
-// Key is the cache key of a query: the lower-cased name, type, class and
-// the DO and CD bits.
+// Key identifies identical queries for the forwarder, which asks the
+// upstreams once for them all: the lower-cased name, type, class and the
+// DO and CD bits.
 func Key(q *dns.Msg) string {
 	qq := q.Question[0]
 	o := q.IsEdns0()
@@ -76,16 +91,112 @@ func keyOf(name string, qtype, qclass uint16, do, cd bool) string {
 	b.WriteByte(byte(qtype))
 	b.WriteByte(byte(qclass >> 8))
 	b.WriteByte(byte(qclass))
-	var flags byte
+	b.WriteByte(keyFlags(do, cd))
+	return b.String()
+}
+
+func keyFlags(do, cd bool) uint8 {
+	var flags uint8
 	if do {
 		flags |= 1
 	}
 	if cd {
 		flags |= 2
 	}
-	b.WriteByte(flags)
-	return b.String()
+	return flags
 }
+
+// A cacheKey is what the cache knows a question by: the question in wire
+// form (name, type and class, the name in any case) and the query's DO and
+// CD bits, and the hash of the two with the name lower-cased.
+type cacheKey struct {
+	question []byte
+	flags    uint8
+	hash     uint64
+	ok       bool // false: a question the cache does not hold
+}
+
+// maxQuestion is the longest question in wire form.
+const maxQuestion = 255 + 4
+
+// key is the cache key of a question in wire form and a query's DO and CD
+// bits (keyFlags). It allocates nothing: the wire path calls it with the
+// question as the packet has it.
+func (c *Cache) key(question []byte, flags uint8) cacheKey {
+	if len(question) < 5 || len(question) > maxQuestion {
+		return cacheKey{}
+	}
+	var b [maxQuestion + 1]byte
+	n := copy(b[:], question)
+	lowerName(b[:n-4])
+	b[n] = flags
+	return cacheKey{question: question, flags: flags, hash: maphash.Bytes(c.seed, b[:n+1]), ok: true}
+}
+
+// keyOfMsg is the cache key of a query's question, written in wire form
+// into buf (the caller's, on its stack).
+func (c *Cache) keyOfMsg(q *dns.Msg, buf *[maxQuestion]byte) cacheKey {
+	if len(q.Question) != 1 {
+		return cacheKey{}
+	}
+	qq := q.Question[0]
+	n, err := dns.PackDomainName(qq.Name, buf[:maxQuestion-4], 0, nil, false)
+	if err != nil {
+		return cacheKey{}
+	}
+	binary.BigEndian.PutUint16(buf[n:], qq.Qtype)
+	binary.BigEndian.PutUint16(buf[n+2:], qq.Qclass)
+	o := q.IsEdns0()
+	return c.key(buf[:n+4], keyFlags(o != nil && o.Do(), q.CheckingDisabled))
+}
+
+// lowerName lower-cases the ASCII letters of a name in wire form. Its
+// length bytes are at most 63, below 'A', so they stay as they are.
+func lowerName(b []byte) {
+	for i, ch := range b {
+		if 'A' <= ch && ch <= 'Z' {
+			b[i] = ch + 'a' - 'A'
+		}
+	}
+}
+
+// is reports whether e answers the question k is the key of: the same
+// name, in any case, type, class and bits.
+func (e *cached) is(k cacheKey) bool {
+	q := e.data[12:e.qend]
+	if e.flags != k.flags || len(q) != len(k.question) {
+		return false
+	}
+	n := len(q) - 4
+	for i := range n {
+		a, b := q[i], k.question[i]
+		if 'A' <= a && a <= 'Z' {
+			a += 'a' - 'A'
+		}
+		if 'A' <= b && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if a != b {
+			return false
+		}
+	}
+	return string(q[n:]) == string(k.question[n:])
+}
+
+// entry is the entry for k, whatever its age, or nil.
+func (c *Cache) entry(k cacheKey) *cached {
+	if c.lru == nil || !k.ok {
+		return nil
+	}
+	e, ok := c.lru.Get(k.hash)
+	if !ok || !e.is(k) {
+		return nil
+	}
+	return e
+}
+
+// since is now as the cache counts time.
+func (c *Cache) since(now time.Time) int64 { return int64(now.Sub(c.epoch)) }
 
 // Len is the number of answers held.
 func (c *Cache) Len() int {
@@ -95,56 +206,59 @@ func (c *Cache) Len() int {
 	return c.lru.Len()
 }
 
-// Get returns a fresh answer with its TTLs counted down, and its alias
-// chain, or nil.
-func (c *Cache) Get(key string) (*dns.Msg, *Chain) { return c.lookup(key, false) }
+// Get returns a fresh answer to q with its TTLs counted down, and its
+// alias chain, or nil.
+func (c *Cache) Get(q *dns.Msg) (*dns.Msg, *Chain) {
+	var buf [maxQuestion]byte
+	return c.lookup(c.keyOfMsg(q, &buf), false)
+}
 
-// Stale returns an expired answer still within a day, with TTL 30, and its
-// alias chain, or nil: for when every upstream is down (RFC 8767).
-func (c *Cache) Stale(key string) (*dns.Msg, *Chain) { return c.lookup(key, true) }
+// Stale returns an expired answer to q still within a day, with TTL 30, and
+// its alias chain, or nil: for when every upstream is down (RFC 8767).
+func (c *Cache) Stale(q *dns.Msg) (*dns.Msg, *Chain) {
+	var buf [maxQuestion]byte
+	return c.lookup(c.keyOfMsg(q, &buf), true)
+}
 
-// lookup unpacks the entry for key only when it is what was asked for: an
+// lookup unpacks the entry for k only when it is what was asked for: an
 // expired entry on the request path is a miss, and costs nothing more.
-func (c *Cache) lookup(key string, stale bool) (*dns.Msg, *Chain) {
-	if c.lru == nil {
+func (c *Cache) lookup(k cacheKey, stale bool) (*dns.Msg, *Chain) {
+	e := c.entry(k)
+	if e == nil {
 		return nil, nil
 	}
-	e, ok := c.lru.Get(key)
-	if !ok {
-		return nil, nil
-	}
-	now := c.now()
-	if fresh := now.Before(e.expires); fresh == stale || now.Sub(e.expires) >= staleFor {
+	now := c.since(c.now())
+	if fresh := now < e.expires; fresh == stale || now-e.expires >= int64(staleFor) {
 		return nil, nil
 	}
 	m := new(dns.Msg)
-	if m.Unpack(e.wire) != nil {
+	if m.Unpack(e.wire()) != nil {
 		return nil, nil
 	}
 	if stale {
 		headers(m, func(h *dns.RR_Header) { h.Ttl = staleTTL })
 		return m, e.chain
 	}
-	age := uint32(now.Sub(e.stored) / time.Second)
+	age := uint32((now - e.stored) / int64(time.Second))
 	headers(m, func(h *dns.RR_Header) { h.Ttl -= min(h.Ttl, age) })
 	return m, e.chain
 }
 
-// fresh returns the entry for key while it is fresh, and its age in
-// seconds, for the wire path; or nil.
-func (c *Cache) fresh(key string) (*cached, uint32) {
+// fresh returns the entry for the question in wire form while it is
+// fresh, and its age in seconds, for the wire path; or nil.
+func (c *Cache) fresh(question []byte, flags uint8) (*cached, uint32) {
 	if c.lru == nil {
 		return nil, 0
 	}
-	e, ok := c.lru.Get(key)
-	if !ok {
+	e := c.entry(c.key(question, flags))
+	if e == nil {
 		return nil, 0
 	}
-	now := c.now()
-	if !now.Before(e.expires) {
+	now := c.since(c.now())
+	if now >= e.expires {
 		return nil, 0
 	}
-	return e, uint32(now.Sub(e.stored) / time.Second)
+	return e, uint32((now - e.stored) / int64(time.Second))
 }
 
 // forgetDecisions drops what every cached alias chain remembers of a
@@ -163,17 +277,22 @@ func (c *Cache) forgetDecisions() {
 	}
 }
 
-// Put stores an upstream answer, with its alias chain (nil for none), for
-// as long as RFC 2308 and the config allow: positive answers for their
+// Put stores an upstream answer to q, with its alias chain (nil for none),
+// for as long as RFC 2308 and the config allow: positive answers for their
 // lowest TTL, NXDOMAIN and NODATA for the SOA minimum, SERVFAIL for at most
 // 5 s. Other answers are not stored.
-func (c *Cache) Put(key string, m *dns.Msg, chain *Chain) { c.putReceived(key, m, nil, chain) }
+func (c *Cache) Put(q, m *dns.Msg, chain *Chain) { c.putReceived(q, m, nil, chain) }
 
 // putReceived is Put of an answer that may come with its bytes as the upstream
 // sent them (nil when it did not come over UDP): those are stored, copied
 // without their OPT record, rather than m packed again.
-func (c *Cache) putReceived(key string, m *dns.Msg, received []byte, chain *Chain) {
+func (c *Cache) putReceived(q, m *dns.Msg, received []byte, chain *Chain) {
 	if c.lru == nil || m.Truncated {
+		return
+	}
+	var buf [maxQuestion]byte
+	k := c.keyOfMsg(q, &buf)
+	if !k.ok {
 		return
 	}
 	var ttl time.Duration
@@ -216,22 +335,28 @@ func (c *Cache) putReceived(key string, m *dns.Msg, received []byte, chain *Chai
 			return
 		}
 	}
-	qend, ttls, ok := wireRecords(wire)
-	if !ok {
+	// The TTLs' offsets go after the answer, in the same allocation.
+	data, qend, ok := wireRecords(wire)
+	if !ok || len(data) > 0xffff {
 		return
 	}
 	maxTTL, minTTL := uint32(ttl/time.Second), uint32(c.minTTL/time.Second)
-	for _, off := range ttls {
-		switch t := binary.BigEndian.Uint32(wire[off:]); {
+	for i := len(wire); i < len(data); i += 2 {
+		off := binary.BigEndian.Uint16(data[i:])
+		switch t := binary.BigEndian.Uint32(data[off:]); {
 		case t > maxTTL:
-			binary.BigEndian.PutUint32(wire[off:], maxTTL)
+			binary.BigEndian.PutUint32(data[off:], maxTTL)
 		case t < minTTL:
-			binary.BigEndian.PutUint32(wire[off:], minTTL)
+			binary.BigEndian.PutUint32(data[off:], minTTL)
 		}
 	}
-	now := c.now()
-	e := &cached{wire: wire, stored: now, expires: now.Add(ttl), chain: chain, qend: uint16(qend), ttls: ttls}
-	c.lru.Add(key, e)
+	now := c.since(c.now())
+	e := &cached{data: data, wlen: uint16(len(wire)), qend: uint16(qend), flags: k.flags,
+		stored: now, expires: now + int64(ttl), chain: chain}
+	if !e.is(k) {
+		return // an answer to another question
+	}
+	c.lru.Add(k.hash, e)
 }
 
 func isOPT(rr dns.RR) bool { return rr.Header().Rrtype == dns.TypeOPT }

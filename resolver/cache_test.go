@@ -30,8 +30,8 @@ func (c *testClock) set(d time.Duration) { c.skew.Store(int64(d)) }
 func TestCacheTTLs(t *testing.T) {
 	clock := &testClock{}
 	c := NewCache(10, 0, time.Hour, clock.now)
-	key := Key(answer("a.example.", 0))
-	c.put(key, answer("a.example.", 300, 100))
+	key := answer("a.example.")
+	c.put(answer("a.example.", 300, 100))
 	clock.set(40 * time.Second)
 	fresh := c.get(key)
 	if fresh == nil || fresh.Answer[0].Header().Ttl != 60 || fresh.Answer[1].Header().Ttl != 60 { // both held to the entry's lifetime, the lowest TTL
@@ -50,12 +50,12 @@ func TestCacheTTLs(t *testing.T) {
 	// Clamping.
 	clock = &testClock{}
 	c = NewCache(10, time.Minute, 10*time.Minute, clock.now)
-	c.put("low", answer("low.example.", 5))
-	c.put("high", answer("high.example.", 86400))
-	if m := c.get("low"); m == nil || m.Answer[0].Header().Ttl != 60 {
+	c.put(answer("low.example.", 5))
+	c.put(answer("high.example.", 86400))
+	if m := c.get(answer("low.example.")); m == nil || m.Answer[0].Header().Ttl != 60 {
 		t.Errorf("min_ttl: %v", m)
 	}
-	if m := c.get("high"); m == nil || m.Answer[0].Header().Ttl != 600 {
+	if m := c.get(answer("high.example.")); m == nil || m.Answer[0].Header().Ttl != 600 {
 		t.Errorf("max_ttl: %v", m)
 	}
 
@@ -64,34 +64,34 @@ func TestCacheTTLs(t *testing.T) {
 	nx.Rcode = dns.RcodeNameError
 	clock = &testClock{}
 	c = NewCache(10, 0, time.Hour, clock.now)
-	c.put("nosoa", nx)
-	if m := c.get("nosoa"); m != nil {
+	c.put(nx)
+	if m := c.get(nx); m != nil {
 		t.Error("NXDOMAIN without SOA was cached")
 	}
 	soa, _ := dns.NewRR("example. 3600 IN SOA ns. host. 1 2 3 4 45")
 	nx.Ns = []dns.RR{soa}
-	c.put("nx", nx)
+	c.put(nx)
 	clock.set(44 * time.Second)
-	if m := c.get("nx"); m == nil || m.Rcode != dns.RcodeNameError {
+	if m := c.get(nx); m == nil || m.Rcode != dns.RcodeNameError {
 		t.Error("NXDOMAIN not cached for the SOA minimum")
 	}
 	clock.set(46 * time.Second)
-	if m := c.get("nx"); m != nil {
+	if m := c.get(nx); m != nil {
 		t.Error("NXDOMAIN outlived the SOA minimum")
 	}
 	// SERVFAIL: at most 5 s.
 	sf := answer("sf.example.")
 	sf.Rcode = dns.RcodeServerFailure
 	clock.set(0)
-	c.put("sf", sf)
+	c.put(sf)
 	clock.set(6 * time.Second)
-	if m := c.get("sf"); m != nil {
+	if m := c.get(sf); m != nil {
 		t.Error("SERVFAIL cached beyond 5 s")
 	}
 	// Size 0 turns the cache off; the key tells DO and CD apart.
 	off := NewCache(0, 0, 0, nil)
-	off.put("k", answer("a.example.", 300))
-	if m := off.get("k"); m != nil || off.Len() != 0 {
+	off.put(answer("a.example.", 300))
+	if m := off.get(answer("a.example.")); m != nil || off.Len() != 0 {
 		t.Error("cache size 0 still caches")
 	}
 	q := answer("A.Example.")
@@ -101,11 +101,58 @@ func TestCacheTTLs(t *testing.T) {
 	q.SetEdns0(1232, true)
 	k3 := Key(q)
 	if k1 == k2 || k2 == k3 || k1 != Key(answer("a.example.")) {
-		t.Error("cache keys")
+		t.Error("forwarder keys")
+	}
+}
+
+// TestCacheKey: the cache answers a question in any case of its name, tells
+// the DO and CD bits apart, and never answers another question whose hash
+// is the same.
+func TestCacheKey(t *testing.T) {
+	c := NewCache(10, 0, time.Hour, nil)
+	c.put(answer("a.Example.", 300))
+	for _, name := range []string{"a.example.", "A.EXAMPLE.", `\065.example.`} {
+		if m := c.get(answer(name)); m == nil || len(m.Answer) != 1 {
+			t.Errorf("%s: %v", name, m)
+		}
+	}
+	q := answer("a.example.")
+	q.CheckingDisabled = true
+	if c.get(q) != nil {
+		t.Error("a CD query got the answer to one without")
+	}
+	q.CheckingDisabled = false
+	q.SetEdns0(1232, true)
+	if c.get(q) != nil {
+		t.Error("a DO query got the answer to one without")
+	}
+	q.Question[0].Qtype = dns.TypeAAAA
+	if c.get(answer("b.example.")) != nil || c.get(q) != nil {
+		t.Error("another name or type got the answer")
+	}
+	// The wire path's key is the same as ServeDNS's.
+	var b1, b2 [maxQuestion]byte
+	k := c.keyOfMsg(answer("A.example."), &b1)
+	if e, _ := c.fresh(k.question, 0); e == nil {
+		t.Error("the wire path's key misses")
+	}
+	// Another question of the same hash is a miss, not the other's answer.
+	other := c.keyOfMsg(answer("b.example."), &b2)
+	other.hash = k.hash
+	if c.entry(other) != nil || c.entry(k) == nil {
+		t.Error("a hash's other question got its answer")
+	}
+	// An answer to another question than the query's is not stored.
+	wrong := answer("c.example.", 300)
+	c.Put(answer("d.example."), wrong, nil)
+	if c.get(answer("d.example.")) != nil || c.Len() != 1 {
+		t.Error("an answer to another question was stored")
 	}
 }
 
 // get, stale and put are Get, Stale and Put for answers without a chain.
-func (c *Cache) get(key string) *dns.Msg    { m, _ := c.Get(key); return m }
-func (c *Cache) stale(key string) *dns.Msg  { m, _ := c.Stale(key); return m }
-func (c *Cache) put(key string, m *dns.Msg) { c.Put(key, m, nil) }
+func (c *Cache) get(q *dns.Msg) *dns.Msg   { m, _ := c.Get(q); return m }
+func (c *Cache) stale(q *dns.Msg) *dns.Msg { m, _ := c.Stale(q); return m }
+
+// put stores m as the answer to its own question.
+func (c *Cache) put(m *dns.Msg) { c.Put(m, m, nil) }

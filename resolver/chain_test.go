@@ -266,7 +266,7 @@ func TestChainRedecided(t *testing.T) {
 	check("at start", true)
 	// The cached chain remembers the running policy's decision; a reload
 	// makes it forget, so the old policy is not kept alive by the cache.
-	_, chain := s.srv.State().Cache.Get(Key(query("alias.example.", dns.TypeA, true)))
+	_, chain := s.srv.State().Cache.Get(query("alias.example.", dns.TypeA, true))
 	if chain == nil || chain.memo.Load() == nil || chain.memo.Load().policy != s.srv.State().Policy {
 		t.Fatalf("the cached chain has no decision of the running policy: %+v", chain)
 	}

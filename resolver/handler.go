@@ -175,8 +175,7 @@ func (h *Handler) serveDecided(w dns.ResponseWriter, req *dns.Msg, st *State, a 
 		return
 	}
 	// 6. The cache answers most queries at once.
-	key := Key(req)
-	if m, chain := st.Cache.Get(key); m != nil {
+	if m, chain := st.Cache.Get(req); m != nil {
 		h.metrics.cacheLookup(cacheHit)
 		a.Source = SourceCache
 		h.answer(w, req, st, a, m, chain, 0)
@@ -190,7 +189,7 @@ func (h *Handler) serveDecided(w dns.ResponseWriter, req *dns.Msg, st *State, a 
 	// captured would be moved to the heap for every query, hits too.)
 	miss := a
 	upstream := func(w dns.ResponseWriter) {
-		m, chain, ede, source := h.resolve(st, key, req)
+		m, chain, ede, source := h.resolve(st, req)
 		miss.Source = source
 		h.answer(w, req, st, miss, m, chain, ede)
 	}
@@ -276,22 +275,22 @@ func (h *Handler) done(a Answer) {
 // resolve answers a query the cache missed from the upstreams; when every
 // upstream fails it serves an expired answer (RFC 8767) or SERVFAIL with the
 // reason.
-func (h *Handler) resolve(st *State, key string, req *dns.Msg) (*dns.Msg, *Chain, uint16, AnswerSource) {
+func (h *Handler) resolve(st *State, req *dns.Msg) (*dns.Msg, *Chain, uint16, AnswerSource) {
 	// The UDP and TCP loops carry no request context, so the exchange is
 	// bounded by the forwarder's: its own deadlines, and cancelled when a
 	// reload retires the forwarder or the server shuts down.
-	r, wire, err := st.Forwarder.forward(st.Forwarder.ctx, key, upstreamQuery(req))
+	r, wire, err := st.Forwarder.forward(st.Forwarder.ctx, Key(req), upstreamQuery(req))
 	if err == nil {
 		// The alias chain is read once, here, and cached with the answer.
 		chain := aliasChain(r, st.MaxChain)
-		st.Cache.putReceived(key, r, wire, chain)
+		st.Cache.putReceived(req, r, wire, chain)
 		return r, chain, 0, SourceUpstream
 	}
 	if errors.Is(err, ErrOverload) {
 		h.counters.Overload.Add(1)
 		return rcodeMsg(req, dns.RcodeServerFailure), nil, dns.ExtendedErrorCodeOther, SourceLocal
 	}
-	if stale, chain := st.Cache.Stale(key); stale != nil {
+	if stale, chain := st.Cache.Stale(req); stale != nil {
 		h.metrics.cacheLookup(cacheStale)
 		return stale, chain, dns.ExtendedErrorCodeStaleAnswer, SourceStale
 	}

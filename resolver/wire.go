@@ -169,7 +169,7 @@ func (h *Handler) serveWire(w *batchWriter, b []byte) wireResult {
 			h.done(a)
 			return wireAnswered
 		}
-	} else if e, age := st.Cache.fresh(keyOf(q.name, q.qtype, q.qclass, q.do, q.cd)); e != nil {
+	} else if e, age := st.Cache.fresh(q.question, keyFlags(q.do, q.cd)); e != nil {
 		// 6. The cached answer, unless its alias chain decides
 		// otherwise (then ServeDNS's steps sinkhole it).
 		d := a.Decision
@@ -206,12 +206,14 @@ func (h *Handler) serveWire(w *batchWriter, b []byte) wireResult {
 // the records keep the stored one, which a patched copy of the stored
 // question cannot do when the records' names point to it.
 func (q *wireQuery) cached(buf []byte, e *cached, age uint32) ([]byte, bool) {
-	if !bytes.Equal(e.wire[12:e.qend], q.question) || len(e.wire)+q.optLen(false, 0) > q.size {
+	wire := e.wire()
+	if !bytes.Equal(wire[12:e.qend], q.question) || len(wire)+q.optLen(false, 0) > q.size {
 		return nil, false
 	}
-	buf = append(buf[:0], e.wire...)
+	buf = append(buf[:0], wire...)
 	q.header(buf, buf[3]&0x2f) // the stored AD bit and rcode
-	for _, off := range e.ttls {
+	for i := len(wire); i < len(e.data); i += 2 {
+		off := binary.BigEndian.Uint16(e.data[i:])
 		ttl := binary.BigEndian.Uint32(buf[off:])
 		binary.BigEndian.PutUint32(buf[off:], ttl-min(ttl, age))
 	}
@@ -311,38 +313,40 @@ func (q *wireQuery) opt(buf []byte, ede uint16, text string) []byte {
 	return append(buf, text...)
 }
 
-// wireRecords reads a packed message of one question: the offset where its
-// question ends and the offsets of its records' TTLs, for cached answers
-// that serveWire patches. ok is false for anything else.
-func wireRecords(msg []byte) (qend int, ttls []uint16, ok bool) {
+// wireRecords reads a packed message of one question, for cached answers
+// that serveWire patches: it returns the offset where its question ends,
+// and msg with the offset of each record's TTL appended (2 bytes each, in
+// msg's spare room when it has some). ok is false for any other message.
+func wireRecords(msg []byte) (withTTLs []byte, qend int, ok bool) {
 	if len(msg) < 12 || binary.BigEndian.Uint16(msg[4:]) != 1 {
-		return 0, nil, false
+		return nil, 0, false
 	}
 	off, ok := skipName(msg, 12)
 	if !ok || off+4 > len(msg) {
-		return 0, nil, false
+		return nil, 0, false
 	}
 	qend = off + 4
 	off = qend
 	n := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + int(binary.BigEndian.Uint16(msg[10:]))
-	ttls = make([]uint16, 0, n)
+	out := msg
 	for range n {
 		if off, ok = skipName(msg, off); !ok || off+10 > len(msg) {
-			return 0, nil, false
+			return nil, 0, false
 		}
 		if binary.BigEndian.Uint16(msg[off:]) == dns.TypeOPT {
-			return 0, nil, false // the cache stores none
+			return nil, 0, false // the cache stores none
 		}
-		ttls = append(ttls, uint16(off+4))
+		out = binary.BigEndian.AppendUint16(out, uint16(off+4))
 		off += 10 + int(binary.BigEndian.Uint16(msg[off+8:]))
 	}
-	return qend, ttls, off == len(msg)
+	return out, qend, off == len(msg)
 }
 
 // withoutOPT returns a copy of the packed message msg without its OPT
 // record, when that is its last record (where every server puts it), or
-// msg copied when it has none; nil for nil, or for a message it cannot
-// read that way (the cache then packs the unpacked answer).
+// msg copied when it has none, with room after it for wireRecords' TTL
+// offsets; nil for nil, or for a message it cannot read that way (the
+// cache then packs the unpacked answer).
 func withoutOPT(msg []byte) []byte {
 	if msg == nil || len(msg) < 12 || binary.BigEndian.Uint16(msg[4:]) != 1 {
 		return nil
@@ -353,7 +357,7 @@ func withoutOPT(msg []byte) []byte {
 	}
 	off += 4
 	n := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + int(binary.BigEndian.Uint16(msg[10:]))
-	opt := -1
+	end := -1 // where the OPT record starts
 	for i := range n {
 		start := off
 		if off, ok = skipName(msg, off); !ok || off+10 > len(msg) {
@@ -363,17 +367,17 @@ func withoutOPT(msg []byte) []byte {
 			if i != n-1 {
 				return nil
 			}
-			opt = start
+			end = start
 		}
 		off += 10 + int(binary.BigEndian.Uint16(msg[off+8:]))
 	}
 	if off != len(msg) {
 		return nil
 	}
-	if opt < 0 {
-		return bytes.Clone(msg)
+	if end < 0 {
+		return append(make([]byte, 0, len(msg)+2*n), msg...)
 	}
-	out := bytes.Clone(msg[:opt])
+	out := append(make([]byte, 0, end+2*(n-1)), msg[:end]...)
 	binary.BigEndian.PutUint16(out[10:], binary.BigEndian.Uint16(out[10:])-1)
 	return out
 }
