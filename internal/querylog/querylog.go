@@ -89,15 +89,20 @@ type Log struct {
 	all       atomic.Bool // every query, not just catalog matches
 	anonymize atomic.Bool // zero the host part of client addresses
 
-	ch      chan Record
+	// mu guards the records queued for the writer, at most max of them,
+	// and closed: an answer that finishes after Close still calls Add.
+	// A slice the writer swaps for its own, not a channel of max records:
+	// the queue takes memory for what is logged, not for the most that
+	// could be.
+	mu      sync.Mutex
+	queued  []Record
+	max     int
+	closed  bool
 	Dropped atomic.Uint64
 	names   *clientnames.Names // nil: no names
 	path    string             // a file output, reopened by Reopen; "" for stdout/stderr
-	// closing guards ch: an answer that finishes after Close still calls
-	// Add, and must not send on a closed channel.
-	closing sync.RWMutex
-	closed  bool
 	reopen  chan reopenRequest
+	stop    chan struct{} // closed by Close
 	done    chan struct{}
 
 	// The writer goroutine's own, after start.
@@ -145,7 +150,7 @@ func NewWriter(w io.Writer, all, anonymize bool, buffer int) *Log {
 }
 
 func newLog(w io.Writer, all, anonymize bool, buffer int) *Log {
-	l := &Log{w: w, ch: make(chan Record, buffer), reopen: make(chan reopenRequest), done: make(chan struct{})}
+	l := &Log{w: w, max: buffer, reopen: make(chan reopenRequest), stop: make(chan struct{}), done: make(chan struct{})}
 	l.all.Store(all)
 	l.anonymize.Store(anonymize)
 	return l
@@ -244,17 +249,14 @@ func (l *Log) Reopen() error {
 // Add queues a record, or drops and counts it when the queue is full or
 // the log is closed.
 func (l *Log) Add(r Record) {
-	l.closing.RLock()
-	defer l.closing.RUnlock()
-	if l.closed {
+	l.mu.Lock()
+	if l.closed || len(l.queued) >= l.max {
+		l.mu.Unlock()
 		l.Dropped.Add(1)
 		return
 	}
-	select {
-	case l.ch <- r:
-	default:
-		l.Dropped.Add(1)
-	}
+	l.queued = append(l.queued, r)
+	l.mu.Unlock()
 }
 
 // run writes the records queued, and flushes them, every writeEvery. It
@@ -267,29 +269,36 @@ func (l *Log) run() {
 	defer close(l.done)
 	bw := bufio.NewWriterSize(l.w, 64<<10)
 	var buf []byte
+	var batch []Record // the queue the writer had last, for Add's next one
 	// drain writes what is queued, and reports whether the log is still
 	// open.
 	drain := func() bool {
-		for {
-			select {
-			case r, ok := <-l.ch:
-				if !ok {
-					return false
-				}
-				if r.ClientName == "" && r.addr.IsValid() {
-					r.ClientName = l.names.Name(r.addr)
-				}
-				buf = append(r.appendJSON(buf[:0]), '\n')
-				bw.Write(buf)
-			default:
-				return true
+		l.mu.Lock()
+		batch, l.queued = l.queued, batch[:0]
+		open := !l.closed
+		l.mu.Unlock()
+		for i := range batch {
+			r := &batch[i]
+			if r.ClientName == "" && r.addr.IsValid() {
+				r.ClientName = l.names.Name(r.addr)
 			}
+			buf = append(r.appendJSON(buf[:0]), '\n')
+			bw.Write(buf)
 		}
+		clear(batch) // its strings are not kept alive
+		return open
 	}
 	tick := time.NewTicker(writeEvery)
 	defer tick.Stop()
 	for {
 		select {
+		case <-l.stop:
+			drain()
+			bw.Flush()
+			if l.file != nil {
+				l.file.Close()
+			}
+			return
 		case req := <-l.reopen:
 			open := drain()
 			bw.Flush()
@@ -386,12 +395,12 @@ func (l *Log) Close() {
 	if l == nil {
 		return
 	}
-	l.closing.Lock()
+	l.mu.Lock()
 	if !l.closed {
 		l.closed = true
-		close(l.ch)
+		close(l.stop)
 	}
-	l.closing.Unlock()
+	l.mu.Unlock()
 	<-l.done
 }
 
