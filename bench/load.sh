@@ -274,7 +274,9 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 	# where the module cache is reachable. With PROFILE=1 phonehome is built
 	# with one more file in its main package, added by `go build -overlay`
 	# (the source tree is not touched), that imports bench/profile: SIGUSR2
-	# then starts and stops a CPU profile.
+	# then starts and stops a CPU profile. phonehome is built as the
+	# Dockerfile builds it (static, without cgo, trimmed): what its memory
+	# is measured of is the binary people run, not one linked with libc.
 	echo "building phonehome${REV:+ at $REV}, stubdns and loadtls..." >&2
 	(cd "$repo" && go build -o "$work/bin/stubdns" ./internal/stubdns && go build -o "$work/bin/loadtls" ./bench/loadtls)
 	src=$repo
@@ -316,9 +318,9 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 			done
 			printf '}}\n'
 		} >"$work/overlay.json"
-		(cd "$src" && go build -overlay "$work/overlay.json" -o "$work/bin/phonehome" ./cmd/phonehome)
+		(cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -overlay "$work/overlay.json" -o "$work/bin/phonehome" ./cmd/phonehome)
 	else
-		(cd "$src" && go build -o "$work/bin/phonehome" ./cmd/phonehome)
+		(cd "$src" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/bin/phonehome" ./cmd/phonehome)
 	fi
 
 	# The certificate of the encrypted listeners (dot, doh): a throwaway CA
