@@ -300,19 +300,23 @@ func (d *dohServer) serveQuery(rep dohReply, b []byte, peer netip.AddrPort, xff 
 		rep.fail(http.StatusBadRequest, "the message is a DNS response, not a query")
 		return
 	}
-	req := new(dns.Msg)
-	if err := req.Unpack(b); err != nil {
-		d.h.counters.Malformed.Add(1)
-		rep.fail(http.StatusBadRequest, "the message is not a DNS query: "+err.Error())
-		return
-	}
 	client, ok := dohClientAddr(peer, xff, d.h.State().TrustedProxies)
 	if !ok {
 		rep.fail(http.StatusBadRequest, "X-Forwarded-For from a trusted proxy does not end in an address")
 		return
 	}
 	dw := &dohWriter{rep: rep, remote: net.TCPAddrFromAddrPort(client), local: local}
-	d.h.ServeDNS(dw, req)
+	// Cache hits and sinkholed names, mostly, from the bytes (wire.go);
+	// the rest through ServeDNS.
+	if d.h.serveWire(dw, b) == wireNotMine {
+		req := new(dns.Msg)
+		if err := req.Unpack(b); err != nil {
+			d.h.counters.Malformed.Add(1)
+			rep.fail(http.StatusBadRequest, "the message is not a DNS query: "+err.Error())
+			return
+		}
+		d.h.ServeDNS(dw, req)
+	}
 	if !dw.handed {
 		dw.finish()
 	}
@@ -483,6 +487,10 @@ func (d *dohWriter) Write(b []byte) (int, error) {
 	}
 	return len(b), nil
 }
+
+func (d *dohWriter) wireBuf() []byte { return nil }
+
+func (d *dohWriter) wireSend(b []byte) { d.send(b, wireMaxAge(b)) }
 
 func (d *dohWriter) send(b []byte, maxAge uint32) error {
 	if d.wrote {

@@ -307,6 +307,8 @@ type tcpConn struct {
 	slots  chan struct{} // a cache miss handed off holds one
 	handed sync.WaitGroup
 
+	wire []byte // the reader's room for an answer of the wire path
+
 	wmu  sync.Mutex
 	pack []byte // the answer being written, packed
 	out  []byte // and with its length in front
@@ -425,6 +427,9 @@ func (c *tcpConn) handle(b []byte) {
 	if b[2]&0x80 != 0 { // QR: a response
 		return
 	}
+	if h.serveWire(c, b) != wireNotMine { // cache hits and sinkholed names, mostly (wire.go)
+		return
+	}
 	req := new(dns.Msg)
 	if err := req.Unpack(b); err != nil {
 		h.counters.Malformed.Add(1)
@@ -458,6 +463,13 @@ func (c *tcpConn) WriteMsg(m *dns.Msg) error {
 	}
 	c.pack = b[:0] // PackBuffer grew it if it had to: keep the larger one
 	return c.send(b)
+}
+
+func (c *tcpConn) wireBuf() []byte { return c.wire }
+
+func (c *tcpConn) wireSend(b []byte) {
+	c.wire = b[:0]
+	c.Write(b)
 }
 
 func (c *tcpConn) Write(b []byte) (int, error) {

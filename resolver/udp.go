@@ -258,6 +258,13 @@ func (w *batchWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+func (w *batchWriter) wireBuf() []byte { return w.buf }
+
+func (w *batchWriter) wireSend(b []byte) {
+	w.buf = b[:0] // grown if it had to: keep the larger one
+	w.queue(b)
+}
+
 func (w *batchWriter) queue(b []byte) {
 	if w.batch.n == len(w.batch.out) {
 		return // more answers than queries: never from the Handler

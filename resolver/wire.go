@@ -34,7 +34,19 @@ type wireQuery struct {
 	name          string // the name, as sent, in presentation form
 	qtype, qclass uint16
 	edns, do      bool
-	size          int // the largest answer the client takes over UDP
+	padded        bool // it carries the padding option (RFC 7830)
+	size          int  // the largest answer the client takes over UDP
+}
+
+// A wireWriter is a dns.ResponseWriter the wire path answers through: the
+// UDP loop's batchWriter, a DNS-over-TCP or -TLS connection, a
+// DNS-over-HTTPS request.
+type wireWriter interface {
+	dns.ResponseWriter
+	// wireBuf is room to write an answer in, and wireSend sends an
+	// answer written there.
+	wireBuf() []byte
+	wireSend(b []byte)
 }
 
 // parseWire reads a query of the plainest shape: a QUERY of one question
@@ -82,7 +94,7 @@ func parseWire(b []byte, q *wireQuery) bool {
 	}
 	off += 4
 	q.question = b[12:off]
-	q.edns, q.do, q.size = false, false, dns.MinMsgSize
+	q.edns, q.do, q.padded, q.size = false, false, false, dns.MinMsgSize
 	if binary.BigEndian.Uint16(b[10:]) == 1 {
 		// The OPT record: root name, type, the client's UDP size, the
 		// extended rcode, version and flags, and its options.
@@ -104,6 +116,7 @@ func parseWire(b []byte, q *wireQuery) bool {
 			if code != dns.EDNS0COOKIE && code != dns.EDNS0PADDING {
 				return false
 			}
+			q.padded = q.padded || code == dns.EDNS0PADDING
 			o += 4 + l
 			if o > off+rdlen {
 				return false
@@ -134,24 +147,31 @@ const (
 	wirePassed                     // decided it and passed it on to ServeDNS's later steps
 )
 
-// serveWire answers a query from the UDP loop from its wire form when it
-// can. It leaves alone (wireNotMine) a query of another shape, from
-// outside access.allow, or for the names ServeDNS answers itself; and once
-// it has counted the query against the rate limit and decided it, it
-// passes what it cannot answer to ServeDNS's steps after the decision.
-func (h *Handler) serveWire(w *batchWriter, b []byte) wireResult {
+// serveWire answers a query from its wire form when it can. It leaves
+// alone (wireNotMine) a query of another shape, from outside
+// access.allow, for the names ServeDNS answers itself, or that asks for a
+// padded answer over an encrypted transport; and once it has counted the
+// query against the rate limit and decided it, it passes what it cannot
+// answer to ServeDNS's steps after the decision.
+func (h *Handler) serveWire(w wireWriter, b []byte) wireResult {
 	var q wireQuery
 	if !parseWire(b, &q) || strings.EqualFold(q.name, canaryName) || strings.EqualFold(q.name, ddrName) {
 		return wireNotMine
 	}
+	transport := transportOf(w)
+	if transport != TransportUDP {
+		if q.padded && encrypted(w) {
+			return wireNotMine // reply pads the answer
+		}
+		q.size = dns.MaxMsgSize // nothing is truncated but over UDP
+	}
 	st := h.state.Load()
-	client, _ := netip.AddrFromSlice(w.addr.IP)
-	client = client.Unmap()
+	client := addrOf(w.RemoteAddr())
 	if !st.Allowed(client) {
 		return wireNotMine
 	}
 	// From here on, as ServeDNS: 2. the rate limit, 4. the decision.
-	a := Answer{Start: time.Now(), Client: client, Transport: TransportUDP, Source: SourceLocal}
+	a := Answer{Start: time.Now(), Client: client, Transport: transport, Source: SourceLocal}
 	if st.RateLimit > 0 && !h.withinRateLimit(client, st.RateLimit) {
 		h.counters.RateLimited.Add(1)
 		return wireAnswered
@@ -162,9 +182,8 @@ func (h *Handler) serveWire(w *batchWriter, b []byte) wireResult {
 
 	if a.Decision.Action == policy.Sinkhole {
 		// 5. The sinkhole's address.
-		if out, ok := q.sinkhole(w.buf, st.Sinkhole, a.Decision.BlockedText()); ok {
-			w.buf = out[:0]
-			w.queue(out)
+		if out, ok := q.sinkhole(w.wireBuf(), st.Sinkhole, a.Decision.BlockedText()); ok {
+			w.wireSend(out)
 			a.Rcode, a.Source = dns.RcodeSuccess, SourceSinkhole
 			h.done(a)
 			return wireAnswered
@@ -178,9 +197,8 @@ func (h *Handler) serveWire(w *batchWriter, b []byte) wireResult {
 			h.pauseIfAsked(&d)
 		}
 		if d.Action != policy.Sinkhole {
-			if out, ok := q.cached(w.buf, e, age); ok {
-				w.buf = out[:0]
-				w.queue(out)
+			if out, ok := q.cached(w.wireBuf(), e, age); ok {
+				w.wireSend(out)
 				h.metrics.cacheLookup(cacheHit)
 				a.Decision, a.Rcode, a.Source = d, int(out[3]&0x0f), SourceCache
 				h.done(a)
@@ -243,6 +261,9 @@ func (q *wireQuery) sinkhole(buf []byte, s Sinkhole, text string) ([]byte, bool)
 	rdata := addr.AsSlice()
 	if 12+len(q.question)+12+len(rdata)+q.optLen(true, len(text)) > q.size {
 		return nil, false
+	}
+	if cap(buf) < 12 {
+		buf = make([]byte, 12, 12+len(q.question)+12+len(rdata)+q.optLen(true, len(text)))
 	}
 	buf = append(buf[:12], q.question...)
 	q.header(buf, 0)
@@ -380,6 +401,43 @@ func withoutOPT(msg []byte) []byte {
 	out := append(make([]byte, 0, end+2*(n-1)), msg[:end]...)
 	binary.BigEndian.PutUint16(out[10:], binary.BigEndian.Uint16(out[10:])-1)
 	return out
+}
+
+// wireMaxAge is maxAge of a packed answer that serveWire wrote: the
+// smallest TTL of its records, a SOA's being the lesser of its TTL and
+// its MINIMUM; 0 without records, or for one it cannot read.
+func wireMaxAge(msg []byte) uint32 {
+	off, ok := skipName(msg, 12)
+	if !ok || len(msg) < 12 {
+		return 0
+	}
+	off += 4
+	n := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + int(binary.BigEndian.Uint16(msg[10:]))
+	age, seen := uint32(0), false
+	for range n {
+		if off, ok = skipName(msg, off); !ok || off+10 > len(msg) {
+			return 0
+		}
+		rtype, ttl := binary.BigEndian.Uint16(msg[off:]), binary.BigEndian.Uint32(msg[off+4:])
+		end := off + 10 + int(binary.BigEndian.Uint16(msg[off+8:]))
+		if end > len(msg) {
+			return 0
+		}
+		switch rtype {
+		case dns.TypeOPT:
+			off = end
+			continue
+		case dns.TypeSOA:
+			if end-off-10 >= 20 {
+				ttl = min(ttl, binary.BigEndian.Uint32(msg[end-4:]))
+			}
+		}
+		if !seen || ttl < age {
+			age, seen = ttl, true
+		}
+		off = end
+	}
+	return age
 }
 
 // skipName returns the offset after the packed name at off.

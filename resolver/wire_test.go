@@ -20,6 +20,24 @@ func wireAsk(t *testing.T, s *testServer, b []byte) (*dns.Msg, bool) {
 	t.Helper()
 	w := &batchWriter{udpReply: udpReply{addr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4242}},
 		batch: &batch{out: make([]ipv4.Message, 1)}, buf: make([]byte, 0, maxUDP)}
+	return wireAskThrough(t, s, b, w, func() [][]byte {
+		var out [][]byte
+		for _, m := range w.batch.out[:w.batch.n] {
+			out = append(out, m.Buffers[0])
+		}
+		return out
+	})
+}
+
+// wireAskTCP is wireAsk over TCP: a writer that keeps what is sent.
+func wireAskTCP(t *testing.T, s *testServer, b []byte) (*dns.Msg, bool) {
+	t.Helper()
+	w := &tcpWireWriter{fakeWriter: fakeWriter{remote: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4242}}}
+	return wireAskThrough(t, s, b, w, func() [][]byte { return w.sent })
+}
+
+func wireAskThrough(t *testing.T, s *testServer, b []byte, w wireWriter, sent func() [][]byte) (*dns.Msg, bool) {
+	t.Helper()
 	res := s.h.serveWire(w, b)
 	if res == wireNotMine {
 		req := new(dns.Msg)
@@ -28,25 +46,50 @@ func wireAsk(t *testing.T, s *testServer, b []byte) (*dns.Msg, bool) {
 		}
 		s.h.ServeDNS(w, req)
 	}
-	if w.batch.n != 1 {
-		t.Fatalf("%d answers queued", w.batch.n)
+	out := sent()
+	if len(out) != 1 {
+		t.Fatalf("%d answers sent", len(out))
 	}
 	r := new(dns.Msg)
-	if err := r.Unpack(w.batch.out[0].Buffers[0]); err != nil {
+	if err := r.Unpack(out[0]); err != nil {
 		t.Fatalf("the answer does not unpack: %v", err)
 	}
 	return r, res == wireAnswered
 }
 
+// tcpWireWriter is a wireWriter over TCP for tests: it packs what ServeDNS
+// writes, and keeps every answer.
+type tcpWireWriter struct {
+	fakeWriter
+	sent [][]byte
+}
+
+func (w *tcpWireWriter) WriteMsg(m *dns.Msg) error {
+	b, err := m.Pack()
+	if err != nil {
+		return err
+	}
+	w.sent = append(w.sent, b)
+	return nil
+}
+
+func (w *tcpWireWriter) wireBuf() []byte   { return nil }
+func (w *tcpWireWriter) wireSend(b []byte) { w.sent = append(w.sent, bytes.Clone(b)) }
+
 // slowAsk answers the same query through ServeDNS alone, as a UDP query,
 // and returns the answer as the client would read it.
 func slowAsk(t *testing.T, s *testServer, b []byte) *dns.Msg {
+	return slowAskFrom(t, s, b, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4242})
+}
+
+// slowAskFrom is slowAsk from remote: a UDP or TCP address.
+func slowAskFrom(t *testing.T, s *testServer, b []byte, remote net.Addr) *dns.Msg {
 	t.Helper()
 	req := new(dns.Msg)
 	if err := req.Unpack(b); err != nil {
 		t.Fatal(err)
 	}
-	w := &fakeWriter{remote: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4242}}
+	w := &fakeWriter{remote: remote}
 	s.h.ServeDNS(w, req)
 	if len(w.msgs) != 1 {
 		t.Fatalf("%d answers", len(w.msgs))
@@ -64,8 +107,23 @@ func slowAsk(t *testing.T, s *testServer, b []byte) *dns.Msg {
 
 // TestWirePath: every query the wire path answers gets the answer
 // ServeDNS gives it, record for record (TTLs within the second the two
-// calls may straddle), and the queries it is not for go to ServeDNS.
+// calls may straddle), and the queries it is not for go to ServeDNS; over
+// UDP and over TCP (and so DNS over TLS and HTTPS, whose writers differ
+// only in how they send).
 func TestWirePath(t *testing.T) {
+	for _, network := range []string{"udp", "tcp"} {
+		t.Run(network, func(t *testing.T) { testWirePath(t, network) })
+	}
+}
+
+func testWirePath(t *testing.T, network string) {
+	ask, slowOf := wireAsk, slowAsk
+	if network == "tcp" {
+		ask = wireAskTCP
+		slowOf = func(t *testing.T, s *testServer, b []byte) *dns.Msg {
+			return slowAskFrom(t, s, b, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4242})
+		}
+	}
 	up := dnstest.Start(t)
 	up.SetChain("alias.example.", "edge.cdn.example.", "e1.cdn.example.")
 	up.SetChain("to-telemetry.example.", "v10.events.data.microsoft.com.")
@@ -137,12 +195,12 @@ func TestWirePath(t *testing.T) {
 				t.Fatal(err)
 			}
 			if v.warm {
-				slowAsk(t, s, b)
+				slowOf(t, s, b)
 			}
 			s.clock.set(7 * time.Second) // the cached TTLs have gone down
 			defer s.clock.set(0)
-			fast, took := wireAsk(t, s, b)
-			slow := slowAsk(t, s, b)
+			fast, took := ask(t, s, b)
+			slow := slowOf(t, s, b)
 			if took != v.fast {
 				t.Errorf("the wire path answered it: %v, want %v", took, v.fast)
 			}
@@ -234,6 +292,9 @@ func FuzzParseWire(f *testing.F) {
 			want.edns, want.do, want.size = true, o.Do(), max(dns.MinMsgSize, min(int(o.UDPSize()), maxUDP))
 		}
 		want.question = q.question
+		if o := m.IsEdns0(); o != nil {
+			want.padded = padded(o)
+		}
 		if fmt.Sprint(q) != fmt.Sprint(want) {
 			t.Fatalf("parseWire read %+v, miekg/dns %+v", q, want)
 		}
@@ -267,6 +328,45 @@ func TestWithoutOPT(t *testing.T) {
 	for name, b := range map[string][]byte{"OPT not last": optFirst, "cut short": withOPT[:len(withOPT)-3], "nil": nil, "header only": withOPT[:12]} {
 		if got := withoutOPT(b); got != nil {
 			t.Errorf("%s: %x, want nil", name, got)
+		}
+	}
+}
+
+// TestWireMaxAge: the Cache-Control max-age of an answer the wire path
+// wrote is the one maxAge gives the same answer unpacked.
+func TestWireMaxAge(t *testing.T) {
+	rr := func(s string) dns.RR {
+		r, err := dns.NewRR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	for _, c := range []struct {
+		name string
+		m    func(m *dns.Msg)
+	}{
+		{"one A", func(m *dns.Msg) { m.Answer = []dns.RR{rr("a.example. 300 IN A 192.0.2.1")} }},
+		{"the least of three", func(m *dns.Msg) {
+			m.Answer = []dns.RR{rr("a.example. 300 IN CNAME b.example."), rr("b.example. 60 IN A 192.0.2.1"), rr("b.example. 90 IN A 192.0.2.2")}
+		}},
+		{"a SOA's minimum", func(m *dns.Msg) { m.Ns = []dns.RR{rr("example. 3600 IN SOA ns. host. 1 2 3 4 45")} }},
+		{"a SOA's TTL", func(m *dns.Msg) { m.Ns = []dns.RR{rr("example. 30 IN SOA ns. host. 1 2 3 4 45")} }},
+		{"with an OPT", func(m *dns.Msg) {
+			m.Answer = []dns.RR{rr("a.example. 120 IN A 192.0.2.1")}
+			m.SetEdns0(1232, false)
+		}},
+		{"no records", func(m *dns.Msg) { m.Rcode = dns.RcodeServerFailure }},
+	} {
+		m := new(dns.Msg).SetQuestion("a.example.", dns.TypeA)
+		m.Response = true
+		c.m(m)
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := wireMaxAge(b), maxAge(m); got != want {
+			t.Errorf("%s: %d from the wire, %d from the message", c.name, got, want)
 		}
 	}
 }
