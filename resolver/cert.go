@@ -177,5 +177,16 @@ func (h *Handler) certificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 // certificate of the state in use, and the application protocols the
 // listener speaks (ALPN).
 func (h *Handler) tlsConfig(protos ...string) *tls.Config {
-	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: h.certificate, NextProtos: protos}
+	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: h.certificate, NextProtos: protos,
+		CipherSuites: tls12Suites}
+}
+
+// tls12Suites are the TLS 1.2 cipher suites the listeners take: forward
+// secret and AEAD only, as RFC 9113 (section 9.2.2) asks of HTTP/2 and
+// RFC 8310 of DNS over TLS; Go's defaults also take CBC suites. TLS 1.3
+// has only such suites.
+var tls12Suites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 }

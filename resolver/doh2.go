@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,19 +55,26 @@ type doh2Conn struct {
 	// mu guards the streams and everything written: frames are encoded
 	// into out, in the order they are sent (the header compression's
 	// state depends on it), and written by flush.
-	mu        sync.Mutex
-	streams   map[uint32]*doh2Stream
-	out       bytes.Buffer
-	wf        *http2.Framer // writes frames into out
-	henc      *hpack.Encoder
-	hbuf      bytes.Buffer
-	window    int64         // what the client lets us send on the connection
-	initial   int64         // and on a new stream (its SETTINGS_INITIAL_WINDOW_SIZE)
-	maxFrame  int           // the largest frame it takes
-	blocked   []*doh2Stream // answers waiting for flow control credit, in order
-	broken    bool          // a write failed: nothing more is sent
-	goingAway bool          // GOAWAY sent: no new stream
-	writing   bool          // the writer goroutine runs
+	mu         sync.Mutex
+	streams    map[uint32]*doh2Stream
+	out        bytes.Buffer
+	wf         *http2.Framer // writes frames into out
+	henc       *hpack.Encoder
+	hbuf       bytes.Buffer
+	window     int64         // what the client lets us send on the connection
+	initial    int64         // and on a new stream (its SETTINGS_INITIAL_WINDOW_SIZE)
+	maxFrame   int           // the largest frame it takes
+	blocked    []*doh2Stream // answers waiting for flow control credit, in order
+	broken     bool          // a write failed: nothing more is sent
+	goingAway  bool          // GOAWAY sent: no new stream
+	writing    bool          // the writer goroutine runs
+	readerDone bool          // the reader has stopped
+	peerGone   bool          // the client sent GOAWAY
+	// The streams reset here last, whose frames still coming are
+	// ignored (RFC 9113, section 5.1, "closed"); other closed streams'
+	// get RST_STREAM STREAM_CLOSED.
+	resets [16]uint32
+	nreset int
 }
 
 // doh2Stream is one request and its response.
@@ -81,10 +89,12 @@ type doh2Stream struct {
 	ended                     bool  // the client ended the stream
 	dispatched                bool  // the request has gone to the request path
 	handed                    bool  // and on to a goroutine: its answer is written at once
+	opened                    time.Time
 	// The response, under mu.
-	window  int64  // what the client lets us send on the stream
-	pending []byte // body bytes not yet sent, for lack of credit
-	reset   bool   // the client reset the stream: nothing more is sent
+	window  int64     // what the client lets us send on the stream
+	pending []byte    // body bytes not yet sent, for lack of credit
+	blocked time.Time // since when it waits for credit (zero: it does not)
+	reset   bool      // reset, by the client or here: nothing more is sent
 }
 
 // serveH2 serves an HTTP/2 connection whose handshake is done, until the
@@ -107,6 +117,7 @@ func (d *dohServer) serveH2(tc *tls.Conn) {
 		return
 	}
 	defer func() {
+		c.readerGone()
 		c.handed.Wait()
 		c.writers.Wait()
 		c.mu.Lock()
@@ -118,18 +129,39 @@ func (d *dohServer) serveH2(tc *tls.Conn) {
 	c.serve()
 }
 
+// readerGone is the end of the reader: what no longer has a way to finish
+// is dropped (requests not all there, answers waiting for credit the
+// client can no longer give), so that only the answers of queries handed
+// off are still written, and the writer stops once it has written them.
+func (c *doh2Conn) readerGone() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.readerDone = true
+	for id, s := range c.streams {
+		if !s.handed || s.pending != nil {
+			s.reset, s.pending = true, nil
+			delete(c.streams, id)
+		}
+	}
+	clear(c.blocked)
+	c.blocked = c.blocked[:0]
+	if c.writing {
+		c.wakeWriter()
+	}
+}
+
 // writer writes what is queued whenever it is told to, as long as the
-// connection has streams open; an idle connection has no writer. Answers
-// are queued by the reader and by handed-off queries, and the writer
-// gathers into one write all that were queued since it last ran: on a
-// busy core, all that the reader answered before it waited for more to
-// read.
+// connection has streams open and a reader; an idle connection has no
+// writer. Answers are queued by the reader and by handed-off queries, and
+// the writer gathers into one write all that were queued since it last
+// ran: on a busy core, all that the reader answered before it waited for
+// more to read.
 func (c *doh2Conn) writer() {
 	defer c.writers.Done()
 	for {
 		c.mu.Lock()
 		c.flush()
-		if len(c.streams) == 0 {
+		if len(c.streams) == 0 || c.readerDone {
 			c.writing = false
 			c.mu.Unlock()
 			return
@@ -154,6 +186,10 @@ func (c *doh2Conn) wakeWriter() {
 	}
 }
 
+// dohWriteAt is how much may be queued before the writer is woken
+// whatever the reader is doing.
+const dohWriteAt = 32 << 10
+
 // serve reads frames until the connection ends.
 func (c *doh2Conn) serve() {
 	limits := &c.d.gate.limits
@@ -169,34 +205,54 @@ func (c *doh2Conn) serve() {
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: dohMaxHeader})
 	c.flush()
 	c.mu.Unlock()
-	for {
-		if c.br.Buffered() == 0 {
-			// All that had come is read: have what it answered sent,
-			// and wait for more.
+	var partial time.Time // since when a frame has been coming in part
+	why := tcpIdle        // what the read deadline bounds
+	for n := 0; ; n++ {
+		// About to wait for more to read (no whole frame buffered), or
+		// now and then: have what was answered sent, and see to the
+		// deadlines.
+		if blocking := !c.frameBuffered(); blocking || n%256 == 0 {
+			now := time.Now()
+			if c.br.Buffered() == 0 {
+				partial = time.Time{}
+			} else if partial.IsZero() {
+				partial = now
+			}
 			c.mu.Lock()
-			if c.out.Len() > 0 {
+			if blocking && c.out.Len() > 0 {
 				c.wakeWriter()
 			}
-			wait := limits.TLSIdle
-			for _, s := range c.streams {
-				if !s.dispatched {
-					wait = limits.Message // a request not all there
-					break
-				}
+			if c.peerGone && len(c.streams) == 0 {
+				c.mu.Unlock()
+				return // the client said GOAWAY, and has its answers
 			}
+			var due time.Time
+			due, why = c.due(now, partial)
 			c.mu.Unlock()
-			c.deadline(wait)
-			if _, err := c.br.Peek(1); err != nil {
-				c.readFailed(err, wait == limits.Message)
+			if !due.After(now) {
+				c.readFailed(why)
 				return
+			}
+			c.conn.SetReadDeadline(due)
+			if c.d.stopping.Load() {
+				c.conn.SetReadDeadline(time.Unix(1, 0))
 			}
 		}
 		f, err := c.rf.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
+				c.mu.Lock()
+				if se.StreamID%2 == 1 && se.StreamID > c.lastID {
+					c.lastID = se.StreamID // a stream opened, and refused at once
+				}
+				c.mu.Unlock()
 				c.resetStream(se.StreamID, se.Code)
 				continue
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				c.readFailed(why)
+				return
 			}
 			c.connError(err)
 			return
@@ -208,18 +264,53 @@ func (c *doh2Conn) serve() {
 	}
 }
 
-// readFailed ends the connection after a failed read: at shutdown with a
-// GOAWAY, after a timeout counted as the TCP bounds count theirs.
-func (c *doh2Conn) readFailed(err error, slow bool) {
-	if c.d.stopping.Load() {
-		c.goAway(http2.ErrCodeNo)
-		return
+// frameBuffered reports whether a whole frame is buffered, to be read
+// without waiting.
+func (c *doh2Conn) frameBuffered() bool {
+	n := c.br.Buffered()
+	if n < 9 {
+		return false
 	}
-	if ne, ok := err.(net.Error); ok && ne.Timeout() {
-		why := tcpIdle
-		if slow {
-			why = tcpSlow
+	h, _ := c.br.Peek(9)
+	return n >= 9+(int(h[0])<<16|int(h[1])<<8|int(h[2]))
+}
+
+// due is when the reader stops waiting, and what for: the message time
+// after a request or a frame began to come, the write timeout after an
+// answer began to wait for flow control credit, else the idle time of
+// encrypted connections from now. The caller holds mu.
+func (c *doh2Conn) due(now, partial time.Time) (time.Time, tcpClose) {
+	limits := &c.d.gate.limits
+	due, why := now.Add(limits.TLSIdle), tcpIdle
+	if !partial.IsZero() {
+		due, why = partial.Add(limits.Message), tcpSlow
+	}
+	for _, s := range c.streams {
+		if !s.dispatched {
+			if d := s.opened.Add(limits.Message); d.Before(due) {
+				due, why = d, tcpSlow
+			}
 		}
+		if !s.blocked.IsZero() {
+			if d := s.blocked.Add(tcpWriteTimeout); d.Before(due) {
+				due, why = d, tcpWrite
+			}
+		}
+	}
+	return due, why
+}
+
+// readFailed ends the connection when the reader's deadline passed: at
+// shutdown with a GOAWAY; after the client's GOAWAY, when its last stream
+// closed; else counted as the TCP bounds count theirs.
+func (c *doh2Conn) readFailed(why tcpClose) {
+	c.mu.Lock()
+	peerGone := c.peerGone && len(c.streams) == 0
+	c.mu.Unlock()
+	switch {
+	case c.d.stopping.Load():
+		c.goAway(http2.ErrCodeNo)
+	case !peerGone:
 		c.d.gate.closed[why].Add(1)
 	}
 }
@@ -280,22 +371,52 @@ func (c *doh2Conn) frame(f http2.Frame) error {
 	case *http2.RSTStreamFrame:
 		c.mu.Lock()
 		if s := c.streams[f.StreamID]; s != nil {
-			s.reset = true
-			c.closeStream(s)
+			c.drop(s)
 		} else if f.StreamID > c.lastID {
 			c.mu.Unlock()
 			return http2.ConnectionError(http2.ErrCodeProtocol) // an idle stream
 		}
 		c.mu.Unlock()
-	case *http2.GoAwayFrame:
-		// The client opens no more streams: the reader stops, and the
-		// connection closes once what it asked is answered.
-		return io.EOF
+	case *http2.PriorityFrame:
+		if f.StreamDep == f.StreamID {
+			c.resetStream(f.StreamID, http2.ErrCodeProtocol) // RFC 7540, section 5.3.1
+		}
 	case *http2.PushPromiseFrame:
 		return http2.ConnectionError(http2.ErrCodeProtocol) // a client never pushes
+	case *http2.GoAwayFrame:
+		// The client opens no more streams: the connection closes once
+		// what it asked is answered.
+		c.mu.Lock()
+		c.peerGone = true
+		idle := len(c.streams) == 0
+		c.mu.Unlock()
+		if idle {
+			return io.EOF
+		}
 	}
-	// PRIORITY and frames of unknown types are ignored.
+	// Frames of unknown types are ignored.
 	return nil
+}
+
+// closedStream takes a frame on a stream that has closed: ignored if
+// the stream was reset here, else RST_STREAM STREAM_CLOSED. The caller
+// holds mu.
+func (c *doh2Conn) closedStream(id uint32) {
+	if !c.wasReset(id) {
+		c.writeReset(id, http2.ErrCodeStreamClosed)
+	}
+}
+
+// wasReset reports whether stream id is one of the last reset here. The
+// caller holds mu.
+func (c *doh2Conn) wasReset(id uint32) bool {
+	return slices.Contains(c.resets[:min(c.nreset, len(c.resets))], id)
+}
+
+// isTrailers reports whether a header block is a request's trailers: no
+// pseudo-header, and the end of the stream.
+func isTrailers(f *http2.MetaHeadersFrame) bool {
+	return f.StreamEnded() && len(f.PseudoFields()) == 0
 }
 
 // headers opens a stream with a request's header block, or ends one
@@ -309,16 +430,24 @@ func (c *doh2Conn) headers(f *http2.MetaHeadersFrame) error {
 	if id <= c.lastID {
 		// Trailers, on a stream still being sent; on any other, an error.
 		s := c.streams[id]
-		if s == nil || s.ended || !f.StreamEnded() {
+		switch {
+		case s == nil && c.wasReset(id) && isTrailers(f):
+			c.mu.Unlock() // trailers of a stream reset here (RFC 9113, section 5.1)
+		case s == nil:
+			// A new stream below one opened (section 5.1.1).
 			c.mu.Unlock()
-			if s == nil {
-				return http2.ConnectionError(http2.ErrCodeStreamClosed)
-			}
 			return http2.ConnectionError(http2.ErrCodeProtocol)
+		case s.ended:
+			c.mu.Unlock()
+			c.resetStream(id, http2.ErrCodeStreamClosed)
+		case !f.StreamEnded():
+			c.mu.Unlock()
+			c.resetStream(id, http2.ErrCodeProtocol)
+		default:
+			s.ended = true
+			c.mu.Unlock()
+			c.requestEnded(s)
 		}
-		s.ended = true
-		c.mu.Unlock()
-		c.requestEnded(s)
 		return nil
 	}
 	c.lastID = id
@@ -327,11 +456,11 @@ func (c *doh2Conn) headers(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	if len(c.streams) >= tcpInFlight {
-		c.wf.WriteRSTStream(id, http2.ErrCodeRefusedStream)
+		c.writeReset(id, http2.ErrCodeRefusedStream)
 		c.mu.Unlock()
 		return nil
 	}
-	s := &doh2Stream{id: id, contentLength: -1, window: c.initial, ended: f.StreamEnded()}
+	s := &doh2Stream{id: id, contentLength: -1, window: c.initial, ended: f.StreamEnded(), opened: time.Now()}
 	c.streams[id] = s
 	c.mu.Unlock()
 
@@ -339,9 +468,21 @@ func (c *doh2Conn) headers(f *http2.MetaHeadersFrame) error {
 		c.reply(s, 431, "the request's header is too long")
 		return nil
 	}
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		c.resetStream(id, http2.ErrCodeProtocol) // RFC 7540, section 5.3.1
+		return nil
+	}
 	var scheme string
 	for _, hf := range f.Fields {
 		switch hf.Name {
+		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
+			c.resetStream(id, http2.ErrCodeProtocol) // RFC 9113, section 8.2.2
+			return nil
+		case "te":
+			if hf.Value != "trailers" {
+				c.resetStream(id, http2.ErrCodeProtocol)
+				return nil
+			}
 		case ":method":
 			s.method = hf.Value
 		case ":path":
@@ -395,11 +536,13 @@ func (c *doh2Conn) data(f *http2.DataFrame) error {
 	}
 	s := c.streams[f.StreamID]
 	if s == nil {
-		c.mu.Unlock()
 		if f.StreamID > c.lastID {
+			c.mu.Unlock()
 			return http2.ConnectionError(http2.ErrCodeProtocol) // an idle stream
 		}
-		return nil // one answered and closed meanwhile
+		c.closedStream(f.StreamID)
+		c.mu.Unlock()
+		return nil
 	}
 	if s.ended {
 		c.mu.Unlock()
@@ -420,6 +563,10 @@ func (c *doh2Conn) data(f *http2.DataFrame) error {
 			return nil
 		}
 		s.body = append(s.body, f.Data()...)
+		if s.contentLength >= 0 && int64(len(s.body)) > s.contentLength {
+			c.resetStream(s.id, http2.ErrCodeProtocol) // RFC 9113, section 8.1.1
+			return nil
+		}
 	}
 	if s.ended {
 		c.requestEnded(s)
@@ -433,7 +580,7 @@ func (c *doh2Conn) requestEnded(s *doh2Stream) {
 		return
 	}
 	if s.contentLength >= 0 && int64(len(s.body)) != s.contentLength {
-		c.reply(s, 400, "the body is not as long as its Content-Length")
+		c.resetStream(s.id, http2.ErrCodeProtocol) // RFC 9113, section 8.1.1
 		return
 	}
 	c.dispatch(s)
@@ -532,13 +679,18 @@ func (c *doh2Conn) respond(s *doh2Stream, status int, contentType, cacheControl 
 	}
 	c.wf.WriteHeaders(http2.HeadersFrameParam{StreamID: s.id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true, EndStream: len(body) == 0})
 	s.pending = body
-	if len(body) == 0 {
+	switch {
+	case len(body) == 0:
 		c.closeStream(s)
-	} else if !c.send(s) {
+	case c.send(s):
+	case c.readerDone:
+		c.drop(s) // no credit can come any more
+	default:
 		s.pending = bytes.Clone(s.pending) // the caller's buffer is reused
+		s.blocked = time.Now()
 		c.blocked = append(c.blocked, s)
 	}
-	if s.handed {
+	if s.handed || c.out.Len() >= dohWriteAt {
 		c.wakeWriter()
 	}
 	return nil
@@ -557,6 +709,7 @@ func (c *doh2Conn) send(s *doh2Stream) bool {
 		s.window -= n
 		s.pending = s.pending[n:]
 	}
+	s.pending, s.blocked = nil, time.Time{}
 	c.closeStream(s)
 	return true
 }
@@ -570,7 +723,32 @@ func (c *doh2Conn) closeStream(s *doh2Stream) {
 	}
 	delete(c.streams, s.id)
 	if !s.ended && !s.reset {
-		c.wf.WriteRSTStream(s.id, http2.ErrCodeNo)
+		c.writeReset(s.id, http2.ErrCodeNo)
+	}
+	c.lastClosed()
+}
+
+// lastClosed ends the wait of the reader of a connection the client said
+// GOAWAY on once its last stream is closed. The caller holds mu.
+func (c *doh2Conn) lastClosed() {
+	if c.peerGone && len(c.streams) == 0 {
+		c.conn.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// drop forgets a stream that is reset, with whatever it still had to
+// send. The caller holds mu.
+func (c *doh2Conn) drop(s *doh2Stream) {
+	s.reset, s.dispatched = true, true
+	if s.pending != nil {
+		s.pending = nil
+		if i := slices.Index(c.blocked, s); i >= 0 {
+			c.blocked = slices.Delete(c.blocked, i, i+1)
+		}
+	}
+	if c.streams[s.id] == s {
+		delete(c.streams, s.id)
+		c.lastClosed()
 	}
 }
 
@@ -579,11 +757,17 @@ func (c *doh2Conn) resetStream(id uint32, code http2.ErrCode) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s := c.streams[id]; s != nil {
-		s.reset = true
-		s.dispatched = true
-		delete(c.streams, id)
+		c.drop(s)
 	}
+	c.writeReset(id, code)
+}
+
+// writeReset sends RST_STREAM, and remembers the stream as reset here.
+// The caller holds mu.
+func (c *doh2Conn) writeReset(id uint32, code http2.ErrCode) {
 	c.wf.WriteRSTStream(id, code)
+	c.resets[c.nreset%len(c.resets)] = id
+	c.nreset++
 }
 
 // settings applies the client's settings and acknowledges them.
@@ -630,9 +814,8 @@ func (c *doh2Conn) windowUpdate(f *http2.WindowUpdateFrame) error {
 		}
 	} else if s := c.streams[f.StreamID]; s != nil {
 		if s.window += inc; s.window > 1<<31-1 {
-			s.reset = true
-			delete(c.streams, s.id)
-			c.wf.WriteRSTStream(s.id, http2.ErrCodeFlowControl)
+			c.drop(s)
+			c.writeReset(s.id, http2.ErrCodeFlowControl)
 		}
 	} else if f.StreamID > c.lastID {
 		return http2.ConnectionError(http2.ErrCodeProtocol)

@@ -56,6 +56,7 @@ type dohServer struct {
 	mu       sync.Mutex
 	conns    map[*doh2Conn]struct{} // HTTP/2 connections being served
 	wg       sync.WaitGroup         // handshakes and HTTP/2 connections
+	accepted chan struct{}          // closed when accept returned
 	done     chan struct{}          // closed when both accept loops returned
 }
 
@@ -78,7 +79,7 @@ const (
 // how long a query may wait for the upstreams: the write timeout adds it to
 // the time an answer may take to be sent.
 func newDoHServer(h *Handler, ln net.Listener, gate *tcpGate, answerWithin time.Duration, log *slog.Logger) *dohServer {
-	d := &dohServer{h: h, gate: gate, conns: map[*doh2Conn]struct{}{}, done: make(chan struct{})}
+	d := &dohServer{h: h, gate: gate, conns: map[*doh2Conn]struct{}{}, accepted: make(chan struct{}), done: make(chan struct{})}
 	limits := gate.limits
 	p := new(http.Protocols)
 	p.SetHTTP1(true)
@@ -112,6 +113,7 @@ func (d *dohServer) start() {
 	}()
 	go func() {
 		defer loops.Done()
+		defer close(d.accepted)
 		d.accept()
 	}()
 	go func() {
@@ -187,6 +189,7 @@ func (d *dohServer) shutdown(ctx context.Context) error {
 	d.stopping.Store(true)
 	d.ln.Close()
 	d.h1.Close()
+	<-d.accepted // no handshake starts after this
 	d.mu.Lock()
 	for c := range d.conns {
 		// Wakes its reader, which says GOAWAY and closes the connection
@@ -205,7 +208,9 @@ func (d *dohServer) shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		d.mu.Lock()
 		for c := range d.conns {
-			c.conn.Close()
+			// The socket, not the TLS connection, whose Close would
+			// write and wait for a client that may not read.
+			c.conn.NetConn().Close()
 		}
 		d.mu.Unlock()
 		<-h2
