@@ -101,7 +101,7 @@ type doh2Stream struct {
 // client closes it, breaks the protocol or a bound, or the server stops;
 // then it closes it once the queries it read are answered.
 func (d *dohServer) serveH2(tc *tls.Conn) {
-	c := &doh2Conn{d: d, conn: tc, br: bufio.NewReaderSize(tc, tcpReadBuffer), streams: map[uint32]*doh2Stream{},
+	c := &doh2Conn{d: d, conn: tc, br: bufio.NewReaderSize(tc, tlsReadBuffer), streams: map[uint32]*doh2Stream{},
 		window: 65535, initial: 65535, maxFrame: 16384, slots: make(chan struct{}, tcpInFlight), wake: make(chan struct{}, 1)}
 	if ap, err := netip.ParseAddrPort(tc.RemoteAddr().String()); err == nil {
 		c.peer = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
