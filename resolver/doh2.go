@@ -210,8 +210,13 @@ func (c *doh2Conn) serve() {
 	for n := 0; ; n++ {
 		// About to wait for more to read (no whole frame buffered), or
 		// now and then: have what was answered sent, and see to the
-		// deadlines.
-		if blocking := !c.frameBuffered(); blocking || n%256 == 0 {
+		// deadlines; wait for a frame's header here, byte by byte, so
+		// that a frame in part is bounded from its first byte.
+		for check := n%256 == 0; ; check = false {
+			blocking := !c.frameBuffered()
+			if !blocking && !check {
+				break
+			}
 			now := time.Now()
 			if c.br.Buffered() == 0 {
 				partial = time.Time{}
@@ -237,6 +242,17 @@ func (c *doh2Conn) serve() {
 			if c.d.stopping.Load() {
 				c.conn.SetReadDeadline(time.Unix(1, 0))
 			}
+			if !blocking || c.br.Buffered() >= 9 {
+				break // a whole frame, or a header whose payload ReadFrame waits for
+			}
+			if _, err := c.br.Peek(c.br.Buffered() + 1); err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					c.readFailed(why)
+				} else {
+					c.connError(err)
+				}
+				return
+			}
 		}
 		f, err := c.rf.ReadFrame()
 		if err != nil {
@@ -257,6 +273,7 @@ func (c *doh2Conn) serve() {
 			c.connError(err)
 			return
 		}
+		partial = time.Time{}
 		if err := c.frame(f); err != nil {
 			c.connError(err)
 			return
