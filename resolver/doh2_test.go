@@ -48,8 +48,9 @@ type h2Stream struct {
 	frames  []int             // the length of each DATA frame
 	ended   bool              // END_STREAM seen
 	rst     bool              // RST_STREAM seen
-	rstCode http2.ErrCode
-	late    int // HEADERS or DATA after END_STREAM or RST_STREAM
+	rstCode http2.ErrCode     // the last RST_STREAM's
+	rsts    int               // RST_STREAM frames
+	late    int               // HEADERS or DATA after END_STREAM or RST_STREAM
 }
 
 // h2GoAway is a GOAWAY the server sent.
@@ -150,6 +151,7 @@ func (l *h2Log) take(f http2.Frame) {
 	case *http2.RSTStreamFrame:
 		st := l.stream(f.StreamID)
 		st.rst, st.rstCode = true, f.ErrCode
+		st.rsts++
 	case *http2.SettingsFrame:
 		if f.IsAck() {
 			l.settingsAcks++
@@ -1501,4 +1503,401 @@ func FuzzDoH2Frames(f *testing.F) {
 		}
 		<-wrote // bounded by the write deadline
 	})
+}
+
+// h2ServerConn is the one HTTP/2 connection the server serves, as the
+// server holds it.
+func h2ServerConn(t *testing.T, s *encServer) *doh2Conn {
+	t.Helper()
+	var conns []*doh2Conn
+	for _, d := range s.srv.doh {
+		d.mu.Lock()
+		for c := range d.conns {
+			conns = append(conns, c)
+		}
+		d.mu.Unlock()
+	}
+	if len(conns) != 1 {
+		t.Fatalf("the server serves %d HTTP/2 connections, want 1", len(conns))
+	}
+	return conns[0]
+}
+
+// h2Held is how many answers a server's connection holds for lack of
+// flow control credit, and how many streams it has open.
+func h2Held(c *doh2Conn) (blocked, streams int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.blocked), len(c.streams)
+}
+
+// encode is the frames write writes, with header blocks compressed by c's
+// own encoder: for the test to send as it likes, but in the order
+// encoded, as the server's decoder follows the encoder's state.
+func (c *h2Conn) encode(write func(fr *http2.Framer, block func(fields ...string) []byte)) []byte {
+	var b bytes.Buffer
+	fr := http2.NewFramer(&b, nil)
+	write(fr, func(fields ...string) []byte {
+		c.hbuf.Reset()
+		for i := 0; i+1 < len(fields); i += 2 {
+			c.henc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+		}
+		return bytes.Clone(c.hbuf.Bytes())
+	})
+	return b.Bytes()
+}
+
+// write sends b in one write: one TLS record, which the server reads at
+// once.
+func (c *h2Conn) write(b []byte) {
+	c.t.Helper()
+	if _, err := c.conn.Write(b); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// TestDoH2ResetLeavesBlocked: answers held back by flow control whose
+// streams the client then resets are forgotten, bodies and all: 200
+// GETs of a cached name on a stream window of 0, each reset by the client
+// once answered, leave the connection with no answer waiting for credit
+// and no stream open; a new GET is held, and answered once the window
+// opens.
+func TestDoH2ResetLeavesBlocked(t *testing.T) {
+	up := dnstest.Start(t)
+	s := h2Server(t, Options{}, up)
+	c := s.dialH2(t)
+	l := newH2Log(c)
+	warm := h2Question("reset-blocked.example.", dns.TypeA, 0x7a00)
+	c.request(1, true, h2Get(s, warm)...)
+	l.ended(1)
+	l.answer(1, warm)
+
+	h2Must(t, c.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0}))
+	l.roundTrip()
+	const pairs = 200
+	for i := range pairs {
+		id := uint32(3 + 2*i)
+		c.request(id, true, h2Get(s, h2Question(warm.Question[0].Name, dns.TypeA, uint16(0x7a01+i)))...)
+		h2Must(t, c.fr.WriteRSTStream(id, http2.ErrCodeCancel))
+	}
+	l.roundTrip()
+	// Each was answered before its reset came: its HEADERS, and no DATA
+	// for lack of credit.
+	for i := range pairs {
+		id := uint32(3 + 2*i)
+		if st := l.stream(id); st.status != "200" || len(st.frames) != 0 || st.ended || st.rst {
+			t.Fatalf("stream %d: status %q, %d DATA frames, ended %v, reset %v %v; want the answer's HEADERS alone",
+				id, st.status, len(st.frames), st.ended, st.rst, st.rstCode)
+		}
+	}
+	sc := h2ServerConn(t, s)
+	if blocked, streams := h2Held(sc); blocked != 0 || streams != 0 {
+		t.Errorf("after %d answers held by flow control and reset by the client: %d answers wait for credit, %d streams open; want none",
+			pairs, blocked, streams)
+	}
+
+	// The window still works: a new answer waits for it, and comes when
+	// it opens.
+	last := uint32(3 + 2*pairs)
+	q := h2Question(warm.Question[0].Name, dns.TypeA, 0x7b00)
+	c.request(last, true, h2Get(s, q)...)
+	l.roundTrip()
+	if blocked, streams := h2Held(sc); blocked != 1 || streams != 1 {
+		t.Errorf("a new answer held by flow control: %d answers wait for credit, %d streams open; want 1 and 1", blocked, streams)
+	}
+	h2Must(t, c.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535}))
+	l.ended(last)
+	l.answer(last, q)
+	l.roundTrip()
+	for i := range pairs {
+		if st := l.stream(uint32(3 + 2*i)); len(st.frames) != 0 || st.rst {
+			t.Errorf("stream %d, reset by the client: %d DATA frames, RST_STREAM %v %v", 3+2*i, len(st.frames), st.rst, st.rstCode)
+		}
+	}
+	if blocked, streams := h2Held(sc); blocked != 0 || streams != 0 {
+		t.Errorf("at the end: %d answers wait for credit, %d streams open", blocked, streams)
+	}
+	if l.goAway != nil {
+		t.Errorf("GOAWAY %v", l.goAway.code)
+	}
+}
+
+// TestDoH2SplitFrames: a client whose every write ends inside the next
+// frame (TLS records cut wherever its buffer was) has its answers all the
+// same: each write carries a whole request, GET or POST of a cached name,
+// and the first bytes of the next request's HEADERS frame (the last, of a
+// PING's), and that request's answer comes before the client sends more.
+// The server never sees a pause between whole frames.
+func TestDoH2SplitFrames(t *testing.T) {
+	up := dnstest.Start(t)
+	s := h2Server(t, Options{TCP: TCPLimits{Message: time.Minute, TLSIdle: time.Minute}}, up)
+	name := "split.example."
+	// The cache is filled on another connection: this one sends nothing
+	// but the requests, cut.
+	{
+		c0 := s.dialH2(t)
+		l0 := newH2Log(c0)
+		warm := h2Question(name, dns.TypeA, 0x7c00)
+		c0.request(1, true, h2Get(s, warm)...)
+		l0.ended(1)
+		l0.answer(1, warm)
+	}
+
+	c := s.dialH2(t)
+	l := newH2Log(c)
+	l.wait = 3 * time.Second
+	const n = 12
+	qs := map[uint32]*dns.Msg{}
+	var all []byte
+	var starts []int // where each request begins in all, then the PING
+	for i := range n {
+		id := uint32(1 + 2*i)
+		q := h2Question(name, dns.TypeA, uint16(0x7c01+i))
+		qs[id] = q
+		starts = append(starts, len(all))
+		all = append(all, c.encode(func(fr *http2.Framer, block func(...string) []byte) {
+			if i%2 == 0 {
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block(h2Get(s, q)...), EndHeaders: true, EndStream: true})
+				return
+			}
+			body := packed(q)
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block(h2Post(s, "content-type", dohMediaType)...), EndHeaders: true})
+			fr.WriteData(id, false, body[:7])
+			fr.WriteData(id, true, body[7:])
+		})...)
+	}
+	starts = append(starts, len(all))
+	ping := [8]byte{'s', 'p', 'l', 'i', 't'}
+	all = append(all, c.encode(func(fr *http2.Framer, _ func(...string) []byte) { fr.WritePing(false, ping) })...)
+
+	// Cut 1 to 12 bytes into the next frame: inside its 9-byte header,
+	// just after it, or into its payload.
+	cuts := []int{1, 5, 8, 9, 10, 12}
+	from := 0
+	for i := range n {
+		to := starts[i+1] + cuts[i%len(cuts)]
+		c.write(all[from:to])
+		from = to
+		id := uint32(1 + 2*i)
+		st := l.stream(id)
+		for !st.ended && !st.rst {
+			if err := l.read(); err != nil {
+				t.Fatalf("stream %d: no answer to a write that ends %d bytes into the next frame: %v (a timeout: nothing for %v)%s",
+					id, cuts[i%len(cuts)], err, l.wait, l.why())
+			}
+		}
+		l.answer(id, qs[id])
+	}
+	c.write(all[from:])
+	l.until("the PING ack", func() bool { return slices.Contains(l.pingAcks, ping) })
+	if l.goAway != nil {
+		t.Errorf("GOAWAY %v", l.goAway.code)
+	}
+}
+
+// h2SlowClient is the server's bounds for a client that takes its time:
+// the message time short, the idle time long.
+var h2SlowClient = Options{TCP: TCPLimits{Message: 300 * time.Millisecond, TLSIdle: time.Minute}}
+
+// h2ClosedSlow checks that the server closed the connection as slow (err,
+// the read that ended it) after the message time of h2SlowClient since
+// start, well before its idle time.
+func h2ClosedSlow(t *testing.T, s *encServer, start time.Time, err error) {
+	t.Helper()
+	took := time.Since(start)
+	if !closedConn(err) {
+		t.Errorf("the connection ended with %v after %v, want it closed", err, took)
+	}
+	if took < 290*time.Millisecond || took > 3*time.Second {
+		t.Errorf("the connection closed %v after the request began; the message time is 300 ms", took)
+	}
+	g := s.srv.tcpGate
+	waitFor(t, "the connection counted as slow", func() bool { return g.count(tcpSlow) == 1 })
+	if n := g.count(tcpIdle); n != 0 {
+		t.Errorf("%d connections counted as idle", n)
+	}
+}
+
+// TestDoH2MessageTimeFromFirstFrame: the message time bounds a request
+// from its first frame, whatever else the client sends meanwhile: a POST
+// whose body never ends, on a connection kept busy with a PING every 50
+// ms (each acknowledged), is closed after the message time, counted as
+// slow, not after the idle time of a minute.
+func TestDoH2MessageTimeFromFirstFrame(t *testing.T) {
+	up := dnstest.Start(t)
+	s := h2Server(t, h2SlowClient, up)
+	c := s.dialH2(t)
+	l := newH2Log(c)
+	l.wait = 2 * time.Second
+	body := packed(h2Question("slow-post.example.", dns.TypeA, 0x7d01))
+	start := time.Now()
+	c.request(1, false, h2Post(s, "content-type", dohMediaType)...)
+	h2Must(t, c.fr.WriteData(1, false, body[:5]))
+
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	acked := 0
+	var closed error
+	for closed == nil {
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("the connection is still open 5 s after a request began whose body never ends (the message time is 300 ms), after %d PINGs acknowledged%s",
+				acked, h2Stacks())
+		}
+		<-tick.C
+		l.seq++
+		data := [8]byte{'b', 'u', 's', 'y'}
+		binary.BigEndian.PutUint32(data[4:], l.seq)
+		if err := c.fr.WritePing(false, data); err != nil {
+			if closed = l.waitClosed(); closed == nil {
+				t.Fatalf("writing a PING: %v, yet the connection is open", err)
+			}
+			break
+		}
+		for !slices.Contains(l.pingAcks, data) {
+			if err := l.read(); err != nil {
+				if isTimeout(err) {
+					t.Fatalf("PING %d neither acknowledged nor the connection closed within %v", l.seq, l.wait)
+				}
+				closed = err
+				break
+			}
+		}
+		if closed == nil {
+			acked++
+		}
+	}
+	t.Logf("%d PINGs acknowledged before the connection closed", acked)
+	if acked < 2 {
+		t.Errorf("only %d PINGs acknowledged while the request was open: the connection was not kept busy", acked)
+	}
+	h2ClosedSlow(t, s, start, closed)
+	if st := l.stream(1); st.headers != 0 {
+		t.Errorf("the request not all there was answered: status %q", st.status)
+	}
+}
+
+// TestDoH2PartialFrameBounded: a frame that comes in part is bounded by
+// the message time from its first bytes: a client that sends the first 5
+// bytes of a HEADERS frame and nothing more has the connection closed
+// after the message time, counted as slow, not after the idle time of a
+// minute. Whether those bytes come alone, to a server waiting for a
+// frame, or behind a whole frame in the same write; and so for a frame's
+// whole header and the first bytes of its payload.
+func TestDoH2PartialFrameBounded(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		n      int  // bytes of the HEADERS frame sent
+		behind bool // a PING first, in the same write
+	}{
+		{"5 bytes alone", 5, false},
+		{"5 bytes behind a whole frame", 5, true},
+		{"header and 3 bytes of payload alone", 12, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := dnstest.Start(t)
+			s := h2Server(t, h2SlowClient, up)
+			c := s.dialH2(t)
+			l := newH2Log(c)
+			l.wait = 3 * time.Second
+			q := h2Question("partial.example.", dns.TypeA, 0x7e01)
+			ping := [8]byte{'p', 'a', 'r', 't'}
+			b := c.encode(func(fr *http2.Framer, block func(...string) []byte) {
+				if tc.behind {
+					fr.WritePing(false, ping)
+				}
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(h2Get(s, q)...), EndHeaders: true, EndStream: true})
+			})
+			if tc.behind {
+				b = b[:17+tc.n]
+			} else {
+				b = b[:tc.n]
+			}
+			start := time.Now()
+			c.write(b)
+			if tc.behind {
+				l.until("the PING ack", func() bool { return slices.Contains(l.pingAcks, ping) })
+			}
+			err := l.waitClosed()
+			if err == nil {
+				t.Fatalf("the connection is still open %v after the first %d bytes of a frame (the message time is 300 ms, the idle time a minute)%s",
+					time.Since(start), tc.n, h2Stacks())
+			}
+			h2ClosedSlow(t, s, start, err)
+		})
+	}
+}
+
+// TestDoH2TrailersAfterEarlyAnswer: a POST answered on its header block
+// (415: not application/dns-message) has its stream closed by the server
+// while the client may still send the rest of it; its DATA and trailers,
+// sent together with a GET on the next stream, are ignored (RFC 9113,
+// section 5.1): the GET is answered, and the connection goes on.
+func TestDoH2TrailersAfterEarlyAnswer(t *testing.T) {
+	up := dnstest.Start(t)
+	s := h2Server(t, Options{}, up)
+	c := s.dialH2(t)
+	l := newH2Log(c)
+	q := h2Question("trailers.example.", dns.TypeA, 0x7f01)
+	c.request(1, false, h2Post(s, "content-type", "text/plain")...)
+	st := l.ended(1)
+	l.httpError(1, 415)
+	l.roundTrip()
+	rsts, code := st.rsts, st.rstCode
+
+	c.write(c.encode(func(fr *http2.Framer, block func(...string) []byte) {
+		fr.WriteData(1, false, packed(q))
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block("x-checksum", "none"), EndHeaders: true, EndStream: true})
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: block(h2Get(s, q)...), EndHeaders: true, EndStream: true})
+	}))
+	for l.goAway == nil && !l.stream(3).ended && !l.stream(3).rst {
+		if !l.next() {
+			break
+		}
+	}
+	if l.goAway != nil {
+		t.Fatalf("the rest of a POST answered early, with its trailers: GOAWAY %v, last stream %d", l.goAway.code, l.goAway.last)
+	}
+	l.answer(3, q)
+	l.roundTrip()
+	if l.goAway != nil {
+		t.Errorf("GOAWAY %v", l.goAway.code)
+	}
+	if st.rsts != rsts || st.rstCode != code || st.late != 0 || st.headers != 1 {
+		t.Errorf("stream 1, after its DATA and trailers: %d RST_STREAM frames (%v), %d before; %d HEADERS, %d frames after its end",
+			st.rsts, st.rstCode, rsts, st.headers, st.late)
+	}
+}
+
+// TestDoH2DataOnClosedStream: DATA on a stream the client ended and the
+// server answered and closed, without resetting it, is a stream error
+// (RFC 9113, sections 5.1 and 6.1): RST_STREAM STREAM_CLOSED, and the
+// connection goes on.
+func TestDoH2DataOnClosedStream(t *testing.T) {
+	up := dnstest.Start(t)
+	s := h2Server(t, Options{}, up)
+	c := s.dialH2(t)
+	l := newH2Log(c)
+	q := h2Question("closed-stream.example.", dns.TypeA, 0x7f11)
+	c.request(1, true, h2Get(s, q)...)
+	st := l.ended(1)
+	l.answer(1, q)
+	l.roundTrip()
+	if st.rsts != 0 {
+		t.Fatalf("stream 1, answered: RST_STREAM %v", st.rstCode)
+	}
+
+	h2Must(t, c.fr.WriteData(1, true, []byte("late")))
+	l.roundTrip()
+	if st.rsts != 1 || st.rstCode != http2.ErrCodeStreamClosed || st.late != 0 {
+		t.Errorf("DATA on stream 1, closed: %d RST_STREAM frames (the last %v), %d frames after its end; want one RST_STREAM STREAM_CLOSED%s",
+			st.rsts, st.rstCode, st.late, l.why())
+	}
+	q2 := h2Question("closed-stream.example.", dns.TypeA, 0x7f13)
+	c.request(3, true, h2Get(s, q2)...)
+	l.ended(3)
+	l.answer(3, q2)
+	l.roundTrip()
+	if l.goAway != nil {
+		t.Errorf("GOAWAY %v", l.goAway.code)
+	}
 }
