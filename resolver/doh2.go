@@ -47,8 +47,7 @@ type doh2Conn struct {
 	br      *bufio.Reader
 	rf      *http2.Framer // reads frames from br; the reader's own
 	lastID  uint32        // the highest stream the client has opened
-	handed  sync.WaitGroup
-	slots   chan struct{} // a query handed off holds one
+	waits   handOffs      // the queries handed off
 	wake    chan struct{} // tells the writer there is something to write
 	writers sync.WaitGroup
 
@@ -102,7 +101,7 @@ type doh2Stream struct {
 // then it closes it once the queries it read are answered.
 func (d *dohServer) serveH2(tc *tls.Conn) {
 	c := &doh2Conn{d: d, conn: tc, br: bufio.NewReaderSize(tc, tlsReadBuffer), streams: map[uint32]*doh2Stream{},
-		window: 65535, initial: 65535, maxFrame: 16384, slots: make(chan struct{}, tcpInFlight), wake: make(chan struct{}, 1)}
+		window: 65535, initial: 65535, maxFrame: 16384, waits: newHandOffs(), wake: make(chan struct{}, 1)}
 	if ap, err := netip.ParseAddrPort(tc.RemoteAddr().String()); err == nil {
 		c.peer = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
@@ -118,7 +117,7 @@ func (d *dohServer) serveH2(tc *tls.Conn) {
 	}
 	defer func() {
 		c.readerGone()
-		c.handed.Wait()
+		c.waits.wait()
 		c.writers.Wait()
 		c.mu.Lock()
 		c.flush()
@@ -659,16 +658,7 @@ func (r *doh2Reply) fail(status int, why string) {
 // own, so that the reader goes on to the streams behind it.
 func (r *doh2Reply) HandOff(f func()) {
 	r.s.handed = true
-	c := r.c
-	c.slots <- struct{}{}
-	c.handed.Add(1)
-	go func() {
-		defer func() {
-			<-c.slots
-			c.handed.Done()
-		}()
-		f()
-	}()
+	r.c.waits.run(f)
 }
 
 // errStreamGone is a response to a stream the client reset or a connection

@@ -441,7 +441,7 @@ func h2Handed(s *encServer) int {
 	for _, d := range s.srv.doh {
 		d.mu.Lock()
 		for c := range d.conns {
-			n += len(c.slots)
+			n += len(c.waits.slots)
 		}
 		d.mu.Unlock()
 	}

@@ -2,7 +2,6 @@ package resolver
 
 import (
 	"bytes"
-	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
 	"io"
@@ -138,22 +137,8 @@ type h2Conn struct {
 // Every read and write is bounded by a deadline 30 s away.
 func (s *encServer) dialH2(t *testing.T) *h2Conn {
 	t.Helper()
-	tc := s.tlsConfig()
-	tc.NextProtos = []string{"h2"}
-	conn, err := tls.DialWithDialer(dialer(""), "tcp", s.doh, tc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	if p := conn.ConnectionState().NegotiatedProtocol; p != "h2" {
-		t.Fatalf("ALPN %q", p)
-	}
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
-	c := &h2Conn{t: t, conn: conn, fr: http2.NewFramer(conn, conn), connWindow: 65535, streamWindow: 65535,
-		windows: map[uint32]int64{}, status: map[uint32]string{}, reset: map[uint32]bool{}}
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.henc = hpack.NewEncoder(&c.hbuf)
-	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+	c := s.dialH2Raw(t)
+	if _, err := io.WriteString(c.conn, http2.ClientPreface); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.fr.WriteSettings(); err != nil {

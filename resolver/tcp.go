@@ -263,7 +263,7 @@ func (s *tcpServer) admit(nc net.Conn) {
 	if _, ok := nc.(*tls.Conn); ok {
 		size = tlsReadBuffer
 	}
-	c := &tcpConn{s: s, conn: nc, client: client, r: bufio.NewReaderSize(nc, size), slots: make(chan struct{}, tcpInFlight)}
+	c := &tcpConn{s: s, conn: nc, client: client, r: bufio.NewReaderSize(nc, size), waits: newHandOffs()}
 	s.mu.Lock()
 	if s.stopping.Load() {
 		s.mu.Unlock()
@@ -312,9 +312,8 @@ type tcpConn struct {
 	conn   net.Conn
 	client netip.Addr
 	r      *bufio.Reader
-	msg    []byte        // the message being read
-	slots  chan struct{} // a cache miss handed off holds one
-	handed sync.WaitGroup
+	msg    []byte // the message being read
+	waits  handOffs
 
 	wire []byte // the reader's room for an answer of the wire path
 
@@ -361,7 +360,7 @@ func (c *tcpConn) loop(idle time.Duration) {
 
 // end closes the connection once the queries it read are answered.
 func (c *tcpConn) end() {
-	c.handed.Wait()
+	c.waits.wait()
 	c.conn.Close()
 	c.s.gate.leave(c.client)
 	c.s.mu.Lock()
@@ -451,17 +450,34 @@ func (c *tcpConn) handle(b []byte) {
 
 // HandOff runs f, a query waiting for an upstream, in a goroutine of its
 // own, so that the reader goes on to the queries pipelined behind it.
-func (c *tcpConn) HandOff(f func(dns.ResponseWriter)) {
-	c.slots <- struct{}{}
-	c.handed.Add(1)
+func (c *tcpConn) HandOff(f func(dns.ResponseWriter)) { c.waits.run(func() { f(c) }) }
+
+// handOffs runs a connection's queries that wait for the upstreams, each
+// in a goroutine of its own, at most tcpInFlight at once: past that, the
+// connection's reader waits for one to end.
+type handOffs struct {
+	slots chan struct{}
+	wg    *sync.WaitGroup
+}
+
+func newHandOffs() handOffs {
+	return handOffs{slots: make(chan struct{}, tcpInFlight), wg: new(sync.WaitGroup)}
+}
+
+func (h handOffs) run(f func()) {
+	h.slots <- struct{}{}
+	h.wg.Add(1)
 	go func() {
 		defer func() {
-			<-c.slots
-			c.handed.Done()
+			<-h.slots
+			h.wg.Done()
 		}()
-		f(c)
+		f()
 	}()
 }
+
+// wait returns once every query handed off has ended.
+func (h handOffs) wait() { h.wg.Wait() }
 
 func (c *tcpConn) WriteMsg(m *dns.Msg) error {
 	c.wmu.Lock()
