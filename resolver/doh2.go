@@ -66,6 +66,7 @@ type doh2Conn struct {
 	blocked    []*doh2Stream // answers waiting for flow control credit, in order
 	broken     bool          // a write failed: nothing more is sent
 	goingAway  bool          // GOAWAY sent: no new stream
+	dispatched int           // requests the reader has handed on: the reader's own
 	writing    bool          // the writer goroutine runs
 	readerDone bool          // the reader has stopped
 	peerGone   bool          // the client sent GOAWAY
@@ -115,17 +116,42 @@ func (d *dohServer) serveH2(tc *tls.Conn) {
 		tc.Close()
 		return
 	}
-	defer func() {
-		c.readerGone()
-		c.waits.wait()
-		c.writers.Wait()
-		c.mu.Lock()
-		c.flush()
-		c.mu.Unlock()
-		tc.Close() // leaves the gate
-		d.untrack(c)
-	}()
-	c.serve()
+	limits := &c.d.gate.limits
+	c.deadline(limits.Message)
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(c.br, preface); err != nil || string(preface) != http2.ClientPreface {
+		c.end()
+		return
+	}
+	c.mu.Lock()
+	c.wf.WriteSettings(
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: tcpInFlight},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: dohStreamWindow},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: dohMaxHeader})
+	c.flush()
+	c.mu.Unlock()
+	c.run()
+}
+
+// run reads the connection until it ends, then ends it; or, when the
+// connection has gone idle after the reader answered queries, hands the
+// reading to a goroutine of its own (see serve).
+func (c *doh2Conn) run() {
+	if !c.serve() {
+		c.end()
+	}
+}
+
+// end closes the connection once the queries it read are answered.
+func (c *doh2Conn) end() {
+	c.readerGone()
+	c.waits.wait()
+	c.writers.Wait()
+	c.mu.Lock()
+	c.flush()
+	c.mu.Unlock()
+	c.conn.Close() // leaves the gate
+	c.d.untrack(c)
 }
 
 // readerGone is the end of the reader: what no longer has a way to finish
@@ -185,25 +211,24 @@ func (c *doh2Conn) wakeWriter() {
 	}
 }
 
+// idleProbe is how long a reader that answered queries waits for more
+// before it hands the wait to a fresh goroutine (doh2Conn.serve,
+// tcpConn.loop): long enough that a busy connection never does, as
+// nothing is read in between.
+const idleProbe = 100 * time.Millisecond
+
 // dohWriteAt is how much may be queued before the writer is woken
 // whatever the reader is doing.
 const dohWriteAt = 32 << 10
 
-// serve reads frames until the connection ends.
-func (c *doh2Conn) serve() {
-	limits := &c.d.gate.limits
-	c.deadline(limits.Message)
-	preface := make([]byte, len(http2.ClientPreface))
-	if _, err := io.ReadFull(c.br, preface); err != nil || string(preface) != http2.ClientPreface {
-		return
-	}
-	c.mu.Lock()
-	c.wf.WriteSettings(
-		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: tcpInFlight},
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: dohStreamWindow},
-		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: dohMaxHeader})
-	c.flush()
-	c.mu.Unlock()
+// serve reads frames until the connection ends, and returns false; or
+// returns true once it has started another goroutine to read on. That is
+// when the connection has been idle (nothing to read, no stream open) for
+// idleProbe after this goroutine answered a query: answering grew its
+// stack, twice what waiting takes, and a thousand idle connections would
+// keep 4 MB of it.
+func (c *doh2Conn) serve() (moved bool) {
+	answered := c.dispatched
 	var partial time.Time // since when a frame has been coming in part
 	why := tcpIdle        // what the read deadline bounds
 	for n := 0; ; n++ {
@@ -230,6 +255,8 @@ func (c *doh2Conn) serve() {
 				c.mu.Unlock()
 				return // the client said GOAWAY, and has its answers
 			}
+			// Idle after answering: wait a little here, then elsewhere.
+			probe := blocking && c.dispatched != answered && len(c.streams) == 0 && c.br.Buffered() == 0
 			var due time.Time
 			due, why = c.due(now, partial)
 			c.mu.Unlock()
@@ -237,7 +264,12 @@ func (c *doh2Conn) serve() {
 				c.readFailed(why)
 				return
 			}
-			c.conn.SetReadDeadline(due)
+			if probe && now.Add(idleProbe).Before(due) {
+				c.conn.SetReadDeadline(now.Add(idleProbe))
+			} else {
+				probe = false
+				c.conn.SetReadDeadline(due)
+			}
 			if c.d.stopping.Load() {
 				c.conn.SetReadDeadline(time.Unix(1, 0))
 			}
@@ -246,6 +278,14 @@ func (c *doh2Conn) serve() {
 			}
 			if _, err := c.br.Peek(c.br.Buffered() + 1); err != nil {
 				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					if probe && !c.d.stopping.Load() {
+						c.d.wg.Add(1)
+						go func() {
+							defer c.d.wg.Done()
+							c.run()
+						}()
+						return true
+					}
 					c.readFailed(why)
 				} else {
 					c.connError(err)
@@ -606,6 +646,7 @@ func (c *doh2Conn) requestEnded(s *doh2Stream) {
 // path.
 func (c *doh2Conn) dispatch(s *doh2Stream) {
 	s.dispatched = true
+	c.dispatched++
 	if !c.isQueryPath(s) {
 		c.reply(s, 404, "404 page not found")
 		return
