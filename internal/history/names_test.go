@@ -13,9 +13,14 @@ import (
 	"github.com/phonehome/phonehome/internal/querylog"
 )
 
-// ptrLookup answers every PTR lookup with name.
-func ptrLookup(name string) clientnames.LookupFunc {
-	return func(_ context.Context, q *dns.Msg) (*dns.Msg, error) {
+// ptrLookup answers every PTR lookup with name, once release is closed.
+func ptrLookup(name string, release <-chan struct{}) clientnames.LookupFunc {
+	return func(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 		r := new(dns.Msg).SetReply(q)
 		r.Answer = []dns.RR{&dns.PTR{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypePTR, Class: dns.ClassINET, Ttl: 3600}, Ptr: name}}
 		return r, nil
@@ -32,7 +37,10 @@ func TestNames(t *testing.T) {
 		names := clientnames.New(clientnames.Config{}, clientnames.Options{Now: clk.Now,
 			ConfigNames: map[netip.Addr]string{netip.MustParseAddr("192.168.1.20"): "kids-pc", netip.MustParseAddr("192.168.1.30"): "nas", netip.MustParseAddr("192.168.1.0"): "anon"}})
 		defer names.Close()
-		names.Start(ptrLookup("laptop.lan."))
+		// The lookup answers only after the first flush, which must not
+		// have its name yet however fast the lookup would be.
+		release := make(chan struct{})
+		names.Start(ptrLookup("laptop.lan.", release))
 		s, _ := open(t, cfg, Options{Now: clk.Now, Names: names})
 		r, err := s.Reader()
 		if err != nil {
@@ -63,6 +71,7 @@ func TestNames(t *testing.T) {
 		}
 		// The flush asked for 192.168.1.21's name: once found, the next
 		// flush writes it.
+		close(release)
 		for deadline := time.Now().Add(10 * time.Second); names.Version() == v; time.Sleep(5 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatal("192.168.1.21 was not looked up")
