@@ -78,7 +78,7 @@ go test -race ./...
 # and no input (a race in Go itself, golang/go#75804, fixed in Go 1.27):
 # that alone is reported and passed over, not taken for a finding.
 fuzztime=${FUZZTIME:-20s}
-for target in endpoints:FuzzParse endpoints:FuzzHostname resolver:FuzzHandler resolver:FuzzParseWire resolver:FuzzDoHRequest internal/configfile:FuzzParse policy:FuzzList; do
+for target in endpoints:FuzzParse endpoints:FuzzHostname resolver:FuzzHandler resolver:FuzzParseWire resolver:FuzzDoHRequest resolver:FuzzDoH2Frames internal/configfile:FuzzParse policy:FuzzList; do
   pkg=${target%%:*} fuzzer=${target#*:}
   corpus="$pkg/testdata/fuzz/$fuzzer"
   before=$(ls "$corpus" 2>/dev/null | sort || true)
