@@ -112,6 +112,7 @@ func (d *dohServer) serveH2(tc *tls.Conn) {
 	c.rf.MaxHeaderListSize = dohMaxHeader
 	c.wf = http2.NewFramer(&c.out, nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.henc.SetMaxDynamicTableSizeLimit(dohHeaderTable)
 	if !d.track(c) {
 		tc.Close()
 		return
@@ -216,6 +217,16 @@ func (c *doh2Conn) wakeWriter() {
 // tcpConn.loop): long enough that a busy connection never does, as
 // nothing is read in between.
 const idleProbe = 100 * time.Millisecond
+
+// dohHeaderTable bounds the table our header compression (RFC 7541)
+// keeps, at 1 KiB rather than HTTP/2's 4 KiB: room for the fields every
+// answer repeats (the media type, a few lengths and max-ages), not for
+// each max-age and length there is, which the encoder would index in
+// turn; 3 KiB less on a busy connection. (The client's table is its own
+// to size: one made smaller by SETTINGS would hold only from its
+// acknowledgement, and only with clients that follow RFC 7541's size
+// update.)
+const dohHeaderTable = 1024
 
 // dohWriteAt is how much may be queued before the writer is woken
 // whatever the reader is doing.
