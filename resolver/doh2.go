@@ -26,9 +26,10 @@ import (
 // against 7 for dnsdist's DNS over HTTPS and 6 for phonehome's own DNS over
 // TLS, most of it outside the request path. A DNS query is one small
 // request and one small response, so a connection here is read by one
-// goroutine that answers what it can at once, as DNS over TCP does, hands
-// cache misses to goroutines of their own, and writes the answers it has
-// when it has read all that had arrived: one write for many.
+// goroutine that answers what it can at once, as DNS over TCP does, and
+// hands cache misses to goroutines of their own; a writer goroutine, alive
+// while streams are open, sends in one write all that was queued since it
+// last ran, woken when the reader has no whole frame left to read.
 //
 // golang.org/x/net/http2 reads and writes the frames (Framer: sizes,
 // padding, header blocks with their CONTINUATION frames, the pseudo-header
