@@ -991,13 +991,13 @@ func TestDoHRateLimit(t *testing.T) {
 	}
 }
 
-// TestDoHBounds: the bounds of DNS over TCP hold for DNS over HTTPS, as
-// net/http applies them: connections per client, a connection that never
-// starts its handshake, and one idle after its answer, over HTTP/2 and
-// HTTP/1.1.
+// TestDoHBounds: the bounds of DNS over TCP hold for DNS over HTTPS:
+// connections per client, a connection that never starts its handshake,
+// and one idle after its answer, over HTTP/2 (doh2.go) and HTTP/1.1
+// (net/http).
 func TestDoHBounds(t *testing.T) {
 	up := dnstest.Start(t)
-	// A second, not less: net/http bounds the handshake by the message time.
+	// A second, not less: the handshake is bounded by the message time.
 	s := startEncrypted(t, Options{TCP: TCPLimits{PerClient: 2, Idle: time.Second, Message: time.Second, TLSIdle: time.Second}}, loopbackLeaf, "", up)
 	g := s.srv.tcpGate
 	var held []net.Conn
