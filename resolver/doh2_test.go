@@ -9,10 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -27,7 +24,6 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/phonehome/phonehome/internal/dnstest"
-	"github.com/phonehome/phonehome/internal/testlog"
 )
 
 // The tests here speak HTTP/2 to phonehome's own server (doh2.go) frame by
@@ -386,7 +382,7 @@ func h2Stub(up *dnstest.Upstream, release <-chan struct{}) {
 // of the test is bounded: a server that does not stop within 7 s (an
 // HTTP/2 connection that never ends holds it) fails the test instead of
 // hanging it. Cleanups registered after it run before it.
-func h2Server(t *testing.T, opts Options, ups ...*dnstest.Upstream) *encServer {
+func h2Server(t testing.TB, opts Options, ups ...*dnstest.Upstream) *encServer {
 	t.Helper()
 	s := startEncrypted(t, opts, loopbackLeaf, "access: {rate_limit: 0}\n", ups...)
 	t.Cleanup(func() {
@@ -1357,51 +1353,6 @@ func TestDoH2OpenStreamAtEnd(t *testing.T) {
 	})
 }
 
-// startEncryptedTB is startEncrypted for a fuzz test's testing.F.
-func startEncryptedTB(tb testing.TB, opts Options, config string, ups ...*dnstest.Upstream) *encServer {
-	tb.Helper()
-	ca, err := dnstest.NewCA()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	dir := tb.TempDir()
-	s := &encServer{ca: ca, certFile: filepath.Join(dir, "cert.pem"), keyFile: filepath.Join(dir, "key.pem"), ups: ups, logs: &testlog.Buffer{}}
-	cert, key, err := ca.Issue(loopbackLeaf)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.WriteFile(s.certFile, cert, 0o644); err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.WriteFile(s.keyFile, key, 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	s.config = fmt.Sprintf("tls_listen: [\"127.0.0.1:0\"]\nhttps_listen: [\"127.0.0.1:0\"]\ntls_cert: %q\ntls_key: %q\n", s.certFile, s.keyFile) + config
-	clock := &testClock{}
-	opts.ResolvConf, opts.Clock = "/nonexistent", clock.now
-	if opts.TryTimeout == 0 {
-		opts.TryTimeout, opts.Timeout = 300*time.Millisecond, time.Second
-	}
-	opts.Log = slog.New(slog.NewTextHandler(s.logs, nil))
-	cfg := parseConfig(tb, s.config)
-	cfg.Listen = []string{"127.0.0.1:0"}
-	for _, u := range ups {
-		cfg.Upstreams = append(cfg.Upstreams, u.Addr())
-	}
-	srv, err := New(cfg, opts)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	s.testServer = &testServer{addr: srv.Addrs()[0], srv: srv, h: srv.handler, st: srv.State(), clock: clock}
-	s.dot, s.doh = srv.TLSAddrs()[0], srv.HTTPSAddrs()[0]
-	tb.Cleanup(func() {
-		if err := waitStopped(s.stop()); err != nil {
-			tb.Error(err)
-		}
-	})
-	return s
-}
-
 // h2Frames is frames written by a fresh client framer and hpack encoder.
 func h2Frames(write func(fr *http2.Framer, block func(fields ...string) []byte)) []byte {
 	var b, hb bytes.Buffer
@@ -1450,7 +1401,7 @@ func FuzzDoH2Frames(f *testing.F) {
 	f.Add([]byte{0x00, 0x40, 0x00, byte(http2.FrameData), 0x01, 0x00, 0x00, 0x00, 0x01, 'x'})
 
 	up := dnstest.Start(f)
-	s := startEncryptedTB(f, Options{TCP: TCPLimits{PerClient: 256}}, "access: {rate_limit: 0}\n", up)
+	s := h2Server(f, Options{TCP: TCPLimits{PerClient: 256}}, up)
 	var preface bytes.Buffer
 	preface.WriteString(http2.ClientPreface)
 	http2.NewFramer(&preface, nil).WriteSettings()

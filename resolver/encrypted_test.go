@@ -45,7 +45,7 @@ var loopbackLeaf = dnstest.Leaf{Names: []string{"phonehome.test"}, IPs: []net.IP
 
 // startEncrypted runs a server whose config is config with tls_listen,
 // https_listen, tls_cert and tls_key added, with a certificate for leaf.
-func startEncrypted(t *testing.T, opts Options, leaf dnstest.Leaf, config string, ups ...*dnstest.Upstream) *encServer {
+func startEncrypted(t testing.TB, opts Options, leaf dnstest.Leaf, config string, ups ...*dnstest.Upstream) *encServer {
 	t.Helper()
 	ca, err := dnstest.NewCA()
 	if err != nil {
@@ -76,7 +76,7 @@ func startEncrypted(t *testing.T, opts Options, leaf dnstest.Leaf, config string
 }
 
 // parse reads the server's config text anew, as a reload does.
-func (s *encServer) parse(t *testing.T) *Config {
+func (s *encServer) parse(t testing.TB) *Config {
 	t.Helper()
 	cfg := parseConfig(t, s.config)
 	cfg.Listen = []string{"127.0.0.1:0"}
@@ -88,7 +88,7 @@ func (s *encServer) parse(t *testing.T) *Config {
 
 // writeCert puts a new certificate for leaf, and its key, in the server's
 // files.
-func (s *encServer) writeCert(t *testing.T, leaf dnstest.Leaf) {
+func (s *encServer) writeCert(t testing.TB, leaf dnstest.Leaf) {
 	t.Helper()
 	c, k, err := s.ca.Issue(leaf)
 	if err != nil {
