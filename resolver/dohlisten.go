@@ -124,22 +124,10 @@ func (d *dohServer) start() {
 
 // accept takes connections until shutdown, each to its handshake.
 func (d *dohServer) accept() {
-	var pause time.Duration
-	for {
-		nc, err := d.ln.Accept()
-		if err != nil {
-			if d.stopping.Load() || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// Out of file descriptors, say: as tcpServer.serve.
-			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
-			time.Sleep(pause)
-			continue
-		}
-		pause = 0
+	acceptLoop(d.ln, &d.stopping, func(nc net.Conn) {
 		d.wg.Add(1)
 		go d.handshake(nc)
-	}
+	})
 }
 
 // handshake makes a connection's TLS handshake, within the message time,

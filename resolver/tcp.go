@@ -232,22 +232,27 @@ func (s *tcpServer) start() {
 // serve accepts connections until shutdown.
 func (s *tcpServer) serve() {
 	defer s.wg.Done()
+	acceptLoop(s.ln, &s.stopping, s.admit)
+}
+
+// acceptLoop hands each connection ln accepts to admit until ln is closed
+// or stopping is set. After another error (out of file descriptors, say)
+// it pauses, longer each time up to a second, so that an error that
+// persists does not spin a core.
+func acceptLoop(ln net.Listener, stopping *atomic.Bool, admit func(net.Conn)) {
 	var pause time.Duration
 	for {
-		nc, err := s.ln.Accept()
+		nc, err := ln.Accept()
 		if err != nil {
-			if s.stopping.Load() || errors.Is(err, net.ErrClosed) {
+			if stopping.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			// Out of file descriptors, say: pause, longer each time up
-			// to a second, so that an error that persists does not spin
-			// a core.
 			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
 			time.Sleep(pause)
 			continue
 		}
 		pause = 0
-		s.admit(nc)
+		admit(nc)
 	}
 }
 
