@@ -334,33 +334,54 @@ func (q *wireQuery) opt(buf []byte, ede uint16, text string) []byte {
 	return append(buf, text...)
 }
 
-// wireRecords reads a packed message of one question, for cached answers
-// that serveWire patches: it returns the offset where its question ends,
-// and msg with the offset of each record's TTL appended (2 bytes each, in
-// msg's spare room when it has some). ok is false for any other message.
-func wireRecords(msg []byte) (withTTLs []byte, qend int, ok bool) {
+// eachRecord walks the records of a packed message of one question: f gets
+// each record's start, the offset of its type (after its owner name) and
+// its end, in order, and stops the walk by returning false. It returns
+// where the question ends, and ok false for a message of another shape
+// (or with bytes after its last record), or when f stopped it.
+func eachRecord(msg []byte, f func(start, typ, end int) bool) (qend int, ok bool) {
 	if len(msg) < 12 || binary.BigEndian.Uint16(msg[4:]) != 1 {
-		return nil, 0, false
+		return 0, false
 	}
 	off, ok := skipName(msg, 12)
 	if !ok || off+4 > len(msg) {
-		return nil, 0, false
+		return 0, false
 	}
 	qend = off + 4
 	off = qend
 	n := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + int(binary.BigEndian.Uint16(msg[10:]))
-	out := msg
 	for range n {
+		start := off
 		if off, ok = skipName(msg, off); !ok || off+10 > len(msg) {
-			return nil, 0, false
+			return 0, false
 		}
-		if binary.BigEndian.Uint16(msg[off:]) == dns.TypeOPT {
-			return nil, 0, false // the cache stores none
+		end := off + 10 + int(binary.BigEndian.Uint16(msg[off+8:]))
+		if end > len(msg) || !f(start, off, end) {
+			return 0, false
 		}
-		out = binary.BigEndian.AppendUint16(out, uint16(off+4))
-		off += 10 + int(binary.BigEndian.Uint16(msg[off+8:]))
+		off = end
 	}
-	return out, qend, off == len(msg)
+	return qend, off == len(msg)
+}
+
+// wireRecords reads a packed message of one question without an OPT
+// record, for cached answers that serveWire patches: it returns the offset
+// where its question ends, and msg with the offset of each record's TTL
+// appended (2 bytes each, in msg's spare room when it has some). ok is
+// false for any other message.
+func wireRecords(msg []byte) (withTTLs []byte, qend int, ok bool) {
+	out := msg
+	qend, ok = eachRecord(msg, func(_, typ, _ int) bool {
+		if binary.BigEndian.Uint16(msg[typ:]) == dns.TypeOPT {
+			return false // the cache stores none
+		}
+		out = binary.BigEndian.AppendUint16(out, uint16(typ+4))
+		return true
+	})
+	if !ok {
+		return nil, 0, false
+	}
+	return out, qend, true
 }
 
 // withoutOPT returns a copy of the packed message msg without its OPT
@@ -369,36 +390,24 @@ func wireRecords(msg []byte) (withTTLs []byte, qend int, ok bool) {
 // offsets; nil for nil, or for a message it cannot read that way (the
 // cache then packs the unpacked answer).
 func withoutOPT(msg []byte) []byte {
-	if msg == nil || len(msg) < 12 || binary.BigEndian.Uint16(msg[4:]) != 1 {
-		return nil
-	}
-	off, ok := skipName(msg, 12)
-	if !ok {
-		return nil
-	}
-	off += 4
-	n := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + int(binary.BigEndian.Uint16(msg[10:]))
-	end := -1 // where the OPT record starts
-	for i := range n {
-		start := off
-		if off, ok = skipName(msg, off); !ok || off+10 > len(msg) {
-			return nil
+	n, opt := 0, -1 // records, and where the OPT record starts
+	_, ok := eachRecord(msg, func(start, typ, _ int) bool {
+		if opt >= 0 {
+			return false // a record after the OPT one
 		}
-		if binary.BigEndian.Uint16(msg[off:]) == dns.TypeOPT {
-			if i != n-1 {
-				return nil
-			}
-			end = start
+		if binary.BigEndian.Uint16(msg[typ:]) == dns.TypeOPT {
+			opt = start
 		}
-		off += 10 + int(binary.BigEndian.Uint16(msg[off+8:]))
-	}
-	if off != len(msg) {
+		n++
+		return true
+	})
+	switch {
+	case !ok:
 		return nil
-	}
-	if end < 0 {
+	case opt < 0:
 		return append(make([]byte, 0, len(msg)+2*n), msg...)
 	}
-	out := append(make([]byte, 0, end+2*(n-1)), msg[:end]...)
+	out := append(make([]byte, 0, opt+2*(n-1)), msg[:opt]...)
 	binary.BigEndian.PutUint16(out[10:], binary.BigEndian.Uint16(out[10:])-1)
 	return out
 }
@@ -407,35 +416,24 @@ func withoutOPT(msg []byte) []byte {
 // smallest TTL of its records, a SOA's being the lesser of its TTL and
 // its MINIMUM; 0 without records, or for one it cannot read.
 func wireMaxAge(msg []byte) uint32 {
-	off, ok := skipName(msg, 12)
-	if !ok || len(msg) < 12 {
-		return 0
-	}
-	off += 4
-	n := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + int(binary.BigEndian.Uint16(msg[10:]))
 	age, seen := uint32(0), false
-	for range n {
-		if off, ok = skipName(msg, off); !ok || off+10 > len(msg) {
-			return 0
-		}
-		rtype, ttl := binary.BigEndian.Uint16(msg[off:]), binary.BigEndian.Uint32(msg[off+4:])
-		end := off + 10 + int(binary.BigEndian.Uint16(msg[off+8:]))
-		if end > len(msg) {
-			return 0
-		}
-		switch rtype {
+	_, ok := eachRecord(msg, func(_, typ, end int) bool {
+		ttl := binary.BigEndian.Uint32(msg[typ+4:])
+		switch binary.BigEndian.Uint16(msg[typ:]) {
 		case dns.TypeOPT:
-			off = end
-			continue
+			return true
 		case dns.TypeSOA:
-			if end-off-10 >= 20 {
+			if end-typ-10 >= 20 {
 				ttl = min(ttl, binary.BigEndian.Uint32(msg[end-4:]))
 			}
 		}
 		if !seen || ttl < age {
 			age, seen = ttl, true
 		}
-		off = end
+		return true
+	})
+	if !ok {
+		return 0
 	}
 	return age
 }
