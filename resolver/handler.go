@@ -162,24 +162,27 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	q := req.Question[0]
 	a.Question, a.Decision = q, st.Policy.Decide(client, q.Name)
 	h.pauseIfAsked(&a.Decision)
-	h.serveDecided(w, req, st, a)
+	h.serveDecided(w, req, st, a, false)
 }
 
 // serveDecided answers a query the policy has decided (a.Decision): the
-// rest of ServeDNS, which the UDP loop's wire path (wire.go) also ends in
-// when it cannot answer a query itself.
-func (h *Handler) serveDecided(w dns.ResponseWriter, req *dns.Msg, st *State, a Answer) {
+// rest of ServeDNS, which the wire path (wire.go) also ends in when it
+// cannot answer a query itself; missed when the wire path has asked the
+// cache already and it had nothing fresh.
+func (h *Handler) serveDecided(w dns.ResponseWriter, req *dns.Msg, st *State, a Answer, missed bool) {
 	// 5. Sinkholed names are answered here and never reach an upstream.
 	if a.Decision.Action == policy.Sinkhole {
 		h.sinkhole(w, req, st, a)
 		return
 	}
 	// 6. The cache answers most queries at once.
-	if m, chain := st.Cache.Get(req); m != nil {
-		h.metrics.cacheLookup(cacheHit)
-		a.Source = SourceCache
-		h.answer(w, req, st, a, m, chain, 0)
-		return
+	if !missed {
+		if m, chain := st.Cache.Get(req); m != nil {
+			h.metrics.cacheLookup(cacheHit)
+			a.Source = SourceCache
+			h.answer(w, req, st, a, m, chain, 0)
+			return
+		}
 	}
 	h.metrics.cacheLookup(cacheMiss)
 	// 7. A miss waits for an upstream. The UDP server answers a batch of

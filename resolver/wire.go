@@ -180,6 +180,7 @@ func (h *Handler) serveWire(w wireWriter, b []byte) wireResult {
 	a.Decision = st.Policy.Decide(client, q.name)
 	h.pauseIfAsked(&a.Decision)
 
+	missed := false // the cache has nothing fresh
 	if a.Decision.Action == policy.Sinkhole {
 		// 5. The sinkhole's address.
 		if out, ok := q.sinkhole(w.wireBuf(), st.Sinkhole, a.Decision.BlockedText()); ok {
@@ -188,7 +189,9 @@ func (h *Handler) serveWire(w wireWriter, b []byte) wireResult {
 			h.done(a)
 			return wireAnswered
 		}
-	} else if e, age := st.Cache.fresh(q.question, keyFlags(q.do, q.cd)); e != nil {
+	} else if e, age := st.Cache.fresh(q.question, keyFlags(q.do, q.cd)); e == nil {
+		missed = true
+	} else {
 		// 6. The cached answer, unless its alias chain decides
 		// otherwise (then ServeDNS's steps sinkhole it).
 		d := a.Decision
@@ -213,7 +216,7 @@ func (h *Handler) serveWire(w wireWriter, b []byte) wireResult {
 		h.counters.Malformed.Add(1)
 		return wirePassed
 	}
-	h.serveDecided(w, req, st, a)
+	h.serveDecided(w, req, st, a, missed)
 	return wirePassed
 }
 
