@@ -119,7 +119,7 @@ func (d *dohServer) serveH2(tc *tls.Conn) {
 		return
 	}
 	limits := &c.d.gate.limits
-	c.deadline(limits.Message)
+	c.deadline(time.Now().Add(limits.Message))
 	preface := make([]byte, len(http2.ClientPreface))
 	if _, err := io.ReadFull(c.br, preface); err != nil || string(preface) != http2.ClientPreface {
 		c.end()
@@ -277,13 +277,10 @@ func (c *doh2Conn) serve() (moved bool) {
 				return
 			}
 			if probe && now.Add(idleProbe).Before(due) {
-				c.conn.SetReadDeadline(now.Add(idleProbe))
+				c.deadline(now.Add(idleProbe))
 			} else {
 				probe = false
-				c.conn.SetReadDeadline(due)
-			}
-			if c.d.stopping.Load() {
-				c.conn.SetReadDeadline(time.Unix(1, 0))
+				c.deadline(due)
 			}
 			if !blocking || c.br.Buffered() >= 9 {
 				break // a whole frame, or a header whose payload ReadFrame waits for
@@ -407,10 +404,10 @@ func (c *doh2Conn) goAway(code http2.ErrCode) {
 	}
 }
 
-// deadline sets the read deadline d from now; once the server is
-// stopping, in the past (as tcpConn.deadline).
-func (c *doh2Conn) deadline(d time.Duration) {
-	c.conn.SetReadDeadline(time.Now().Add(d))
+// deadline sets the read deadline at t; once the server is stopping, in
+// the past (as tcpConn.deadline).
+func (c *doh2Conn) deadline(t time.Time) {
+	c.conn.SetReadDeadline(t)
 	if c.d.stopping.Load() {
 		c.conn.SetReadDeadline(time.Unix(1, 0))
 	}
@@ -915,14 +912,4 @@ func (c *doh2Conn) flush() {
 		c.broken = true
 		c.conn.Close()
 	}
-}
-
-// dohGetQuery reads the dns parameter of a GET: the query, base64url
-// without padding (padding is forgiven).
-func dohGetQuery(v url.Values) (b []byte, status int, why string) {
-	dnsParam := v["dns"]
-	if len(dnsParam) != 1 || dnsParam[0] == "" {
-		return nil, 400, "a GET needs one dns parameter: the query, base64url"
-	}
-	return decodeDNSParam(dnsParam[0])
 }

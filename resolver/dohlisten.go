@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -362,6 +363,16 @@ func dohQuery(w http.ResponseWriter, r *http.Request) (b []byte, status int, why
 		return b, 0, ""
 	}
 	return nil, http.StatusMethodNotAllowed, "GET or POST"
+}
+
+// dohGetQuery reads the dns parameter of a GET: the query, base64url
+// without padding (padding is forgiven).
+func dohGetQuery(v url.Values) (b []byte, status int, why string) {
+	dnsParam := v["dns"]
+	if len(dnsParam) != 1 || dnsParam[0] == "" {
+		return nil, http.StatusBadRequest, "a GET needs one dns parameter: the query, base64url"
+	}
+	return decodeDNSParam(dnsParam[0])
 }
 
 // decodeDNSParam decodes a GET's dns parameter: base64url without padding
