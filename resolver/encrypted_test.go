@@ -266,6 +266,33 @@ func TestEncryptedListeners(t *testing.T) {
 	}
 }
 
+// TestTLS12Suites: over TLS 1.2 the listeners take AEAD suites only (RFC
+// 9113, section 9.2.2; RFC 8310): a client offering CBC suites alone gets
+// no handshake, over DoT or DoH, and one offering GCM does.
+func TestTLS12Suites(t *testing.T) {
+	up := dnstest.Start(t)
+	s := startEncrypted(t, Options{}, loopbackLeaf, "", up)
+	cbc := []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA,
+		tls.TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA, tls.TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA}
+	gcm := []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256}
+	for _, addr := range []string{s.dot, s.doh} {
+		for _, c := range []struct {
+			suites []uint16
+			ok     bool
+		}{{cbc, false}, {gcm, true}} {
+			tc := s.tlsConfig()
+			tc.MaxVersion, tc.CipherSuites = tls.VersionTLS12, c.suites
+			conn, err := tls.DialWithDialer(dialer(""), "tcp", addr, tc)
+			if err == nil {
+				conn.Close()
+			}
+			if (err == nil) != c.ok {
+				t.Errorf("%s, TLS 1.2 with %s: handshake error %v", addr, tls.CipherSuiteName(c.suites[0]), err)
+			}
+		}
+	}
+}
+
 // TestEncryptedAccess: a client outside access.allow is turned away over
 // every transport: REFUSED over UDP, and over TCP, TLS and HTTPS its
 // connection is closed before anything is read, the TLS handshake
