@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -1050,6 +1051,47 @@ func TestDoHBounds(t *testing.T) {
 		}
 		// The client keeps its connection; the server closes it.
 		waitFor(t, "the idle connection closed", func() bool { return g.conns() == 0 })
+	}
+}
+
+// TestIdleHandOver: a DoT or DoH connection whose reader answered a
+// query and then waited idleProbe hands the wait to a goroutine of its own
+// (one whose stack has not grown answering), and serves on from it.
+func TestIdleHandOver(t *testing.T) {
+	up := dnstest.Start(t)
+	s := startEncrypted(t, Options{}, loopbackLeaf, "access: {rate_limit: 0}\n", up)
+	handedOver := func(creator string) bool {
+		buf := make([]byte, 1<<20)
+		return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "created by github.com/phonehome/phonehome/resolver."+creator+" ")
+	}
+
+	dot, err := tls.DialWithDialer(dialer(""), "tcp", s.dot, s.tlsConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dot.Close()
+	dc := &dns.Conn{Conn: dot}
+	ask := func(name string) {
+		t.Helper()
+		if err := dc.WriteMsg(query(name, dns.TypeA, false)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		dot.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if r, err := dc.ReadMsg(); err != nil || answerText(r) != dnstest.AnswerA {
+			t.Fatalf("%s: %v %v", name, r, err)
+		}
+	}
+	ask("first.example.")
+	waitFor(t, "the DoT reader handed over", func() bool { return handedOver("(*tcpConn).loop") })
+	ask("second.example.")
+
+	doh := s.httpClient(t, "", true)
+	if _, _, err := askDoH(doh, s.dohRequest(http.MethodGet, query("first.example.", dns.TypeA, false))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the DoH reader handed over", func() bool { return handedOver("(*doh2Conn).serve") })
+	if _, _, err := askDoH(doh, s.dohRequest(http.MethodGet, query("second.example.", dns.TypeA, false))); err != nil {
+		t.Fatal(err)
 	}
 }
 
