@@ -601,3 +601,6 @@ func (c *gatedConn) Close() error {
 	c.once.Do(func() { c.gate.leave(c.client) })
 	return err
 }
+
+// NetConn is the connection gated, as tls.Conn's is (awaitReadable).
+func (c *gatedConn) NetConn() net.Conn { return c.Conn }

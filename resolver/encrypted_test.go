@@ -1056,13 +1056,21 @@ func TestDoHBounds(t *testing.T) {
 
 // TestIdleHandOver: a DoT or DoH connection whose reader answered a
 // query and then waited idleProbe hands the wait to a goroutine of its own
-// (one whose stack has not grown answering), and serves on from it.
+// (one whose stack has not grown answering), which waits on the socket
+// (on Linux) and serves on; idle again to the end of its idle time, the
+// connection is closed and counted.
 func TestIdleHandOver(t *testing.T) {
 	up := dnstest.Start(t)
-	s := startEncrypted(t, Options{}, loopbackLeaf, "access: {rate_limit: 0}\n", up)
+	s := startEncrypted(t, Options{TCP: TCPLimits{TLSIdle: 2 * time.Second}}, loopbackLeaf, "access: {rate_limit: 0}\n", up)
 	handedOver := func(creator string) bool {
 		buf := make([]byte, 1<<20)
-		return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "created by github.com/phonehome/phonehome/resolver."+creator+" ")
+		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+			if strings.Contains(g, "created by github.com/phonehome/phonehome/resolver."+creator+" ") &&
+				(runtime.GOOS != "linux" || strings.Contains(g, "resolver.awaitReadable(")) {
+				return true
+			}
+		}
+		return false
 	}
 
 	dot, err := tls.DialWithDialer(dialer(""), "tcp", s.dot, s.tlsConfig())
@@ -1093,6 +1101,8 @@ func TestIdleHandOver(t *testing.T) {
 	if _, _, err := askDoH(doh, s.dohRequest(http.MethodGet, query("second.example.", dns.TypeA, false))); err != nil {
 		t.Fatal(err)
 	}
+	g := s.srv.tcpGate
+	waitFor(t, "both connections closed idle", func() bool { return g.count(tcpIdle) == 2 && g.conns() == 0 })
 }
 
 // TestEncryptedIdle: a DNS-over-TLS or DNS-over-HTTPS connection that has

@@ -264,11 +264,11 @@ func (s *tcpServer) admit(nc net.Conn) {
 		nc.Close()
 		return
 	}
-	size := tcpReadBuffer
+	readers := &tcpReaders
 	if _, ok := nc.(*tls.Conn); ok {
-		size = tlsReadBuffer
+		readers = &tlsReaders
 	}
-	c := &tcpConn{s: s, conn: nc, client: client, r: bufio.NewReaderSize(nc, size), waits: newHandOffs()}
+	c := &tcpConn{s: s, conn: nc, client: client, readers: readers, r: readers.get(nc), waits: newHandOffs()}
 	s.mu.Lock()
 	if s.stopping.Load() {
 		s.mu.Unlock()
@@ -313,12 +313,13 @@ func (s *tcpServer) shutdown(ctx context.Context) error {
 // dns.ResponseWriter its queries are answered through, which writes one
 // answer at a time.
 type tcpConn struct {
-	s      *tcpServer
-	conn   net.Conn
-	client netip.Addr
-	r      *bufio.Reader
-	msg    []byte // the message being read
-	waits  handOffs
+	s       *tcpServer
+	conn    net.Conn
+	client  netip.Addr
+	r       *bufio.Reader // from readers; none while await waits
+	readers *readerPool
+	msg     []byte // the message being read
+	waits   handOffs
 
 	wire []byte // the reader's room for an answer of the wire path
 
@@ -353,14 +354,18 @@ func (c *tcpConn) serve() {
 
 // loop reads and answers queries until the connection ends. A loop that
 // has answered queries and then waited idleProbe for the next hands the
-// wait to a fresh goroutine: answering grew its stack, twice what waiting
-// takes, which a thousand idle DoT connections would keep (4 MB).
+// wait to a fresh goroutine (await): reading and answering grew its
+// stack, twice what waiting takes, which a thousand idle DoT connections
+// would keep (4 MB).
 func (c *tcpConn) loop(idle time.Duration) {
 	answered := false
 	for {
 		b, err := c.read(idle, answered)
 		if errors.Is(err, errIdleProbe) {
-			go c.loop(idle)
+			c.readers.put(c.r) // empty
+			c.r = nil
+			c.deadline(idle - idleProbe)
+			go c.await(idle)
 			return
 		}
 		if err != nil {
@@ -370,6 +375,44 @@ func (c *tcpConn) loop(idle time.Duration) {
 		c.handle(b)
 		answered = true
 	}
+}
+
+// await is the reader of a connection gone idle (see loop): it waits for
+// the next query on a small stack (awaitReadable), until the read
+// deadline the caller set, then reads on.
+func (c *tcpConn) await(idle time.Duration) {
+	if err := awaitReadable(c.conn); err != nil {
+		c.failed(err, tcpIdle)
+		c.end()
+		return
+	}
+	c.r = c.readers.get(c.conn)
+	c.loop(idle)
+}
+
+// readerPool lends read buffers of one size: a connection gone idle gives
+// its own back, empty, and takes one again when the client writes (await).
+type readerPool struct {
+	size int
+	pool sync.Pool
+}
+
+var (
+	tcpReaders = readerPool{size: tcpReadBuffer}
+	tlsReaders = readerPool{size: tlsReadBuffer}
+)
+
+func (p *readerPool) get(r io.Reader) *bufio.Reader {
+	if b, ok := p.pool.Get().(*bufio.Reader); ok {
+		b.Reset(r)
+		return b
+	}
+	return bufio.NewReaderSize(r, p.size)
+}
+
+func (p *readerPool) put(b *bufio.Reader) {
+	b.Reset(nil)
+	p.pool.Put(b)
 }
 
 // errIdleProbe is read's when the connection has been idle for idleProbe.
