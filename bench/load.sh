@@ -12,6 +12,7 @@
 #   BARE=1 bash bench/load.sh               # phonehome without metrics, query log and activity
 #   UPSTREAM=tls bash bench/load.sh         # the servers forward over DNS over TLS (or tcp: over TCP)
 #   HISTORY=off bash bench/load.sh          # phonehome without its history database (on by default)
+#   SERVERS=phonehome bash bench/load.sh    # only some of the servers: a quick before/after (no ratios)
 #
 # It needs root, 2 cores and Go; Debian's dnsperf, unbound, dnsdist, openssl,
 # util-linux (taskset, unshare) and iproute2 (ip) it installs with apt-get
@@ -125,6 +126,7 @@ OUT=${OUT:-}                     # keep raw outputs (and profiles) here
 UPSTREAM=${UPSTREAM:-udp}        # how the servers forward to the stub: udp, tcp or tls
 HISTORY=${HISTORY:-on}           # off: "history: off" (only for revisions that have a history); on: the default, in the work directory
 TRANSPORT=${TRANSPORT:-udp}      # how the clients ask the servers: udp, dot (DNS over TLS) or doh (DNS over HTTPS)
+SERVERS=${SERVERS:-}             # the servers to run, of phonehome, unbound and dnsdist: all that can serve TRANSPORT when empty
 if [[ $TRANSPORT == udp ]]; then
 	CLIENTS=${CLIENTS:-1}        # dnsperf -c: its sockets (udp), its connections (dot, doh)
 	HOLD_CONNS=${HOLD_CONNS:-0}  # idle encrypted connections held open while each server's memory is read (dot, doh only)
@@ -258,6 +260,20 @@ if [[ -z ${BENCH_INSIDE:-} ]]; then
 		echo "bench/load.sh: leaving dnsdist out: this dnsdist was built without DNS over TLS, so it cannot forward over it" >&2
 		keep=()
 		for s in "${servers[@]}"; do [[ $s == dnsdist ]] || keep+=("$s"); done
+		servers=("${keep[@]}")
+	fi
+
+	if [[ -n $SERVERS ]]; then
+		keep=()
+		for s in $SERVERS; do
+			case " ${servers[*]} " in
+			*" $s "*) keep+=("$s") ;;
+			*)
+				echo "bench/load.sh: SERVERS: $s is not one of the servers that can run here over $TRANSPORT: ${servers[*]}" >&2
+				exit 1
+				;;
+			esac
+		done
 		servers=("${keep[@]}")
 	fi
 
