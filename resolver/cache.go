@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"hash/maphash"
 	"slices"
-	"strings"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -65,34 +64,6 @@ func NewCache(size int, minTTL, maxTTL time.Duration, now func() time.Time) *Cac
 		c.lru, _ = lru.New[uint64, *cached](size)
 	}
 	return c
-}
-
-// Key identifies identical queries for the forwarder, which asks the
-// upstreams once for them all: the lower-cased name, type, class and the
-// DO and CD bits.
-func Key(q *dns.Msg) string {
-	qq := q.Question[0]
-	o := q.IsEdns0()
-	return keyOf(qq.Name, qq.Qtype, qq.Qclass, o != nil && o.Do(), q.CheckingDisabled)
-}
-
-// keyOf is Key of a query's parts.
-func keyOf(name string, qtype, qclass uint16, do, cd bool) string {
-	var b strings.Builder
-	b.Grow(len(name) + 5)
-	for i := range len(name) {
-		c := name[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		b.WriteByte(c)
-	}
-	b.WriteByte(byte(qtype >> 8))
-	b.WriteByte(byte(qtype))
-	b.WriteByte(byte(qclass >> 8))
-	b.WriteByte(byte(qclass))
-	b.WriteByte(keyFlags(do, cd))
-	return b.String()
 }
 
 func keyFlags(do, cd bool) uint8 {

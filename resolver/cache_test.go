@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"hash/maphash"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -94,14 +95,35 @@ func TestCacheTTLs(t *testing.T) {
 	if m := off.get(answer("a.example.")); m != nil || off.Len() != 0 {
 		t.Error("cache size 0 still caches")
 	}
+}
+
+// TestFlightKey: the forwarder's queries in flight are one for a name in
+// any case, and apart for the DO and CD bits, type and class.
+func TestFlightKey(t *testing.T) {
+	seed := maphash.MakeSeed()
 	q := answer("A.Example.")
-	k1 := Key(q)
-	q.CheckingDisabled = true
-	k2 := Key(q)
-	q.SetEdns0(1232, true)
-	k3 := Key(q)
-	if k1 == k2 || k2 == k3 || k1 != Key(answer("a.example.")) {
-		t.Error("forwarder keys")
+	p := answer("a.example.")
+	if flightOf(q).key(seed) != flightOf(p).key(seed) || !flightOf(q).same(flightOf(p)) {
+		t.Error("the same question in another case is another flight")
+	}
+	for what, change := range map[string]func(m *dns.Msg){
+		"CD":    func(m *dns.Msg) { m.CheckingDisabled = true },
+		"DO":    func(m *dns.Msg) { m.SetEdns0(1232, true) },
+		"type":  func(m *dns.Msg) { m.Question[0].Qtype = dns.TypeAAAA },
+		"class": func(m *dns.Msg) { m.Question[0].Qclass = dns.ClassCHAOS },
+		"name":  func(m *dns.Msg) { m.Question[0].Name = "b.example." },
+	} {
+		o := answer("a.example.")
+		change(o)
+		if flightOf(o).key(seed) == flightOf(p).key(seed) || flightOf(o).same(flightOf(p)) {
+			t.Errorf("%s: still the same flight", what)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { flightOf(q).key(seed) }); n != 0 {
+		t.Errorf("a flight's key allocates %v times", n)
+	}
+	if flightOf(new(dns.Msg)).same(flightOf(new(dns.Msg))) {
+		t.Error("queries without a question are one flight")
 	}
 }
 

@@ -443,7 +443,7 @@ func TestDoHClose(t *testing.T) {
 	f.TryTimeout, f.Timeout = time.Hour, time.Hour
 	done := make(chan error, 1)
 	go func() {
-		_, err := f.Forward(f.ctx, "held", query("held.example.", dns.TypeA, false))
+		_, err := f.Forward(f.ctx, query("held.example.", dns.TypeA, false))
 		done <- err
 	}()
 	waitFor(t, "the query to arrive", func() bool { return d.DNS.Queries() == 1 })

@@ -2,11 +2,14 @@ package resolver
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,13 +38,15 @@ type Forwarder struct {
 	closeOnce sync.Once
 
 	mu      sync.Mutex
-	pending map[string]*call // identical queries in flight go upstream once
+	pending map[uint64]*call // identical queries in flight go upstream once, by flightKey
+	seed    maphash.Seed
 
 	draining atomic.Int32 // races waiting for their slower attempts (race.leave)
 }
 
 // call is one upstream exchange that several identical queries wait for.
 type call struct {
+	flight flight // what it asks
 	done   chan struct{}
 	r      *dns.Msg
 	wire   []byte // r as received, or nil
@@ -83,25 +88,30 @@ func NewForwarder(ups []*Upstream, max int, log *slog.Logger) *Forwarder {
 	}
 	f := &Forwarder{
 		Upstreams: ups, TryTimeout: 2 * time.Second, Timeout: 5 * time.Second, Backoff: 30 * time.Second,
-		Log: log, inflight: make(chan struct{}, max), pending: map[string]*call{},
+		Log: log, inflight: make(chan struct{}, max), pending: map[uint64]*call{}, seed: maphash.MakeSeed(),
 		ctx: ctx, stop: stop,
 	}
 	f.lookups()
 	return f
 }
 
-// Forward answers q from the upstreams. key identifies identical queries.
-func (f *Forwarder) Forward(ctx context.Context, key string, q *dns.Msg) (*dns.Msg, error) {
-	r, _, err := f.forward(ctx, key, q)
+// Forward answers q from the upstreams. Identical queries in flight (the
+// same question, the name in any case, and the same DO and CD bits) go
+// upstream once.
+func (f *Forwarder) Forward(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
+	r, _, err := f.forward(ctx, q)
 	return r, err
 }
 
 // forward is Forward that also returns the answer as the upstream sent it,
 // when it came over plain UDP (nil otherwise), for the cache to store
 // without packing it again. The bytes are shared: read them only.
-func (f *Forwarder) forward(ctx context.Context, key string, q *dns.Msg) (*dns.Msg, []byte, error) {
+func (f *Forwarder) forward(ctx context.Context, q *dns.Msg) (*dns.Msg, []byte, error) {
+	fl := flightOf(q)
+	key := fl.key(f.seed)
 	f.mu.Lock()
-	if c, ok := f.pending[key]; ok {
+	c, ok := f.pending[key]
+	if ok && c.flight.same(fl) {
 		c.shared = true
 		f.mu.Unlock()
 		select {
@@ -120,14 +130,18 @@ func (f *Forwarder) forward(ctx context.Context, key string, q *dns.Msg) (*dns.M
 		f.mu.Unlock()
 		return nil, nil, ErrOverload
 	}
-	c := &call{done: make(chan struct{})}
-	f.pending[key] = c
+	c = &call{flight: fl, done: make(chan struct{})}
+	if !ok { // else another question of the same hash waits: this one goes alone
+		f.pending[key] = c
+	}
 	f.mu.Unlock()
 
 	c.r, c.wire, c.err = f.try(ctx, q, f.Upstreams)
 
 	f.mu.Lock()
-	delete(f.pending, key)
+	if f.pending[key] == c {
+		delete(f.pending, key)
+	}
 	shared := c.shared // no query joins once the call is out of pending
 	f.mu.Unlock()
 	<-f.inflight
@@ -139,6 +153,46 @@ func (f *Forwarder) forward(ctx context.Context, key string, q *dns.Msg) (*dns.M
 		return c.r, c.wire, nil // the caller's own: it may change it
 	}
 	return c.r.Copy(), c.wire, nil
+}
+
+// A flight is what makes queries identical for the upstreams: the
+// question, its name in any case, and the DO and CD bits (keyFlags).
+type flight struct {
+	q     dns.Question
+	flags uint8
+	ok    bool // one question
+}
+
+func flightOf(q *dns.Msg) flight {
+	if len(q.Question) != 1 {
+		return flight{}
+	}
+	o := q.IsEdns0()
+	return flight{q: q.Question[0], flags: keyFlags(o != nil && o.Do(), q.CheckingDisabled), ok: true}
+}
+
+// key is the flight's hash, its name lower-cased.
+func (fl flight) key(seed maphash.Seed) uint64 {
+	var h maphash.Hash
+	h.SetSeed(seed)
+	for i := range len(fl.q.Name) {
+		c := fl.q.Name[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		h.WriteByte(c)
+	}
+	var b [5]byte
+	binary.BigEndian.PutUint16(b[:], fl.q.Qtype)
+	binary.BigEndian.PutUint16(b[2:], fl.q.Qclass)
+	b[4] = fl.flags
+	h.Write(b[:])
+	return h.Sum64()
+}
+
+func (fl flight) same(o flight) bool {
+	return fl.ok && o.ok && fl.flags == o.flags && fl.q.Qtype == o.q.Qtype && fl.q.Qclass == o.q.Qclass &&
+		strings.EqualFold(fl.q.Name, o.q.Name)
 }
 
 // try asks the upstreams of ups (the forwarder's, or those a DoH

@@ -282,7 +282,7 @@ func (h *Handler) resolve(st *State, req *dns.Msg) (*dns.Msg, *Chain, uint16, An
 	// The UDP and TCP loops carry no request context, so the exchange is
 	// bounded by the forwarder's: its own deadlines, and cancelled when a
 	// reload retires the forwarder or the server shuts down.
-	r, wire, err := st.Forwarder.forward(st.Forwarder.ctx, Key(req), upstreamQuery(req))
+	r, wire, err := st.Forwarder.forward(st.Forwarder.ctx, upstreamQuery(req))
 	if err == nil {
 		// The alias chain is read once, here, and cached with the answer.
 		chain := aliasChain(r, st.MaxChain)

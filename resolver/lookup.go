@@ -28,7 +28,7 @@ func (s *Server) Lookup(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	defer cancel()
 	stop := context.AfterFunc(f.ctx, cancel)
 	defer stop()
-	r, err := f.Forward(ctx, Key(q), upstreamQuery(q))
+	r, err := f.Forward(ctx, upstreamQuery(q))
 	if err != nil {
 		return nil, err
 	}

@@ -69,7 +69,7 @@ func TestForwarderCloseCancels(t *testing.T) {
 	q.SetQuestion("never.example.", dns.TypeA)
 	done := make(chan error, 1)
 	go func() {
-		_, err := f.Forward(f.ctx, "never", q)
+		_, err := f.Forward(f.ctx, q)
 		done <- err
 	}()
 	waitFor(t, "the query to arrive", func() bool { return stub.Queries() == 1 })
@@ -131,14 +131,14 @@ func TestForwarderOverload(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := f.Forward(context.Background(), "slow", q("slow.example."))
+		_, err := f.Forward(context.Background(), q("slow.example."))
 		done <- err
 	}()
 	for stub.Seen("slow.example") == 0 {
 		time.Sleep(5 * time.Millisecond)
 	}
 	start := time.Now()
-	if _, err := f.Forward(context.Background(), "other", q("other.example.")); err != ErrOverload || time.Since(start) > 100*time.Millisecond {
+	if _, err := f.Forward(context.Background(), q("other.example.")); err != ErrOverload || time.Since(start) > 100*time.Millisecond {
 		t.Errorf("second query while one waits: %v after %v", err, time.Since(start))
 	}
 	if err := <-done; err != nil {
