@@ -9,12 +9,14 @@ import (
 )
 
 // awaitReadable waits until the connection's socket has something to
-// read, has failed or been closed, or its read deadline has passed; the
-// last two return an error. It waits through the poller with a few small
-// frames on the stack where a read through crypto/tls and bufio takes
-// twice the stack: an idle connection's goroutine waits here, and a
-// thousand of them keep 2 MB less. Bytes a TLS connection already holds
-// in part are not looked at: the rest of their record is what is awaited.
+// read (or an error to report), and returns nil; or until the connection
+// is closed or its read deadline passes, and returns that error. It waits
+// through the poller with a few small frames on the stack, where a read
+// through crypto/tls and bufio takes twice the stack: an idle
+// connection's goroutine waits here, and a thousand of them keep 2 MB
+// less. Bytes a TLS connection already holds in part are not looked at:
+// the rest of their record is what is awaited, so it is called only
+// after a read found no whole record.
 func awaitReadable(c net.Conn) error {
 	sc, ok := c.(syscall.Conn)
 	for !ok {
