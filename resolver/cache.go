@@ -23,6 +23,7 @@ type Cache struct {
 	size           int
 	minTTL, maxTTL time.Duration
 	now            func() time.Time
+	ownClock       bool      // now is not time.Now (tests): clock reads it
 	epoch          time.Time // entries' times are counted from it
 }
 
@@ -56,10 +57,11 @@ const (
 // NewCache makes a cache of at most size answers; size 0 turns it off. now
 // is its clock (nil for time.Now).
 func NewCache(size int, minTTL, maxTTL time.Duration, now func() time.Time) *Cache {
-	if now == nil {
+	own := now != nil
+	if !own {
 		now = time.Now
 	}
-	c := &Cache{size: size, minTTL: minTTL, maxTTL: maxTTL, now: now, seed: maphash.MakeSeed(), epoch: now()}
+	c := &Cache{size: size, minTTL: minTTL, maxTTL: maxTTL, now: now, ownClock: own, seed: maphash.MakeSeed(), epoch: now()}
 	if size > 0 {
 		c.lru, _ = lru.New[uint64, *cached](size)
 	}
@@ -166,6 +168,16 @@ func (c *Cache) entry(k cacheKey) *cached {
 	return e
 }
 
+// clock is the time now as the cache reads it: the caller's reading of
+// time.Now, or for a cache made with a clock of its own (tests), that
+// clock's.
+func (c *Cache) clock(now time.Time) time.Time {
+	if c.ownClock {
+		return c.now()
+	}
+	return now
+}
+
 // since is now as the cache counts time.
 func (c *Cache) since(now time.Time) int64 { return int64(now.Sub(c.epoch)) }
 
@@ -217,7 +229,7 @@ func (c *Cache) lookup(k cacheKey, stale bool) (*dns.Msg, *Chain) {
 
 // fresh returns the entry for the question in wire form while it is
 // fresh, and its age in seconds, for the wire path; or nil.
-func (c *Cache) fresh(question []byte, flags uint8) (*cached, uint32) {
+func (c *Cache) fresh(question []byte, flags uint8, now time.Time) (*cached, uint32) {
 	if c.lru == nil {
 		return nil, 0
 	}
@@ -225,11 +237,11 @@ func (c *Cache) fresh(question []byte, flags uint8) (*cached, uint32) {
 	if e == nil {
 		return nil, 0
 	}
-	now := c.since(c.now())
-	if now >= e.expires {
+	t := c.since(c.clock(now))
+	if t >= e.expires {
 		return nil, 0
 	}
-	return e, uint32((now - e.stored) / int64(time.Second))
+	return e, uint32((t - e.stored) / int64(time.Second))
 }
 
 // forgetDecisions drops what every cached alias chain remembers of a

@@ -155,8 +155,21 @@ func TestCacheKey(t *testing.T) {
 	// The wire path's key is the same as ServeDNS's.
 	var b1, b2 [maxQuestion]byte
 	k := c.keyOfMsg(answer("A.example."), &b1)
-	if e, _ := c.fresh(k.question, 0); e == nil {
+	if e, _ := c.fresh(k.question, 0, time.Now()); e == nil {
 		t.Error("the wire path's key misses")
+	}
+	// The wire path's reading of the clock is the cache's (once for a
+	// UDP batch), unless the cache has a clock of its own.
+	if e, age := c.fresh(k.question, 0, time.Now().Add(100*time.Second)); e == nil || age != 100 {
+		t.Errorf("100 s on: %v, %d s old", e, age)
+	}
+	if e, _ := c.fresh(k.question, 0, time.Now().Add(301*time.Second)); e != nil {
+		t.Error("an answer given as fresh 301 s on")
+	}
+	own := NewCache(10, 0, time.Hour, time.Now)
+	own.put(answer("a.example.", 300))
+	if e, age := own.fresh(k.question, 0, time.Now().Add(time.Hour)); e == nil || age != 0 {
+		t.Errorf("a cache with its own clock read the caller's: %v, %d s old", e, age)
 	}
 	// Another question of the same hash is a miss, not the other's answer.
 	other := c.keyOfMsg(answer("b.example."), &b2)

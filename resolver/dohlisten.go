@@ -302,7 +302,7 @@ func (d *dohServer) serveQuery(rep dohReply, b []byte, peer netip.AddrPort, xff 
 	dw := &dohWriter{rep: rep, remote: net.TCPAddrFromAddrPort(client), local: local}
 	// Cache hits and sinkholed names, mostly, from the bytes (wire.go);
 	// the rest through ServeDNS.
-	if d.h.serveWire(dw, b) == wireNotMine {
+	if d.h.serveWire(dw, b, time.Now()) == wireNotMine {
 		req := new(dns.Msg)
 		if err := req.Unpack(b); err != nil {
 			d.h.counters.Malformed.Add(1)

@@ -85,7 +85,7 @@ func FuzzHandler(f *testing.F) {
 		// UDP, as the read loop does it.
 		bt := &batch{out: make([]ipv4.Message, 1)}
 		w := &batchWriter{udpReply: udpReply{s: u, addr: client.LocalAddr().(*net.UDPAddr)}, batch: bt, buf: make([]byte, 0, maxUDP)}
-		u.handle(w, b)
+		u.handle(w, b, time.Now())
 		// A query gets one answer; a packet that does not parse, is too
 		// short or too long, or is a response, gets none.
 		query := parsed && len(b) >= 12 && len(b) < udpQuery && !req.Response

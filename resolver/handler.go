@@ -141,7 +141,7 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	}
 	// 2. Rate limit per client address, after access, so that strangers
 	// cannot fill the limiter table. Over the limit, queries are dropped.
-	if st.RateLimit > 0 && !h.withinRateLimit(client, st.RateLimit) {
+	if st.RateLimit > 0 && !h.withinRateLimit(client, st.RateLimit, a.Start) {
 		h.counters.RateLimited.Add(1)
 		return
 	}
@@ -429,13 +429,13 @@ func (h *Handler) reply(w dns.ResponseWriter, req, m *dns.Msg, ede uint16, text 
 
 // withinRateLimit takes one token from client's bucket (perSecond a
 // second, bursts of perSecond), and reports whether there was one.
-func (h *Handler) withinRateLimit(client netip.Addr, perSecond int) bool {
+func (h *Handler) withinRateLimit(client netip.Addr, perSecond int, now time.Time) bool {
 	l, ok := h.limiters.Get(client)
 	if !ok {
 		l = rate.NewLimiter(rate.Limit(perSecond), perSecond)
 		h.limiters.Add(client, l)
 	}
-	return l.AllowN(time.Now(), 1)
+	return l.AllowN(now, 1)
 }
 
 // Allowed reports whether a (IPv4-mapped or not) is inside access.allow:

@@ -502,7 +502,7 @@ func (c *tcpConn) handle(b []byte) {
 	if b[2]&0x80 != 0 { // QR: a response
 		return
 	}
-	if h.serveWire(c, b) != wireNotMine { // cache hits and sinkholed names, mostly (wire.go)
+	if h.serveWire(c, b, time.Now()) != wireNotMine { // cache hits and sinkholed names, mostly (wire.go)
 		return
 	}
 	req := new(dns.Msg)

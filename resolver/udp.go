@@ -112,6 +112,7 @@ func (s *udpServer) serve() {
 			continue
 		}
 		s.read.Add(int64(n))
+		now := time.Now() // when the batch was read: the clock once for all its queries
 		b.n = 0
 		for i, p := range in[:n] {
 			addr, ok := p.Addr.(*net.UDPAddr)
@@ -124,7 +125,7 @@ func (s *udpServer) serve() {
 			if s.pktinfo {
 				w.oob, w.dst = s.answerOOB(p.OOB[:p.NN])
 			}
-			s.handle(w, p.Buffers[0][:p.N])
+			s.handle(w, p.Buffers[0][:p.N], now)
 		}
 		for sent := 0; sent < b.n; {
 			k, err := s.bc.WriteBatch(b.out[sent:b.n], 0)
@@ -139,7 +140,7 @@ func (s *udpServer) serve() {
 // handle unpacks one packet and hands it to the request path. A packet that
 // does not parse, or is too long to be a query, is dropped and counted; a
 // response is dropped, as answering it could start a loop between servers.
-func (s *udpServer) handle(w *batchWriter, b []byte) {
+func (s *udpServer) handle(w *batchWriter, b []byte, now time.Time) {
 	if len(b) == udpQuery || len(b) < 12 {
 		s.h.counters.Malformed.Add(1)
 		return
@@ -147,7 +148,7 @@ func (s *udpServer) handle(w *batchWriter, b []byte) {
 	if b[2]&0x80 != 0 { // QR: a response
 		return
 	}
-	if s.h.serveWire(w, b) != wireNotMine { // cache hits and sinkholed names, mostly (wire.go)
+	if s.h.serveWire(w, b, now) != wireNotMine { // cache hits and sinkholed names, mostly (wire.go)
 		return
 	}
 	req := new(dns.Msg)

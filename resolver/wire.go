@@ -152,8 +152,9 @@ const (
 // access.allow, for the names ServeDNS answers itself, or that asks for a
 // padded answer over an encrypted transport; and once it has counted the
 // query against the rate limit and decided it, it passes what it cannot
-// answer to ServeDNS's steps after the decision.
-func (h *Handler) serveWire(w wireWriter, b []byte) wireResult {
+// answer to ServeDNS's steps after the decision. now is when the query was
+// read: the UDP loop reads the clock once for a batch of them.
+func (h *Handler) serveWire(w wireWriter, b []byte, now time.Time) wireResult {
 	var q wireQuery
 	if !parseWire(b, &q) || strings.EqualFold(q.name, canaryName) || strings.EqualFold(q.name, ddrName) {
 		return wireNotMine
@@ -171,8 +172,8 @@ func (h *Handler) serveWire(w wireWriter, b []byte) wireResult {
 		return wireNotMine
 	}
 	// From here on, as ServeDNS: 2. the rate limit, 4. the decision.
-	a := Answer{Start: time.Now(), Client: client, Transport: transport, Source: SourceLocal}
-	if st.RateLimit > 0 && !h.withinRateLimit(client, st.RateLimit) {
+	a := Answer{Start: now, Client: client, Transport: transport, Source: SourceLocal}
+	if st.RateLimit > 0 && !h.withinRateLimit(client, st.RateLimit, now) {
 		h.counters.RateLimited.Add(1)
 		return wireAnswered
 	}
@@ -189,7 +190,7 @@ func (h *Handler) serveWire(w wireWriter, b []byte) wireResult {
 			h.done(a)
 			return wireAnswered
 		}
-	} else if e, age := st.Cache.fresh(q.question, keyFlags(q.do, q.cd)); e == nil {
+	} else if e, age := st.Cache.fresh(q.question, keyFlags(q.do, q.cd), now); e == nil {
 		missed = true
 	} else {
 		// 6. The cached answer, unless its alias chain decides

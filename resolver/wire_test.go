@@ -38,7 +38,7 @@ func wireAskTCP(t *testing.T, s *testServer, b []byte) (*dns.Msg, bool) {
 
 func wireAskThrough(t *testing.T, s *testServer, b []byte, w wireWriter, sent func() [][]byte) (*dns.Msg, bool) {
 	t.Helper()
-	res := s.h.serveWire(w, b)
+	res := s.h.serveWire(w, b, time.Now())
 	if res == wireNotMine {
 		req := new(dns.Msg)
 		if err := req.Unpack(b); err != nil {
