@@ -68,6 +68,12 @@ func NewCache(size int, minTTL, maxTTL time.Duration, now func() time.Time) *Cac
 	return c
 }
 
+// msgFlags are keyFlags of a query.
+func msgFlags(q *dns.Msg) uint8 {
+	o := q.IsEdns0()
+	return keyFlags(o != nil && o.Do(), q.CheckingDisabled)
+}
+
 func keyFlags(do, cd bool) uint8 {
 	var flags uint8
 	if do {
@@ -119,8 +125,7 @@ func (c *Cache) keyOfMsg(q *dns.Msg, buf *[maxQuestion]byte) cacheKey {
 	}
 	binary.BigEndian.PutUint16(buf[n:], qq.Qtype)
 	binary.BigEndian.PutUint16(buf[n+2:], qq.Qclass)
-	o := q.IsEdns0()
-	return c.key(buf[:n+4], keyFlags(o != nil && o.Do(), q.CheckingDisabled))
+	return c.key(buf[:n+4], msgFlags(q))
 }
 
 // lowerName lower-cases the ASCII letters of a name in wire form. Its

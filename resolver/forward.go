@@ -38,7 +38,7 @@ type Forwarder struct {
 	closeOnce sync.Once
 
 	mu      sync.Mutex
-	pending map[uint64]*call // identical queries in flight go upstream once, by flightKey
+	pending map[uint64]*call // identical queries in flight go upstream once, by flight.key
 	seed    maphash.Seed
 
 	draining atomic.Int32 // races waiting for their slower attempts (race.leave)
@@ -167,8 +167,7 @@ func flightOf(q *dns.Msg) flight {
 	if len(q.Question) != 1 {
 		return flight{}
 	}
-	o := q.IsEdns0()
-	return flight{q: q.Question[0], flags: keyFlags(o != nil && o.Do(), q.CheckingDisabled), ok: true}
+	return flight{q: q.Question[0], flags: msgFlags(q), ok: true}
 }
 
 // key is the flight's hash, its name lower-cased.
