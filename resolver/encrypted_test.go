@@ -1105,6 +1105,43 @@ func TestIdleHandOver(t *testing.T) {
 	waitFor(t, "both connections closed idle", func() bool { return g.count(tcpIdle) == 2 && g.conns() == 0 })
 }
 
+// TestIdleShutdown: connections whose readers wait on their sockets
+// (TestIdleHandOver) are woken by shutdown, which ends them at once rather
+// than at the end of their idle time.
+func TestIdleShutdown(t *testing.T) {
+	up := dnstest.Start(t)
+	s := startEncrypted(t, Options{}, loopbackLeaf, "access: {rate_limit: 0}\n", up)
+	dot, err := tls.DialWithDialer(dialer(""), "tcp", s.dot, s.tlsConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dot.Close()
+	dc := &dns.Conn{Conn: dot}
+	if err := dc.WriteMsg(query("first.example.", dns.TypeA, false)); err != nil {
+		t.Fatal(err)
+	}
+	dot.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := dc.ReadMsg(); err != nil {
+		t.Fatal(err)
+	}
+	doh := s.httpClient(t, "", true)
+	if _, _, err := askDoH(doh, s.dohRequest(http.MethodGet, query("first.example.", dns.TypeA, false))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both readers waiting on their sockets", func() bool {
+		buf := make([]byte, 1<<20)
+		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "resolver.awaitReadable(") == 2 || runtime.GOOS != "linux"
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.srv.Close(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if _, err := dc.ReadMsg(); err == nil {
+		t.Error("the DoT connection is still open after shutdown")
+	}
+}
+
 // TestEncryptedIdle: a DNS-over-TLS or DNS-over-HTTPS connection that has
 // served a query is kept for the next one past the idle time of plain TCP
 // (RFC 7858, section 3.4), while a plain TCP connection opened after its
