@@ -1073,22 +1073,7 @@ func TestIdleHandOver(t *testing.T) {
 		return false
 	}
 
-	dot, err := tls.DialWithDialer(dialer(""), "tcp", s.dot, s.tlsConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dot.Close()
-	dc := &dns.Conn{Conn: dot}
-	ask := func(name string) {
-		t.Helper()
-		if err := dc.WriteMsg(query(name, dns.TypeA, false)); err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		dot.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if r, err := dc.ReadMsg(); err != nil || answerText(r) != dnstest.AnswerA {
-			t.Fatalf("%s: %v %v", name, r, err)
-		}
-	}
+	_, ask := s.dotAsker(t)
 	ask("first.example.")
 	waitFor(t, "the DoT reader handed over", func() bool { return handedOver("(*tcpConn).loop") })
 	ask("second.example.")
@@ -1105,25 +1090,36 @@ func TestIdleHandOver(t *testing.T) {
 	waitFor(t, "both connections closed idle", func() bool { return g.count(tcpIdle) == 2 && g.conns() == 0 })
 }
 
+// dotAsker opens a DoT connection to s, closed when the test ends, and
+// gives a function that asks it for a name and checks the stub's answer.
+func (s *encServer) dotAsker(t *testing.T) (*dns.Conn, func(name string)) {
+	t.Helper()
+	dot, err := tls.DialWithDialer(dialer(""), "tcp", s.dot, s.tlsConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dot.Close() })
+	dc := &dns.Conn{Conn: dot}
+	return dc, func(name string) {
+		t.Helper()
+		if err := dc.WriteMsg(query(name, dns.TypeA, false)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		dot.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if r, err := dc.ReadMsg(); err != nil || answerText(r) != dnstest.AnswerA {
+			t.Fatalf("%s: %v %v", name, r, err)
+		}
+	}
+}
+
 // TestIdleShutdown: connections whose readers wait on their sockets
 // (TestIdleHandOver) are woken by shutdown, which ends them at once rather
 // than at the end of their idle time.
 func TestIdleShutdown(t *testing.T) {
 	up := dnstest.Start(t)
 	s := startEncrypted(t, Options{}, loopbackLeaf, "access: {rate_limit: 0}\n", up)
-	dot, err := tls.DialWithDialer(dialer(""), "tcp", s.dot, s.tlsConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dot.Close()
-	dc := &dns.Conn{Conn: dot}
-	if err := dc.WriteMsg(query("first.example.", dns.TypeA, false)); err != nil {
-		t.Fatal(err)
-	}
-	dot.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := dc.ReadMsg(); err != nil {
-		t.Fatal(err)
-	}
+	dc, ask := s.dotAsker(t)
+	ask("first.example.")
 	doh := s.httpClient(t, "", true)
 	if _, _, err := askDoH(doh, s.dohRequest(http.MethodGet, query("first.example.", dns.TypeA, false))); err != nil {
 		t.Fatal(err)
@@ -1152,22 +1148,7 @@ func TestEncryptedIdle(t *testing.T) {
 	s := startEncrypted(t, Options{TCP: TCPLimits{Idle: 200 * time.Millisecond, TLSIdle: time.Minute}}, loopbackLeaf, "access: {rate_limit: 0}\n", up)
 	g := s.srv.tcpGate
 
-	dot, err := tls.DialWithDialer(dialer(""), "tcp", s.dot, s.tlsConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dot.Close()
-	dc := &dns.Conn{Conn: dot}
-	ask := func(name string) {
-		t.Helper()
-		if err := dc.WriteMsg(query(name, dns.TypeA, false)); err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		dot.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if r, err := dc.ReadMsg(); err != nil || answerText(r) != dnstest.AnswerA {
-			t.Fatalf("%s: %v %v", name, r, err)
-		}
-	}
+	_, ask := s.dotAsker(t)
 	ask("first.example.")
 	var reused bool
 	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }}
