@@ -328,13 +328,18 @@ func (c *doh2Conn) serve() (moved bool) {
 }
 
 // idle gives back what an idle connection can do without until the
-// client writes again (see await): the read buffer, empty, and the
-// streams' map. (A thousand idle connections keep 0.7 MB less.)
+// client writes again (see await): the read buffer, empty, the streams'
+// map, and the buffers frames and header blocks were encoded in once
+// what they held is written.
 func (c *doh2Conn) idle() {
 	tlsReaders.put(c.br)
 	c.br = nil
 	c.mu.Lock()
 	c.streams = nil // no stream open
+	if !c.writing && c.out.Len() == 0 {
+		c.out = bytes.Buffer{}
+	}
+	c.hbuf = bytes.Buffer{} // used whole under mu
 	c.mu.Unlock()
 }
 

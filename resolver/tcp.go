@@ -362,8 +362,7 @@ func (c *tcpConn) loop(idle time.Duration) {
 	for {
 		b, err := c.read(idle, answered)
 		if errors.Is(err, errIdleProbe) {
-			c.readers.put(c.r) // empty
-			c.r = nil
+			c.idle()
 			c.deadline(idle - idleProbe)
 			go c.await(idle)
 			return
@@ -375,6 +374,17 @@ func (c *tcpConn) loop(idle time.Duration) {
 		c.handle(b)
 		answered = true
 	}
+}
+
+// idle gives back what an idle connection can do without until the
+// client writes again (see await): its read buffer, empty, to the pool,
+// and the buffers of the last message read and the answers written.
+func (c *tcpConn) idle() {
+	c.readers.put(c.r)
+	c.r, c.msg, c.wire = nil, nil, nil
+	c.wmu.Lock()
+	c.pack, c.out = nil, nil // a query handed off grows them again
+	c.wmu.Unlock()
 }
 
 // await is the reader of a connection gone idle (see loop): it waits for
