@@ -1057,8 +1057,9 @@ func TestDoHBounds(t *testing.T) {
 // TestIdleHandOver: a DoT or DoH connection whose reader answered a
 // query and then waited idleProbe hands the wait to a goroutine of its own
 // (one whose stack has not grown answering), which waits on the socket
-// (on Linux) and serves on; idle again to the end of its idle time, the
-// connection is closed and counted.
+// (on Linux) and serves on, a query handed off meanwhile included; idle
+// again to the end of its idle time, the connection is closed and
+// counted.
 func TestIdleHandOver(t *testing.T) {
 	up := dnstest.Start(t)
 	s := startEncrypted(t, Options{TCP: TCPLimits{TLSIdle: 2 * time.Second}}, loopbackLeaf, "access: {rate_limit: 0}\n", up)
@@ -1077,6 +1078,13 @@ func TestIdleHandOver(t *testing.T) {
 	ask("first.example.")
 	waitFor(t, "the DoT reader handed over", func() bool { return handedOver("(*tcpConn).loop") })
 	ask("second.example.")
+	// A query that waits for a slow upstream past idleProbe is answered,
+	// though its reader has handed over meanwhile and the connection has
+	// dropped its answer buffers.
+	up.SetMode(dnstest.Delay)
+	up.SetDelay(250 * time.Millisecond)
+	ask("slow.example.")
+	up.SetMode(dnstest.Answer)
 
 	doh := s.httpClient(t, "", true)
 	if _, _, err := askDoH(doh, s.dohRequest(http.MethodGet, query("first.example.", dns.TypeA, false))); err != nil {
