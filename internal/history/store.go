@@ -264,11 +264,45 @@ func (s *Store) Reader() (*Reader, error) {
 // and was not allowed, or every decided query with all_queries: in memory,
 // under a mutex held for one map update and one append, allocating nothing
 // once the maps have grown. Beyond the backlog bound it drops and counts.
-func (s *Store) Answered(a resolver.Answer) {
-	if !a.Decided() || !a.Match() && !s.all.Load() {
-		return
+func (s *Store) Answered(a resolver.Answer) { s.AnsweredBatch([]resolver.Answer{a}) }
+
+// AnsweredBatch counts what Answered would of a batch of answers (the UDP
+// loop's), under one hold of the mutex.
+func (s *Store) AnsweredBatch(as []resolver.Answer) {
+	all, anonymize, locked := s.all.Load(), s.anonymize.Load(), false
+	var droppedCounts, droppedEvents int
+	for i := range as {
+		if !s.counts(&as[i], all) {
+			continue
+		}
+		if !locked {
+			s.mu.Lock()
+			locked = true
+		}
+		c, e := s.add(as[i], anonymize)
+		droppedCounts += b2i(c)
+		droppedEvents += b2i(e)
 	}
-	if s.anonymize.Load() {
+	if locked {
+		s.mu.Unlock()
+	}
+	if droppedCounts > 0 {
+		s.m.droppedCounts.Add(float64(droppedCounts))
+	}
+	if droppedEvents > 0 {
+		s.m.droppedEvents.Add(float64(droppedEvents))
+	}
+}
+
+// counts reports whether the history keeps an answer.
+func (s *Store) counts(a *resolver.Answer, all bool) bool {
+	return a.Decided() && (a.Match() || all)
+}
+
+// add counts one answer kept and queues its event; s.mu is held. It
+// reports what it had to drop.
+func (s *Store) add(a resolver.Answer, anonymize bool) (droppedCount, droppedEvent bool) {
+	if anonymize {
 		a.Client = querylog.Anonymize(a.Client)
 	}
 	if a.Start.IsZero() {
@@ -278,34 +312,33 @@ func (s *Store) Answered(a resolver.Answer) {
 	d := &a.Decision
 	k := key{bucket: ms / 60_000 * 60, client: a.Client, group: d.Group, rule: d.Match.Rule,
 		lit: unsafe.StringData(d.Match.Literal), litLen: len(d.Match.Literal), shape: d.Match.Shape, action: d.Action}
-	droppedCount, droppedEvent := false, false
-	s.mu.Lock()
-	if b := s.cur; s.closed {
-		droppedCount, droppedEvent = true, true
+	b := s.cur
+	if s.closed {
+		return true, true
+	}
+	if i, ok := b.index[k]; ok {
+		g := &b.aggs[i]
+		g.n++
+		g.first, g.last = min(g.first, ms), max(g.last, ms)
+	} else if len(b.aggs) < s.limit {
+		b.index[k] = int32(len(b.aggs))
+		b.aggs = append(b.aggs, agg{n: 1, first: ms, last: ms, literal: d.Match.Literal})
 	} else {
-		if i, ok := b.index[k]; ok {
-			g := &b.aggs[i]
-			g.n++
-			g.first, g.last = min(g.first, ms), max(g.last, ms)
-		} else if len(b.aggs) < s.limit {
-			b.index[k] = int32(len(b.aggs))
-			b.aggs = append(b.aggs, agg{n: 1, first: ms, last: ms, literal: d.Match.Literal})
-		} else {
-			droppedCount = true
-		}
-		if int64(len(b.events)) < s.eventCap.Load() {
-			b.events = append(b.events, a)
-		} else {
-			droppedEvent = true
-		}
+		droppedCount = true
 	}
-	s.mu.Unlock()
-	if droppedCount {
-		s.m.droppedCounts.Inc()
+	if int64(len(b.events)) < s.eventCap.Load() {
+		b.events = append(b.events, a)
+	} else {
+		droppedEvent = true
 	}
-	if droppedEvent {
-		s.m.droppedEvents.Inc()
+	return droppedCount, droppedEvent
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
 	}
+	return 0
 }
 
 // Flush writes what was counted so far now, and returns the write's error.

@@ -167,11 +167,34 @@ func (l *Log) Apply(cfg Config) {
 
 // Answered logs a decided query that matched a catalog entry or a list and
 // was not allowed, or every decided query with all_queries.
-func (l *Log) Answered(a resolver.Answer) {
-	if !a.Decided() || !a.Match() && !l.all.Load() {
-		return
+func (l *Log) Answered(a resolver.Answer) { l.AnsweredBatch([]resolver.Answer{a}) }
+
+// AnsweredBatch logs what Answered would of a batch of answers (the UDP
+// loop's), queued under one hold of the lock.
+func (l *Log) AnsweredBatch(as []resolver.Answer) {
+	all, anonymize := l.all.Load(), l.anonymize.Load()
+	locked, dropped := false, 0
+	for i := range as {
+		a := &as[i]
+		if !a.Decided() || !a.Match() && !all {
+			continue
+		}
+		if !locked {
+			l.mu.Lock()
+			locked = true
+		}
+		if l.closed || len(l.queued) >= l.max {
+			dropped++
+			continue
+		}
+		l.queued = append(l.queued, NewRecord(a, anonymize))
 	}
-	l.Add(NewRecord(&a, l.anonymize.Load()))
+	if locked {
+		l.mu.Unlock()
+	}
+	if dropped > 0 {
+		l.Dropped.Add(uint64(dropped))
+	}
 }
 
 // NewRecord spells an answered query as a query log line; anonymize zeroes

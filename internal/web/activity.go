@@ -119,29 +119,55 @@ func NewActivity(events, clients int, anonymize bool) *Activity {
 
 // Answered keeps a decided query that matched a catalog entry or a list,
 // whatever was done with it.
-func (a *Activity) Answered(ans resolver.Answer) {
-	rule := ans.Decision.Match.Rule
-	if !ans.Decided() || rule == nil {
+func (a *Activity) Answered(ans resolver.Answer) { a.AnsweredBatch([]resolver.Answer{ans}) }
+
+// AnsweredBatch keeps the matches of a batch of answers (the UDP loop's),
+// under one hold of the lock.
+func (a *Activity) AnsweredBatch(as []resolver.Answer) {
+	first := 0
+	for first < len(as) && !kept(&as[first]) {
+		first++
+	}
+	if first == len(as) {
 		return
 	}
-	client, anonymize := ans.Client, a.anonymize.Load()
+	anonymize := a.anonymize.Load()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i := first; i < len(as); i++ {
+		if kept(&as[i]) {
+			a.keep(&as[i], anonymize)
+		}
+	}
+}
+
+// kept reports whether the feed keeps an answer: a decided query that
+// matched a catalog entry or a list.
+func kept(ans *resolver.Answer) bool { return ans.Decided() && ans.Decision.Match.Rule != nil }
+
+// keep adds an answer kept; a.mu is held.
+func (a *Activity) keep(ans *resolver.Answer, anonymize bool) {
+	client := ans.Client
 	if anonymize {
 		client = querylog.Anonymize(client)
 	}
-	desc := ""
-	if rule.Entry != nil {
-		desc = rule.Entry.Description()
-	}
-	a.add(client, querylog.NewRecord(&ans, anonymize), desc)
+	a.addLocked(client, querylog.NewRecord(ans, anonymize), ans.Decision.Match.Rule.Entry)
 }
 
 // SetAnonymize turns anonymize_clients on or off (a reload).
 func (a *Activity) SetAnonymize(on bool) { a.anonymize.Store(on) }
 
-// add records one catalog or list match.
-func (a *Activity) add(client netip.Addr, r querylog.Record, description string) {
+// add records one catalog or list match, of the entry e (nil for a list's
+// line).
+func (a *Activity) add(client netip.Addr, r querylog.Record, e *endpoints.Entry) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.addLocked(client, r, e)
+}
+
+// addLocked is add with a.mu held. The entry's description is spelled
+// only for the endpoint's first match.
+func (a *Activity) addLocked(client netip.Addr, r querylog.Record, entry *endpoints.Entry) {
 	a.seq++
 	ev := Event{ID: a.seq, Record: r}
 	if len(a.ring) < cap(a.ring) {
@@ -153,7 +179,11 @@ func (a *Activity) add(client netip.Addr, r querylog.Record, description string)
 	a.totals[catAction{r.Category, r.Action}]++
 	e, ok := a.endpoints[r.Pattern]
 	if !ok && len(a.endpoints) < maxEndpoints {
-		e = &EndpointCount{Pattern: r.Pattern, Category: r.Category, Actions: map[string]uint64{}, Description: description}
+		desc := ""
+		if entry != nil {
+			desc = entry.Description()
+		}
+		e = &EndpointCount{Pattern: r.Pattern, Category: r.Category, Actions: map[string]uint64{}, Description: desc}
 		a.endpoints[r.Pattern] = e
 	}
 	if e != nil {

@@ -14,7 +14,7 @@ import (
 // askUndocumented adds to a a query for name from client at the time at,
 // decided "undocumented" under the first-party pattern.
 func askUndocumented(a *Activity, client, name, pattern string, at time.Time) {
-	a.add(netip.MustParseAddr(client), undocumented(client, name, pattern, at), "")
+	a.add(netip.MustParseAddr(client), undocumented(client, name, pattern, at), nil)
 }
 
 func undocumented(client, name, pattern string, at time.Time) querylog.Record {
@@ -33,7 +33,7 @@ func TestActivityUndocumented(t *testing.T) {
 	askUndocumented(a, "192.168.1.7", "microsoft.com.", "microsoft.com", t0)
 	r := undocumented("192.168.1.5", "v10.events.data.microsoft.com.", "v10.events.data.microsoft.com", t0)
 	r.Category = "telemetry"
-	a.add(netip.MustParseAddr(r.Client), r, "")
+	a.add(netip.MustParseAddr(r.Client), r, nil)
 
 	got := a.Undocumented()
 	want := Undocumented{Hosts: []UndocumentedHost{
