@@ -3,6 +3,7 @@ package resolver
 import (
 	"encoding/binary"
 	"hash/maphash"
+	"math"
 	"slices"
 	"time"
 
@@ -115,17 +116,27 @@ func (c *Cache) key(question []byte, flags uint8) cacheKey {
 // keyOfMsg is the cache key of a query's question, written in wire form
 // into buf (the caller's, on its stack).
 func (c *Cache) keyOfMsg(q *dns.Msg, buf *[maxQuestion]byte) cacheKey {
-	if len(q.Question) != 1 {
+	question := packQuestion(q, buf)
+	if question == nil {
 		return cacheKey{}
+	}
+	return c.key(question, msgFlags(q))
+}
+
+// packQuestion writes a query's one question in wire form into buf (the
+// caller's, on its stack), and returns it; nil when it cannot.
+func packQuestion(q *dns.Msg, buf *[maxQuestion]byte) []byte {
+	if len(q.Question) != 1 {
+		return nil
 	}
 	qq := q.Question[0]
 	n, err := dns.PackDomainName(qq.Name, buf[:maxQuestion-4], 0, nil, false)
 	if err != nil {
-		return cacheKey{}
+		return nil
 	}
 	binary.BigEndian.PutUint16(buf[n:], qq.Qtype)
 	binary.BigEndian.PutUint16(buf[n+2:], qq.Qclass)
-	return c.key(buf[:n+4], msgFlags(q))
+	return buf[:n+4]
 }
 
 // lowerName lower-cases the ASCII letters of a name in wire form. Its
@@ -323,28 +334,61 @@ func (c *Cache) putReceived(q, m *dns.Msg, received []byte, chain *Chain) {
 			return
 		}
 	}
+	if e := entryOf(wire); e != nil {
+		c.keep(k, e, ttl, chain)
+	}
+}
+
+// entryOf makes an entry of an answer packed without an OPT record, with
+// the TTLs it has (keep clamps them); nil for one it cannot read.
+func entryOf(wire []byte) *cached {
 	// The TTLs' offsets go after the answer, in the same allocation.
 	data, qend, ok := wireRecords(wire)
 	if !ok || len(data) > 0xffff {
-		return
+		return nil
 	}
+	return &cached{data: data, wlen: uint16(len(wire)), qend: uint16(qend)}
+}
+
+// keep stores e, the answer to the question of k, for ttl, its TTLs
+// clamped to [min_ttl, ttl] in its bytes.
+func (c *Cache) keep(k cacheKey, e *cached, ttl time.Duration, chain *Chain) {
 	maxTTL, minTTL := uint32(ttl/time.Second), uint32(c.minTTL/time.Second)
-	for i := len(wire); i < len(data); i += 2 {
-		off := binary.BigEndian.Uint16(data[i:])
-		switch t := binary.BigEndian.Uint32(data[off:]); {
+	for i := int(e.wlen); i < len(e.data); i += 2 {
+		off := binary.BigEndian.Uint16(e.data[i:])
+		switch t := binary.BigEndian.Uint32(e.data[off:]); {
 		case t > maxTTL:
-			binary.BigEndian.PutUint32(data[off:], maxTTL)
+			binary.BigEndian.PutUint32(e.data[off:], maxTTL)
 		case t < minTTL:
-			binary.BigEndian.PutUint32(data[off:], minTTL)
+			binary.BigEndian.PutUint32(e.data[off:], minTTL)
 		}
 	}
 	now := c.since(c.now())
-	e := &cached{data: data, wlen: uint16(len(wire)), qend: uint16(qend), flags: k.flags,
-		stored: now, expires: now + int64(ttl), chain: chain}
+	e.flags, e.stored, e.expires, e.chain = k.flags, now, now+int64(ttl), chain
 	if !e.is(k) {
 		return // an answer to another question
 	}
 	c.lru.Add(k.hash, e)
+}
+
+// keepPlain stores the entry of a plain answer (plainAnswer) to q, as
+// putReceived would store it: for its records' smallest TTL, clamped.
+func (c *Cache) keepPlain(q *dns.Msg, e *cached) {
+	if c.lru == nil {
+		return
+	}
+	var buf [maxQuestion]byte
+	k := c.keyOfMsg(q, &buf)
+	if !k.ok {
+		return
+	}
+	least := uint32(math.MaxUint32)
+	for i := int(e.wlen); i < len(e.data); i += 2 {
+		least = min(least, binary.BigEndian.Uint32(e.data[binary.BigEndian.Uint16(e.data[i:]):]))
+	}
+	if ttl := c.clamp(time.Duration(least) * time.Second); ttl > 0 {
+		c.keep(k, e, ttl, nil)
+	}
 }
 
 func isOPT(rr dns.RR) bool { return rr.Header().Rrtype == dns.TypeOPT }

@@ -520,15 +520,15 @@ func (d *dohWriter) finish() {
 // HandOff lets a query that waits for the upstreams do so in a goroutine
 // of its own over HTTP/2, whose connection's reader goes on meanwhile;
 // over HTTP/1.1 the request's own goroutine waits.
-func (d *dohWriter) HandOff(f func(dns.ResponseWriter)) {
+func (d *dohWriter) HandOff(m miss) {
 	ho, ok := d.rep.(interface{ HandOff(func()) })
 	if !ok {
-		f(d)
+		m.serve(d)
 		return
 	}
 	d.handed = true
 	ho.HandOff(func() {
-		f(d)
+		m.serve(d)
 		d.finish()
 	})
 }

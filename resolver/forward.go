@@ -48,8 +48,7 @@ type Forwarder struct {
 type call struct {
 	flight flight // what it asks
 	done   chan struct{}
-	r      *dns.Msg
-	wire   []byte // r as received, or nil
+	ans    upstreamAnswer
 	err    error
 	shared bool // another query waits for it too (under Forwarder.mu)
 }
@@ -99,14 +98,18 @@ func NewForwarder(ups []*Upstream, max int, log *slog.Logger) *Forwarder {
 // same question, the name in any case, and the same DO and CD bits) go
 // upstream once.
 func (f *Forwarder) Forward(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
-	r, _, err := f.forward(ctx, q)
-	return r, err
+	ans, err := f.forward(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return ans.msg()
 }
 
 // forward is Forward that also returns the answer as the upstream sent it,
-// when it came over plain UDP (nil otherwise), for the cache to store
-// without packing it again. The bytes are shared: read them only.
-func (f *Forwarder) forward(ctx context.Context, q *dns.Msg) (*dns.Msg, []byte, error) {
+// when it came over plain UDP, and leaves a plain answer unpacked (see
+// upstreamAnswer). An answer's r is the caller's own, and so is a plain
+// answer's wire; any other wire is shared.
+func (f *Forwarder) forward(ctx context.Context, q *dns.Msg) (upstreamAnswer, error) {
 	fl := flightOf(q)
 	key := fl.key(f.seed)
 	f.mu.Lock()
@@ -116,19 +119,16 @@ func (f *Forwarder) forward(ctx context.Context, q *dns.Msg) (*dns.Msg, []byte, 
 		f.mu.Unlock()
 		select {
 		case <-c.done:
-			if c.r == nil {
-				return nil, nil, c.err
-			}
-			return c.r.Copy(), c.wire, nil
+			return c.ans.own(c.err, true)
 		case <-ctx.Done():
-			return nil, nil, ctx.Err()
+			return upstreamAnswer{}, ctx.Err()
 		}
 	}
 	select {
 	case f.inflight <- struct{}{}:
 	default:
 		f.mu.Unlock()
-		return nil, nil, ErrOverload
+		return upstreamAnswer{}, ErrOverload
 	}
 	c = &call{flight: fl, done: make(chan struct{})}
 	if !ok { // else another question of the same hash waits: this one goes alone
@@ -136,7 +136,7 @@ func (f *Forwarder) forward(ctx context.Context, q *dns.Msg) (*dns.Msg, []byte, 
 	}
 	f.mu.Unlock()
 
-	c.r, c.wire, c.err = f.try(ctx, q, f.Upstreams)
+	c.ans, c.err = f.ask(ctx, q, f.Upstreams)
 
 	f.mu.Lock()
 	if f.pending[key] == c {
@@ -146,13 +146,23 @@ func (f *Forwarder) forward(ctx context.Context, q *dns.Msg) (*dns.Msg, []byte, 
 	f.mu.Unlock()
 	<-f.inflight
 	close(c.done)
-	if c.r == nil {
-		return nil, nil, c.err
+	return c.ans.own(c.err, shared)
+}
+
+// own returns the answer for one of the queries that waited for it: a
+// copy of r, or of a plain answer's bytes, when another has it too, since
+// each may change its own.
+func (a upstreamAnswer) own(err error, shared bool) (upstreamAnswer, error) {
+	if err != nil {
+		return upstreamAnswer{}, err
 	}
-	if !shared {
-		return c.r, c.wire, nil // the caller's own: it may change it
+	switch {
+	case shared && a.r != nil:
+		a.r = a.r.Copy()
+	case shared:
+		a.wire = withoutOPT(a.wire) // a copy: the cache writes after it
 	}
-	return c.r.Copy(), c.wire, nil
+	return a, nil
 }
 
 // A flight is what makes queries identical for the upstreams: the
@@ -202,9 +212,47 @@ func (fl flight) same(o flight) bool {
 // wins. The healthy upstreams come first, then those backing off, since a
 // stale backoff is better than no answer.
 func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.Msg, []byte, error) {
+	ans, err := f.ask(ctx, q, ups)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := ans.msg()
+	return r, ans.wire, err
+}
+
+// An upstreamAnswer is an upstream's answer to a query: r, or only the
+// bytes received for a plain answer over UDP (plainAnswer), which the
+// request path answers and caches from without a dns.Msg; msg unpacks
+// them when one is wanted after all.
+type upstreamAnswer struct {
+	r *dns.Msg
+	// wire is r as received over UDP, shared: read it only; or nil. A
+	// plain answer's is the caller's own, without its OPT record and with
+	// room for the cache's TTL offsets after it (withoutOPT), for
+	// entryOf.
+	wire []byte
+	id   uint16 // the query's ID, which msg gives the answer
+}
+
+// msg is the answer as a dns.Msg: r, or the wire unpacked anew.
+func (a upstreamAnswer) msg() (*dns.Msg, error) {
+	if a.r != nil {
+		return a.r, nil
+	}
+	r := new(dns.Msg)
+	if err := r.Unpack(a.wire); err != nil {
+		return nil, err
+	}
+	r.Id = a.id
+	return r, nil
+}
+
+// ask is try, its answer left as received when it is a plain one.
+func (f *Forwarder) ask(ctx context.Context, q *dns.Msg, ups []*Upstream) (upstreamAnswer, error) {
 	now := time.Now()
 	id := q.Id // the attempts give q IDs of their own
 	x := &race{f: f, q: q, deadline: now.Add(f.Timeout), last: errNoneAsked}
+	x.live = x.liveBuf[:0]
 	var probe *Upstream
 	x.order, probe = f.choose(x.orderBuf[:0], now, ups)
 	x.results = make(chan result, len(ups))
@@ -225,10 +273,12 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.
 	for len(x.live) > 0 {
 		select {
 		case res := <-x.results:
-			if r := x.answered(res); r != nil {
-				r.Id = id
+			if x.answered(res) {
+				if res.r != nil {
+					res.r.Id = id
+				}
 				x.leave()
-				return r, res.wire, nil
+				return upstreamAnswer{r: res.r, wire: res.wire, id: id}, nil
 			}
 		case now := <-t.C:
 			x.expire(now)
@@ -236,7 +286,7 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.
 			// Given up by the caller (or at shutdown): the upstreams
 			// are not to blame.
 			x.abandon()
-			return nil, nil, &errNoUpstream{last: ctx.Err()}
+			return upstreamAnswer{}, &errNoUpstream{last: ctx.Err()}
 		}
 		if len(x.live) == 0 || x.hedgeDue(time.Now()) {
 			x.launch(time.Now())
@@ -244,7 +294,7 @@ func (f *Forwarder) try(ctx context.Context, q *dns.Msg, ups []*Upstream) (*dns.
 		x.resendIfDue(time.Now())
 		t.Reset(x.wake())
 	}
-	return nil, nil, x.last
+	return upstreamAnswer{}, x.last
 }
 
 // choose orders ups for one query: the healthy ones, then those backing
@@ -293,9 +343,10 @@ type race struct {
 	resendAt time.Time   // when the only upstream is asked again (zero: never)
 	sent     bool        // q has gone out with an attempt: the others copy it
 	// Room for the commonest case, saving allocations: the order of up to
-	// four upstreams, and the first attempt.
+	// four upstreams, the first attempt, and two live at once.
 	orderBuf [4]*Upstream
 	first    attempt
+	liveBuf  [2]*attempt
 	last     *errNoUpstream
 }
 
@@ -316,8 +367,8 @@ type attempt struct {
 // result is one attempt's answer, or why there is none.
 type result struct {
 	a    *attempt
-	r    *dns.Msg
-	wire []byte // r as received over UDP (the reader's copy), or nil
+	r    *dns.Msg // nil for a plain answer (plainAnswer), in wire alone
+	wire []byte   // r as received over UDP (the reader's copy; a plain answer's without OPT), or nil
 	err  error
 }
 
@@ -435,39 +486,43 @@ func (x *race) wake() time.Duration {
 	return time.Until(at)
 }
 
-// answered takes one result, and returns the answer when it is the one.
-func (x *race) answered(res result) *dns.Msg {
+// answered takes one result, and reports whether its answer is the one.
+func (x *race) answered(res result) bool {
 	a := res.a
 	if res.err != nil {
 		x.drop(a)
 		x.failed(a, res.err)
-		return nil
+		return false
 	}
 	r := res.r
-	if a.w != nil && r.Truncated {
+	if a.w != nil && r != nil && r.Truncated {
 		// Truncated: ask again over TCP, on the plain upstream's own
 		// pooled connections (rarely more than one).
 		a.sock.forget(a.w)
 		a.sock, a.w = nil, nil
 		a.q = a.q.Copy() // the goroutine's own (the race's may be copied meanwhile)
 		go x.exchange(a, a.u.conns.exchange)
-		return nil
+		return false
 	}
 	x.drop(a)
 	now := time.Now()
 	took := now.Sub(a.began)
 	a.u.answeredAt.Store(now.UnixNano())
-	a.u.metrics.upstreamAnswered(a.u, r, took)
+	rcode := dns.RcodeSuccess // a plain answer's (plainAnswer)
+	if r != nil {
+		rcode = r.Rcode
+	}
+	a.u.metrics.upstreamAnswered(a.u, rcode, took)
 	a.u.sampleRTT(took)
-	if r.Rcode == dns.RcodeServerFailure || r.Rcode == dns.RcodeRefused {
+	if rcode == dns.RcodeServerFailure || rcode == dns.RcodeRefused {
 		// The upstream is up but cannot answer this name: ask the
 		// next one, without backing off from this one.
-		x.last = &errNoUpstream{last: fmt.Errorf("%s answered %s", a.u.Name, dns.RcodeToString[r.Rcode])}
+		x.last = &errNoUpstream{last: fmt.Errorf("%s answered %s", a.u.Name, dns.RcodeToString[rcode])}
 		x.hedgeAt = time.Time{}
-		return nil
+		return false
 	}
 	x.f.markUp(a.u)
-	return r
+	return true
 }
 
 // expire fails the UDP attempts whose time is up (the others time out on

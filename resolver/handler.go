@@ -136,7 +136,7 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		h.counters.Refused.Add(1)
 		h.reply(w, req, rcodeMsg(req, dns.RcodeRefused), 0, "")
 		a.Rcode = dns.RcodeRefused
-		h.done(a)
+		h.done(w, a)
 		return
 	}
 	// 2. Rate limit per client address, after access, so that strangers
@@ -154,7 +154,7 @@ func (h *Handler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		}
 		h.reply(w, req, m, 0, "")
 		a.Rcode = m.Rcode
-		h.done(a)
+		h.done(w, a)
 		return
 	}
 	// 4. The policy decides before the cache: one cache serves every
@@ -188,19 +188,69 @@ func (h *Handler) serveDecided(w dns.ResponseWriter, req *dns.Msg, st *State, a 
 	// 7. A miss waits for an upstream. The UDP server answers a batch of
 	// queries between two system calls and must not wait, so its writer
 	// runs the rest in a goroutine of its own (see udp.go).
-	// (The closure takes a copy of the answer so far: a variable it
-	// captured would be moved to the heap for every query, hits too.)
-	miss := a
-	upstream := func(w dns.ResponseWriter) {
-		m, chain, ede, source := h.resolve(st, req)
-		miss.Source = source
-		h.answer(w, req, st, miss, m, chain, ede)
-	}
+	m := miss{h: h, st: st, req: req, a: a}
 	if ho, ok := w.(handOff); ok {
-		ho.HandOff(upstream)
+		ho.HandOff(m)
 		return
 	}
-	upstream(w)
+	m.serve(w)
+}
+
+// A miss is a query the cache had nothing fresh for, with what answering
+// it from the upstreams takes. A writer that must not wait (handOff) gets
+// it by value and answers it elsewhere, keeping it in an allocation of
+// its own (the UDP loop's holds the writer too: one allocation a miss).
+type miss struct {
+	h   *Handler
+	st  *State
+	req *dns.Msg
+	a   Answer
+}
+
+// serve answers the miss from the upstreams, through w. The UDP loop's
+// commonest miss, a plain answer (plainAnswer) to a client over UDP, is
+// cached and answered from the bytes received (answerPlain); the others
+// as a dns.Msg.
+func (m *miss) serve(w dns.ResponseWriter) {
+	h, st, req := m.h, m.st, m.req
+	// The UDP and TCP loops carry no request context, so the exchange is
+	// bounded by the forwarder's: its own deadlines, and cancelled when a
+	// reload retires the forwarder or the server shuts down.
+	ans, err := st.Forwarder.forward(st.Forwarder.ctx, upstreamQuery(req))
+	if uw, ok := w.(*udpWriter); ok && err == nil && ans.r == nil && h.answerPlain(uw, req, st, m.a, ans.wire) {
+		return
+	}
+	r, chain, ede, source := h.resolved(st, req, ans, err)
+	m.a.Source = source
+	h.answer(w, req, st, m.a, r, chain, ede)
+}
+
+// answerPlain sends a plain upstream answer (plainAnswer), wire (see
+// upstreamAnswer), to req through w as reply would, but from its bytes,
+// patched as the wire path patches a cached answer (ID, flags, our OPT
+// record), and caches it; no dns.Msg is unpacked or packed. It does
+// nothing and returns false when the answer does not fit the client's
+// size, or spells the name otherwise (a query that joined another's
+// flight): reply truncates or respells it.
+func (h *Handler) answerPlain(w *udpWriter, req *dns.Msg, st *State, a Answer, wire []byte) bool {
+	e := entryOf(wire)
+	if e == nil {
+		return false
+	}
+	var buf [maxQuestion]byte
+	q := wireQuery{id: req.Id, rd: req.RecursionDesired, cd: req.CheckingDisabled, question: packQuestion(req, &buf), size: dns.MinMsgSize}
+	if o := req.IsEdns0(); o != nil {
+		q.edns, q.do, q.size = true, o.Do(), max(dns.MinMsgSize, min(int(o.UDPSize()), maxUDP))
+	}
+	out, ok := q.cached(make([]byte, 0, int(e.wlen)+q.optLen(false, 0)), e, 0)
+	if q.question == nil || !ok {
+		return false
+	}
+	w.Write(out)
+	st.Cache.keepPlain(req, e) // after the copy: the cache clamps its TTLs, the client gets the upstream's
+	a.Rcode, a.Source = dns.RcodeSuccess, SourceUpstream
+	h.done(w, a)
+	return true
 }
 
 // answer sends an answer from the cache or an upstream, unless a name its
@@ -221,7 +271,7 @@ func (h *Handler) answer(w dns.ResponseWriter, req *dns.Msg, st *State, a Answer
 	}
 	h.reply(w, req, m, ede, "")
 	a.Rcode = m.Rcode
-	h.done(a)
+	h.done(w, a)
 }
 
 // warnThroughProtection logs, once per pattern and protected endpoint,
@@ -250,7 +300,7 @@ func (h *Handler) sinkhole(w dns.ResponseWriter, req *dns.Msg, st *State, a Answ
 	m := st.Sinkhole.answer(req)
 	h.reply(w, req, m, dns.ExtendedErrorCodeBlocked, a.Decision.BlockedText())
 	a.Rcode, a.Source = m.Rcode, SourceSinkhole
-	h.done(a)
+	h.done(w, a)
 }
 
 // pauseIfAsked turns a sinkhole into logging while a pause from the web
@@ -262,31 +312,61 @@ func (h *Handler) pauseIfAsked(d *policy.Decision) {
 }
 
 // A handOff is a dns.ResponseWriter that must not be kept waiting: HandOff
-// runs f in another goroutine, with a writer of its own, and returns at once.
+// serves the miss in another goroutine, with a writer of its own, and
+// returns at once.
 type handOff interface {
-	HandOff(f func(dns.ResponseWriter))
+	HandOff(m miss)
 }
 
-// done tells every observer of an answered query.
-func (h *Handler) done(a Answer) {
+// done tells every observer of an answered query, or leaves that to a
+// writer that answers in batches (the UDP loop's, see answerBatch).
+func (h *Handler) done(w dns.ResponseWriter, a Answer) {
+	if b, ok := w.(answerBatch); ok {
+		b.keep(a)
+		return
+	}
 	a.Duration = time.Since(a.Start)
 	for _, o := range h.observers {
 		o.Answered(a)
 	}
 }
 
-// resolve answers a query the cache missed from the upstreams; when every
-// upstream fails it serves an expired answer (RFC 8767) or SERVFAIL with the
-// reason.
-func (h *Handler) resolve(st *State, req *dns.Msg) (*dns.Msg, *Chain, uint16, AnswerSource) {
-	// The UDP and TCP loops carry no request context, so the exchange is
-	// bounded by the forwarder's: its own deadlines, and cancelled when a
-	// reload retires the forwarder or the server shuts down.
-	r, wire, err := st.Forwarder.forward(st.Forwarder.ctx, upstreamQuery(req))
+// An answerBatch is a writer that sends its answers in batches, and keeps
+// each one's Answer until the batch goes out; then doneBatch tells the
+// observers of them all.
+type answerBatch interface {
+	keep(a Answer)
+}
+
+// doneBatch tells every observer of a batch of answers about to be sent
+// at sent.
+func (h *Handler) doneBatch(as []Answer, sent time.Time) {
+	for i := range as {
+		as[i].Duration = sent.Sub(as[i].Start)
+	}
+	for _, o := range h.observers {
+		if b, ok := o.(BatchObserver); ok {
+			b.AnsweredBatch(as)
+			continue
+		}
+		for i := range as {
+			o.Answered(as[i])
+		}
+	}
+}
+
+// resolved is the answer to a query the cache missed, given what the
+// upstreams answered; when every upstream failed it serves an expired
+// answer (RFC 8767) or SERVFAIL with the reason.
+func (h *Handler) resolved(st *State, req *dns.Msg, ans upstreamAnswer, err error) (*dns.Msg, *Chain, uint16, AnswerSource) {
+	var r *dns.Msg
+	if err == nil {
+		r, err = ans.msg()
+	}
 	if err == nil {
 		// The alias chain is read once, here, and cached with the answer.
 		chain := aliasChain(r, st.MaxChain)
-		st.Cache.putReceived(req, r, wire, chain)
+		st.Cache.putReceived(req, r, ans.wire, chain)
 		return r, chain, 0, SourceUpstream
 	}
 	if errors.Is(err, ErrOverload) {
@@ -308,16 +388,26 @@ func (h *Handler) resolve(st *State, req *dns.Msg) (*dns.Msg, *Chain, uint16, An
 // CD and the DO bit, an EDNS0 size of 1232, and none of the client's EDNS0
 // options (no Client Subnet leaves the network).
 func upstreamQuery(req *dns.Msg) *dns.Msg {
-	q := new(dns.Msg)
-	q.Question = []dns.Question{req.Question[0]}
+	// One allocation for the message, its question and its OPT record.
+	v := new(struct {
+		q   dns.Msg
+		qq  [1]dns.Question
+		x   [1]dns.RR
+		opt dns.OPT
+	})
+	q := &v.q
+	v.qq[0] = req.Question[0]
+	q.Question = v.qq[:]
 	q.RecursionDesired = true
 	q.CheckingDisabled = req.CheckingDisabled
 	q.AuthenticatedData = req.AuthenticatedData
-	do := false
-	if o := req.IsEdns0(); o != nil {
-		do = o.Do()
+	v.opt.Hdr = dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}
+	v.opt.SetUDPSize(maxUDP)
+	if o := req.IsEdns0(); o != nil && o.Do() {
+		v.opt.SetDo()
 	}
-	q.SetEdns0(maxUDP, do)
+	v.x[0] = &v.opt
+	q.Extra = v.x[:]
 	return q
 }
 

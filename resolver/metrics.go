@@ -111,10 +111,60 @@ func newMetrics(reg prometheus.Registerer, version string, h *Handler, tcp *tcpG
 // answer: the metrics are the request path's first observer.
 func (m *Metrics) Answered(a Answer) {
 	if a.Decided() {
-		m.decided(a.Decision)
+		m.decided(a.Decision, 1)
 	}
 	m.responses[min(a.Rcode, 15)][a.Source][a.Transport].Add(1)
 	m.duration[a.Source].Observe(a.Duration.Seconds())
+}
+
+// AnsweredBatch counts a batch of answers (the UDP loop's): the answers of
+// one kind of decision together, so that its counters are looked up and
+// added to once a batch. A batch holds a few kinds at most.
+func (m *Metrics) AnsweredBatch(as []Answer) {
+	type kind struct {
+		k     decisionKey
+		first int // the index of its first answer
+		n     uint64
+	}
+	var kinds [8]kind
+	nk := 0
+	for i := range as {
+		a := &as[i]
+		m.responses[min(a.Rcode, 15)][a.Source][a.Transport].Add(1)
+		m.duration[a.Source].Observe(a.Duration.Seconds())
+		if !a.Decided() {
+			continue
+		}
+		k := keyOfDecision(&a.Decision)
+		j := 0
+		for j < nk && kinds[j].k != k {
+			j++
+		}
+		switch {
+		case j < nk:
+			kinds[j].n++
+		case nk < len(kinds):
+			kinds[nk] = kind{k: k, first: i, n: 1}
+			nk++
+		default:
+			m.decided(a.Decision, 1)
+		}
+	}
+	for _, kd := range kinds[:nk] {
+		m.decided(as[kd.first].Decision, kd.n)
+	}
+}
+
+// decisionKey is what makes two decisions count alike.
+type decisionKey struct {
+	group            *policy.Group
+	rule             *policy.Rule
+	action           policy.Action
+	alias, protected bool
+}
+
+func keyOfDecision(d *policy.Decision) decisionKey {
+	return decisionKey{d.Group, d.Match.Rule, d.Action, d.CNAME != "", d.Protected}
 }
 
 // reloaded counts a reload (or the first load) and its result.
@@ -156,14 +206,15 @@ func (m *Metrics) setState(st *State) {
 	}
 }
 
-// decided counts one policy decision.
-func (m *Metrics) decided(d policy.Decision) {
+// decided counts n policy decisions alike: d's.
+func (m *Metrics) decided(d policy.Decision, n uint64) {
+	v := float64(n)
 	k := queryKey{d.Group, d.Category(), d.Action}
 	c, ok := m.children.Load(k)
 	if !ok {
 		c, _ = m.children.LoadOrStore(k, m.queries.WithLabelValues(d.Group.Name, d.Group.Edition.String(), string(k.cat), d.Action.String()))
 	}
-	c.(prometheus.Counter).Inc()
+	c.(prometheus.Counter).Add(v)
 	if r := d.Match.Rule; r != nil && r.Entry != nil {
 		// Documented patterns only: a bounded set.
 		ek := endpointKey{r.Entry, d.Action, false}
@@ -171,17 +222,17 @@ func (m *Metrics) decided(d policy.Decision) {
 		if !ok {
 			c, _ = m.children.LoadOrStore(ek, m.endpoint.WithLabelValues(r.Entry.Pattern, string(r.Entry.Category), d.Action.String()))
 		}
-		c.(prometheus.Counter).Inc()
+		c.(prometheus.Counter).Add(v)
 		if d.CNAME != "" {
 			ak := endpointKey{r.Entry, d.Action, true}
 			c, ok := m.children.Load(ak)
 			if !ok {
 				c, _ = m.children.LoadOrStore(ak, m.alias.WithLabelValues(r.Entry.Pattern, string(r.Entry.Category), d.Action.String()))
 			}
-			c.(prometheus.Counter).Inc()
+			c.(prometheus.Counter).Add(v)
 		}
 		if d.Protected {
-			m.protected.WithLabelValues(r.Entry.Pattern).Inc()
+			m.protected.WithLabelValues(r.Entry.Pattern).Add(v)
 		}
 	}
 }
@@ -207,11 +258,11 @@ func (m *Metrics) cacheLookup(result cacheResult) {
 	}
 }
 
-func (m *Metrics) upstreamAnswered(u *Upstream, r *dns.Msg, took time.Duration) {
+func (m *Metrics) upstreamAnswered(u *Upstream, rcode int, took time.Duration) {
 	if m == nil {
 		return
 	}
-	m.upstreamReqs.WithLabelValues(u.Name, dns.RcodeToString[r.Rcode]).Inc()
+	m.upstreamReqs.WithLabelValues(u.Name, dns.RcodeToString[rcode]).Inc()
 	m.upstreamDur.WithLabelValues(u.Name).Observe(took.Seconds())
 }
 

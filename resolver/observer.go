@@ -21,6 +21,17 @@ type Observer interface {
 	Answered(a Answer)
 }
 
+// A BatchObserver also takes answers in bulk. The UDP loop tells the
+// observers of the answers it sends with one system call at once, just
+// before it sends them, so that an observer that locks or looks counters
+// up does so once a batch rather than once a query; a BatchObserver gets
+// them in one call, the others one Answered each. The slice is the
+// loop's: read it during the call only.
+type BatchObserver interface {
+	Observer
+	AnsweredBatch(as []Answer)
+}
+
 // Answer is one answered query, as observers see it.
 type Answer struct {
 	Start    time.Time

@@ -527,7 +527,7 @@ func (c *tcpConn) handle(b []byte) {
 
 // HandOff runs f, a query waiting for an upstream, in a goroutine of its
 // own, so that the reader goes on to the queries pipelined behind it.
-func (c *tcpConn) HandOff(f func(dns.ResponseWriter)) { c.waits.run(func() { f(c) }) }
+func (c *tcpConn) HandOff(m miss) { c.waits.run(func() { m.serve(c) }) }
 
 // handOffs runs a connection's queries that wait for the upstreams, each
 // in a goroutine of its own, at most tcpInFlight at once: past that, the

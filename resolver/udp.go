@@ -38,7 +38,7 @@ type udpServer struct {
 
 	// Cache misses run on workers (see HandOff) and send their answers
 	// through sq, together.
-	work    chan func()
+	work    chan *udpMiss
 	quit    chan struct{} // closed at shutdown: idle workers return
 	workers atomic.Int32  // running, for tests
 	sq      *sendQueue
@@ -59,7 +59,7 @@ type batchConn interface {
 func newUDPServer(h *Handler, c *net.UDPConn) (*udpServer, error) {
 	la := c.LocalAddr().(*net.UDPAddr)
 	s := &udpServer{h: h, conn: c, v6: la.IP.To4() == nil, pktinfo: la.IP.IsUnspecified(),
-		work: make(chan func()), quit: make(chan struct{})}
+		work: make(chan *udpMiss), quit: make(chan struct{})}
 	var err error
 	if s.v6 {
 		p := ipv6.NewPacketConn(c)
@@ -91,7 +91,7 @@ func (s *udpServer) start(n int) {
 func (s *udpServer) serve() {
 	defer s.loops.Done()
 	in := make([]ipv4.Message, udpBatch)
-	b := &batch{out: make([]ipv4.Message, udpBatch)}
+	b := &batch{out: make([]ipv4.Message, udpBatch), answers: make([]Answer, 0, udpBatch)}
 	ws := make([]batchWriter, udpBatch)
 	for i := range in {
 		in[i].Buffers = [][]byte{make([]byte, udpQuery)}
@@ -126,6 +126,11 @@ func (s *udpServer) serve() {
 				w.oob, w.dst = s.answerOOB(p.OOB[:p.NN])
 			}
 			s.handle(w, p.Buffers[0][:p.N], now)
+		}
+		if len(b.answers) > 0 {
+			s.h.doneBatch(b.answers, time.Now())
+			clear(b.answers) // keeps no decision's policy alive
+			b.answers = b.answers[:0]
 		}
 		for sent := 0; sent < b.n; {
 			k, err := s.bc.WriteBatch(b.out[sent:b.n], 0)
@@ -205,10 +210,12 @@ func (s *udpServer) shutdown(ctx context.Context) {
 	s.conn.Close()
 }
 
-// batch is the answers a read loop sends with one system call.
+// batch is the answers a read loop sends with one system call, and what
+// the observers are to be told of them (doneBatch).
 type batch struct {
-	out []ipv4.Message
-	n   int
+	out     []ipv4.Message
+	n       int
+	answers []Answer
 }
 
 // udpReply is what the two UDP writers share: where the answer goes.
@@ -259,6 +266,8 @@ func (w *batchWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+func (w *batchWriter) keep(a Answer) { w.batch.answers = append(w.batch.answers, a) }
+
 func (w *batchWriter) wireBuf() []byte { return w.buf }
 
 func (w *batchWriter) wireSend(b []byte) {
@@ -276,17 +285,15 @@ func (w *batchWriter) queue(b []byte) {
 	w.batch.n++
 }
 
-// HandOff runs f on a worker of the loop's: a goroutine kept from one miss
-// to the next, idle for at most workerIdle, so that its stack has grown
-// to what a miss needs (a goroutine per miss grew one anew each time,
-// 6% of a miss's cost). A new worker starts when none is idle.
-func (w *batchWriter) HandOff(f func(dns.ResponseWriter)) {
-	s, own := w.s, &udpWriter{udpReply{s: w.s, addr: w.addr, oob: bytes.Clone(w.oob), dst: w.dst}}
+// HandOff runs the miss on a worker of the loop's: a goroutine kept from
+// one miss to the next, idle for at most workerIdle, so that its stack has
+// grown to what a miss needs (a goroutine per miss grew one anew each
+// time, 6% of a miss's cost). A new worker starts when none is idle. The
+// miss and its writer are one allocation.
+func (w *batchWriter) HandOff(m miss) {
+	s := w.s
+	job := &udpMiss{miss: m, w: udpWriter{udpReply{s: s, addr: w.addr, oob: bytes.Clone(w.oob), dst: w.dst}}}
 	s.handed.Add(1)
-	job := func() {
-		defer s.handed.Done()
-		f(own)
-	}
 	select {
 	case s.work <- job:
 	default:
@@ -294,18 +301,31 @@ func (w *batchWriter) HandOff(f func(dns.ResponseWriter)) {
 	}
 }
 
+// A udpMiss is a miss of the loop's, and the writer its answer goes out
+// through.
+type udpMiss struct {
+	miss
+	w udpWriter
+}
+
+func (j *udpMiss) run() {
+	defer j.w.s.handed.Done()
+	j.serve(&j.w)
+}
+
 // workerIdle is how long a worker waits for another miss before it ends.
 const workerIdle = 5 * time.Second
 
 // worker runs job, then the jobs HandOff gives it, until it has had none
 // for workerIdle or the server shuts down.
-func (s *udpServer) worker(job func()) {
+func (s *udpServer) worker(job *udpMiss) {
 	s.workers.Add(1)
 	defer s.workers.Add(-1)
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
 	for {
-		job()
+		job.run()
+		job = nil // nothing of it kept while idle
 		idle.Reset(workerIdle)
 		select {
 		case job = <-s.work:

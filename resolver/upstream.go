@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"net"
@@ -219,6 +220,9 @@ type waiter struct {
 	q  *dns.Msg
 	a  *attempt
 	ch chan result
+	// question is q's question as packed and sent, which a plain answer
+	// (plainAnswer) repeats byte for byte.
+	question []byte
 }
 
 func newUDPPool(addr string) *udpPool { return &udpPool{addr: addr, ids: randomID} }
@@ -323,6 +327,9 @@ func (s *udpSock) read() {
 		if err != nil {
 			return // closed
 		}
+		if s.deliverPlain(buf[:n]) {
+			continue
+		}
 		r := new(dns.Msg)
 		if r.Unpack(buf[:n]) != nil {
 			continue
@@ -335,6 +342,98 @@ func (s *udpSock) read() {
 		}
 		s.mu.Unlock()
 	}
+}
+
+// deliverPlain hands b to the query waiting for it when b is a plain
+// answer to it, as received, without unpacking it; it reports whether it
+// did.
+func (s *udpSock) deliverPlain(b []byte) bool {
+	if len(b) < 12 {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id := binary.BigEndian.Uint16(b)
+	w := s.waiting[id]
+	if w == nil || !plainAnswer(b, w.question) {
+		return false
+	}
+	wire := withoutOPT(b) // the reader's copy, as the cache keeps it
+	if wire == nil {
+		return false
+	}
+	delete(s.waiting, id)
+	w.ch <- result{a: w.a, wire: wire} // buffered
+	return true
+}
+
+// plainAnswer reports whether b is the commonest answer of all to the
+// query whose packed question is question: NOERROR, not truncated, that
+// question byte for byte, one or more A or AAAA records of its type whose
+// names point to its name or repeat it, nothing in the authority section,
+// and at most an
+// OPT record without options in the additional one. The forwarder takes
+// such an answer as received, without unpacking it (upstreamAnswer), and
+// the checks are those that make miekg/dns unpack it without error when
+// it has to after all.
+func plainAnswer(b, question []byte) bool {
+	if len(question) < 5 || len(b) < 12+len(question) || b[2]&0xfa != 0x80 || b[3]&0x0f != 0 ||
+		binary.BigEndian.Uint16(b[4:]) != 1 || binary.BigEndian.Uint16(b[6:]) == 0 ||
+		binary.BigEndian.Uint16(b[8:]) != 0 || binary.BigEndian.Uint16(b[10:]) > 1 ||
+		!bytes.Equal(b[12:12+len(question)], question) {
+		return false
+	}
+	qtype, size := binary.BigEndian.Uint16(question[len(question)-4:]), 0
+	switch qtype {
+	case dns.TypeA:
+		size = net.IPv4len
+	case dns.TypeAAAA:
+		size = net.IPv6len
+	default:
+		return false
+	}
+	if binary.BigEndian.Uint16(question[len(question)-2:]) != dns.ClassINET {
+		return false
+	}
+	name := question[:len(question)-4]
+	off := 12 + len(question)
+	for range binary.BigEndian.Uint16(b[6:]) {
+		// The question's name, as a pointer to it (0xc00c) or written
+		// out the same; type, class, TTL, the data's length and the
+		// address.
+		switch {
+		case off+2 <= len(b) && b[off] == 0xc0 && b[off+1] == 12:
+			off += 2
+		case bytes.HasPrefix(b[off:], name):
+			off += len(name)
+		default:
+			return false
+		}
+		if off+10+size > len(b) || binary.BigEndian.Uint16(b[off:]) != qtype ||
+			binary.BigEndian.Uint16(b[off+2:]) != dns.ClassINET || int(binary.BigEndian.Uint16(b[off+8:])) != size {
+			return false
+		}
+		off += 10 + size
+	}
+	if binary.BigEndian.Uint16(b[10:]) == 1 {
+		// The OPT record: the root, its type, a size, no extended rcode,
+		// a version and flags, and no options.
+		if off+11 != len(b) || b[off] != 0 || binary.BigEndian.Uint16(b[off+1:]) != dns.TypeOPT || b[off+5] != 0 ||
+			binary.BigEndian.Uint16(b[off+9:]) != 0 {
+			return false
+		}
+		off += 11
+	}
+	return off == len(b)
+}
+
+// questionOf is the question of a packed query.
+func questionOf(b []byte) []byte {
+	end, ok := skipName(b, 12)
+	if !ok || end+4 > len(b) {
+		return nil
+	}
+	return b[12 : end+4]
 }
 
 // fail ends the wait of every query waiting on s with err.
@@ -351,15 +450,19 @@ func (s *udpSock) fail(err error) {
 // delivers the answer to w.ch. The caller forgets w on the socket returned
 // when it stops waiting, answered or not.
 func (p *udpPool) send(w *waiter) (*udpSock, error) {
+	// Packed before it is registered, which gives it its ID: the socket's
+	// reader may read w's question as soon as w waits there.
+	b, err := w.q.Pack()
+	if err != nil {
+		return nil, err
+	}
+	w.question = questionOf(b)
 	s, err := p.sock(w)
 	if err != nil {
 		return nil, err
 	}
-	b, err := w.q.Pack()
-	if err == nil {
-		err = s.sq.send(b, nil, nil)
-	}
-	if err != nil {
+	binary.BigEndian.PutUint16(b, w.q.Id)
+	if err := s.sq.send(b, nil, nil); err != nil {
 		s.forget(w)
 		return nil, err
 	}

@@ -1,11 +1,13 @@
 package resolver
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -442,5 +444,124 @@ func TestUDPRefused(t *testing.T) {
 		if r := mustAsk(t, s, name); answerText(r) != "192.0.2.7" || good.Seen(name) != 0 {
 			t.Fatalf("%s: %v (the other upstream saw it %d times): an answer on a socket that had a refusal was not read", name, r, good.Seen(name))
 		}
+	}
+}
+
+// FuzzPlainAnswer: what plainAnswer takes as received, miekg/dns unpacks
+// without error, as a NOERROR answer, not truncated, to the question sent
+// (exactly as spelt), of A or AAAA records of the question's type and
+// name only, with at most an OPT record besides.
+func FuzzPlainAnswer(f *testing.F) {
+	for _, c := range []struct {
+		name     string
+		qtype    uint16
+		records  int
+		compress bool
+		edns     bool
+	}{
+		{"www.Example.com.", dns.TypeA, 1, true, true},
+		{"www.example.com.", dns.TypeAAAA, 3, false, false},
+		{"a.b.", dns.TypeA, 2, false, true},
+	} {
+		q := new(dns.Msg).SetQuestion(c.name, c.qtype)
+		r := new(dns.Msg).SetReply(q)
+		for i := range c.records {
+			rr, _ := dns.NewRR(fmt.Sprintf("%s 60 IN %s %s", c.name, dns.TypeToString[c.qtype], map[uint16]string{dns.TypeA: "192.0.2.", dns.TypeAAAA: "2001:db8::"}[c.qtype]+fmt.Sprint(i+1)))
+			r.Answer = append(r.Answer, rr)
+		}
+		if c.edns {
+			r.SetEdns0(1232, false)
+		}
+		r.Compress = c.compress
+		qb, _ := q.Pack()
+		rb, _ := r.Pack()
+		f.Add(questionOf(qb), rb)
+	}
+	f.Fuzz(func(t *testing.T, question, b []byte) {
+		if !plainAnswer(b, question) {
+			return
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(b); err != nil {
+			t.Fatalf("plainAnswer took what miekg/dns does not: %v", err)
+		}
+		var buf [maxQuestion]byte
+		if m.Rcode != dns.RcodeSuccess || m.Truncated || !m.Response || len(m.Question) != 1 || !bytes.Equal(packQuestion(m, &buf), question) ||
+			len(m.Answer) == 0 || len(m.Ns) != 0 || len(m.Extra) > 1 {
+			t.Fatalf("plainAnswer took %v", m)
+		}
+		for _, rr := range m.Answer {
+			if h := rr.Header(); h.Name != m.Question[0].Name || h.Rrtype != m.Question[0].Qtype || h.Class != dns.ClassINET ||
+				h.Rrtype != dns.TypeA && h.Rrtype != dns.TypeAAAA {
+				t.Fatalf("plainAnswer took the record %v", rr)
+			}
+		}
+		if len(m.Extra) == 1 {
+			if o, ok := m.Extra[0].(*dns.OPT); !ok || len(o.Option) != 0 {
+				t.Fatalf("plainAnswer took %v", m.Extra[0])
+			}
+		}
+	})
+}
+
+// TestPlainMiss: a miss whose upstream answer is plain (plainAnswer) is
+// answered over UDP from the bytes received, as reply would answer it:
+// the client's ID, spelling, RD and CD bits, RA, our OPT record for a
+// client that sent one, the upstream's TTLs on the miss and the cache's
+// clamped ones after; one that does not fit the client's size is
+// truncated by reply; and TCP clients get reply's answer.
+func TestPlainMiss(t *testing.T) {
+	up := dnstest.Start(t)
+	up.SetHandler(func(w dns.ResponseWriter, q *dns.Msg) {
+		r := new(dns.Msg).SetReply(q)
+		n := 3
+		if strings.HasPrefix(q.Question[0].Name, "many") {
+			n = 60
+		}
+		for i := range n {
+			r.Answer = append(r.Answer, &dns.AAAA{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: 7200},
+				AAAA: net.ParseIP(fmt.Sprintf("2001:db8::%d", i+1))})
+		}
+		r.SetEdns0(1232, false)
+		w.WriteMsg(r) // uncompressed: the names written out
+	})
+	s := start(t, "cache: {max_ttl: 1h}\n", up)
+	for i, c := range []struct {
+		network string
+		edns    bool
+		do, cd  bool
+	}{
+		{"udp", true, false, false}, {"udp", false, false, false}, {"udp", true, true, true}, {"tcp", true, false, false},
+	} {
+		name := fmt.Sprintf("Plain%d.Example.", i)
+		q := query(name, dns.TypeAAAA, c.edns)
+		q.CheckingDisabled = c.cd
+		if c.edns {
+			q.IsEdns0().SetDo(c.do)
+		}
+		for _, want := range []uint32{7200, 3600} { // the miss, then the cached answer
+			r := s.ask(t, c.network, "", q)
+			if r.Id != q.Id || r.Question[0] != q.Question[0] || !r.RecursionAvailable || !r.RecursionDesired || r.CheckingDisabled != c.cd ||
+				r.Authoritative || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 3 || len(r.Ns) != 0 {
+				t.Fatalf("%+v: %v", c, r)
+			}
+			for _, rr := range r.Answer {
+				if rr.Header().Name != name || rr.Header().Ttl != want {
+					t.Errorf("%+v: record %v, want the name as asked and TTL %d", c, rr, want)
+				}
+			}
+			switch o := r.IsEdns0(); {
+			case !c.edns && o != nil, c.edns && o == nil:
+				t.Errorf("%+v: OPT %v", c, o)
+			case o != nil && (o.UDPSize() != maxUDP || o.Do() != c.do || len(o.Option) != 0 || len(r.Extra) != 1):
+				t.Errorf("%+v: OPT %v, additional %v", c, o, r.Extra)
+			}
+		}
+	}
+	// 60 records do not fit 1232 bytes, compressed or not: truncated, with
+	// the OPT record.
+	r := s.ask(t, "udp", "", query("many.example.", dns.TypeAAAA, true))
+	if !r.Truncated || len(r.Answer) != 0 || r.IsEdns0() == nil {
+		t.Errorf("a long answer over UDP: %v", r)
 	}
 }

@@ -36,6 +36,13 @@ type wireQuery struct {
 	edns, do      bool
 	padded        bool // it carries the padding option (RFC 7830)
 	size          int  // the largest answer the client takes over UDP
+	// What else msg needs: the AD bit, the OPT record's class and TTL as
+	// sent, and whether the query is plain enough for msg (no EDNS
+	// option, no rcode, none of the bits a query has no use for).
+	ad       bool
+	optClass uint16
+	optTTL   uint32
+	plain    bool
 }
 
 // A wireWriter is a dns.ResponseWriter the wire path answers through: the
@@ -60,7 +67,8 @@ func parseWire(b []byte, q *wireQuery) bool {
 		return false
 	}
 	q.id = binary.BigEndian.Uint16(b)
-	q.rd, q.cd = b[2]&0x01 != 0, b[3]&0x10 != 0
+	q.rd, q.cd, q.ad = b[2]&0x01 != 0, b[3]&0x10 != 0, b[3]&0x20 != 0
+	q.plain = b[2]&0x04 == 0 && b[3]&0xcf == 0 // no AA, RA or Z bit, no rcode
 	var name [255]byte
 	n, off := 0, 12
 	for {
@@ -102,8 +110,10 @@ func parseWire(b []byte, q *wireQuery) bool {
 			return false
 		}
 		q.edns, q.do = true, b[off+7]&0x80 != 0
-		q.size = max(dns.MinMsgSize, min(int(binary.BigEndian.Uint16(b[off+3:])), maxUDP))
+		q.optClass, q.optTTL = binary.BigEndian.Uint16(b[off+3:]), binary.BigEndian.Uint32(b[off+5:])
+		q.size = max(dns.MinMsgSize, min(int(q.optClass), maxUDP))
 		rdlen := int(binary.BigEndian.Uint16(b[off+9:]))
+		q.plain = q.plain && rdlen == 0 && b[off+5] == 0 // no option, no extended rcode
 		off += 11
 		if off+rdlen != len(b) {
 			return false
@@ -187,7 +197,7 @@ func (h *Handler) serveWire(w wireWriter, b []byte, now time.Time) wireResult {
 		if out, ok := q.sinkhole(w.wireBuf(), st.Sinkhole, a.Decision.BlockedText()); ok {
 			w.wireSend(out)
 			a.Rcode, a.Source = dns.RcodeSuccess, SourceSinkhole
-			h.done(a)
+			h.done(w, a)
 			return wireAnswered
 		}
 	} else if e, age := st.Cache.fresh(q.question, keyFlags(q.do, q.cd), now); e == nil {
@@ -205,20 +215,50 @@ func (h *Handler) serveWire(w wireWriter, b []byte, now time.Time) wireResult {
 				w.wireSend(out)
 				h.metrics.cacheLookup(cacheHit)
 				a.Decision, a.Rcode, a.Source = d, int(out[3]&0x0f), SourceCache
-				h.done(a)
+				h.done(w, a)
 				return wireAnswered
 			}
 		}
 	}
 	// Anything else: ServeDNS's steps after the decision, on the query
-	// read whole.
-	req := new(dns.Msg)
-	if req.Unpack(b) != nil {
-		h.counters.Malformed.Add(1)
-		return wirePassed
+	// as a dns.Msg: made from what parseWire read, or read whole.
+	req := q.msg()
+	if req == nil {
+		req = new(dns.Msg)
+		if req.Unpack(b) != nil {
+			h.counters.Malformed.Add(1)
+			return wirePassed
+		}
 	}
 	h.serveDecided(w, req, st, a, missed)
 	return wirePassed
+}
+
+// msg is the query as miekg/dns unpacks it, made from what parseWire read
+// rather than read again: the header's ID and bits, the question, and the
+// OPT record, in one allocation where unpacking made six. It
+// returns nil for a query that is not plain (EDNS options, an rcode, the
+// AA, RA or Z bit): that one is unpacked.
+func (q *wireQuery) msg() *dns.Msg {
+	if !q.plain {
+		return nil
+	}
+	// One allocation for the message, its question and its OPT record.
+	v := new(struct {
+		m   dns.Msg
+		q   [1]dns.Question
+		x   [1]dns.RR
+		opt dns.OPT
+	})
+	v.m.MsgHdr = dns.MsgHdr{Id: q.id, RecursionDesired: q.rd, AuthenticatedData: q.ad, CheckingDisabled: q.cd}
+	v.q[0] = dns.Question{Name: q.name, Qtype: q.qtype, Qclass: q.qclass}
+	v.m.Question = v.q[:]
+	if q.edns {
+		v.opt.Hdr = dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: q.optClass, Ttl: q.optTTL}
+		v.x[0] = &v.opt
+		v.m.Extra = v.x[:]
+	}
+	return &v.m
 }
 
 // cached writes the cached answer e, age seconds old, as the answer to q

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"reflect"
 	"testing"
 	"time"
 
@@ -292,11 +293,18 @@ func FuzzParseWire(f *testing.F) {
 			want.edns, want.do, want.size = true, o.Do(), max(dns.MinMsgSize, min(int(o.UDPSize()), maxUDP))
 		}
 		want.question = q.question
+		want.ad, want.plain = m.AuthenticatedData, !m.Zero && !m.Authoritative && !m.RecursionAvailable && m.Rcode == 0
 		if o := m.IsEdns0(); o != nil {
 			want.padded = padded(o)
+			want.optClass, want.optTTL = o.Hdr.Class, o.Hdr.Ttl
+			want.plain = want.plain && len(o.Option) == 0
 		}
 		if fmt.Sprint(q) != fmt.Sprint(want) {
 			t.Fatalf("parseWire read %+v, miekg/dns %+v", q, want)
+		}
+		// msg makes what miekg/dns unpacks, for a plain query.
+		if got := q.msg(); got == nil && q.plain || got != nil && !reflect.DeepEqual(got, m) {
+			t.Fatalf("msg made\n%#v\nmiekg/dns unpacked\n%#v", got, m)
 		}
 		if !bytes.HasPrefix(b[12:], q.question) {
 			t.Fatal("the question is not the packet's")
@@ -367,6 +375,31 @@ func TestWireMaxAge(t *testing.T) {
 		}
 		if got, want := wireMaxAge(b), maxAge(m); got != want {
 			t.Errorf("%s: %d from the wire, %d from the message", c.name, got, want)
+		}
+	}
+}
+
+// TestUpstreamQuery: the query sent upstream is the client's question with
+// RD, the client's CD and AD bits, and an OPT record of 1232 bytes with the
+// client's DO bit, as miekg/dns's SetEdns0 makes it; nothing else of the
+// client's.
+func TestUpstreamQuery(t *testing.T) {
+	for _, edns := range []bool{false, true} {
+		for _, bits := range []int{0, 1, 2, 4, 7} {
+			req := query("Some.Example.", dns.TypeAAAA, edns)
+			req.Id, req.RecursionDesired = 4242, false
+			req.CheckingDisabled, req.AuthenticatedData = bits&1 != 0, bits&2 != 0
+			if edns {
+				req.IsEdns0().SetDo(bits&4 != 0)
+				req.IsEdns0().Option = append(req.IsEdns0().Option, &dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: net.IPv4(192, 0, 2, 0)})
+			}
+			want := new(dns.Msg)
+			want.Question = []dns.Question{req.Question[0]}
+			want.RecursionDesired, want.CheckingDisabled, want.AuthenticatedData = true, req.CheckingDisabled, req.AuthenticatedData
+			want.SetEdns0(maxUDP, edns && bits&4 != 0)
+			if got := upstreamQuery(req); !reflect.DeepEqual(got, want) {
+				t.Errorf("edns %v, bits %d:\n%v\nwant\n%v", edns, bits, got, want)
+			}
 		}
 	}
 }

@@ -16,8 +16,9 @@
 # after (a package that was already installed is left as it was).
 #
 # Then each fuzzer runs for FUZZTIME (20s): the document parser, the
-# packet path, the UDP loop's reader of plain queries, the DoH request
-# reader, the host-name rule, the config loader and the list reader.
+# packet path, the UDP loop's reader of plain queries, the upstream
+# socket's test for plain answers, the DoH request reader, the host-name
+# rule, the config loader and the list reader.
 # Last, the soak's short form (bench/soak.sh, SOAK_DURATION=90 seconds of
 # load, under 3 minutes in all; SOAK_DURATION=0 skips it): phonehome under
 # load while its upstream fails, its config is reloaded, floods arrive and
@@ -78,7 +79,7 @@ go test -race ./...
 # and no input (a race in Go itself, golang/go#75804, fixed in Go 1.27):
 # that alone is reported and passed over, not taken for a finding.
 fuzztime=${FUZZTIME:-20s}
-for target in endpoints:FuzzParse endpoints:FuzzHostname resolver:FuzzHandler resolver:FuzzParseWire resolver:FuzzDoHRequest resolver:FuzzDoH2Frames internal/configfile:FuzzParse policy:FuzzList; do
+for target in endpoints:FuzzParse endpoints:FuzzHostname resolver:FuzzHandler resolver:FuzzParseWire resolver:FuzzPlainAnswer resolver:FuzzDoHRequest resolver:FuzzDoH2Frames internal/configfile:FuzzParse policy:FuzzList; do
   pkg=${target%%:*} fuzzer=${target#*:}
   corpus="$pkg/testdata/fuzz/$fuzzer"
   before=$(ls "$corpus" 2>/dev/null | sort || true)
