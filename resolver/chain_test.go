@@ -29,8 +29,9 @@ func (r *recorder) Answered(a Answer) {
 }
 
 // next returns the answer after the last one next returned, waiting for
-// it: observers run just after the answer is sent, so a test calls next
-// after each query, before the next one, to keep them in order.
+// it: over TCP, TLS and HTTPS observers run just after the answer is sent
+// (over UDP just before), so a test calls next after each query, before
+// the next one, to keep them in order.
 func (r *recorder) next(t *testing.T) Answer {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {

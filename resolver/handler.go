@@ -246,8 +246,8 @@ func (h *Handler) answerPlain(w *udpWriter, req *dns.Msg, st *State, a Answer, w
 	if q.question == nil || !ok {
 		return false
 	}
-	w.Write(out)
 	st.Cache.keepPlain(req, e) // after the copy: the cache clamps its TTLs, the client gets the upstream's
+	w.Write(out)
 	a.Rcode, a.Source = dns.RcodeSuccess, SourceUpstream
 	h.done(w, a)
 	return true
@@ -319,21 +319,28 @@ type handOff interface {
 }
 
 // done tells every observer of an answered query, or leaves that to a
-// writer that answers in batches (the UDP loop's, see answerBatch).
+// writer that sends its answers later (see answerBatch).
 func (h *Handler) done(w dns.ResponseWriter, a Answer) {
 	if b, ok := w.(answerBatch); ok {
 		b.keep(a)
 		return
 	}
-	a.Duration = time.Since(a.Start)
+	h.tell(a, time.Now())
+}
+
+// tell tells every observer of one answered query, sent at sent.
+func (h *Handler) tell(a Answer, sent time.Time) {
+	a.Duration = sent.Sub(a.Start)
 	for _, o := range h.observers {
 		o.Answered(a)
 	}
 }
 
-// An answerBatch is a writer that sends its answers in batches, and keeps
-// each one's Answer until the batch goes out; then doneBatch tells the
-// observers of them all.
+// An answerBatch is a writer that sends its answers later, and keeps each
+// one's Answer until it goes out: the UDP loop's, whose batch doneBatch
+// tells the observers of, and a UDP miss's worker's (udpMiss.run). The
+// observers are told just before the answers leave, so that a client that
+// has its answer finds it counted and logged.
 type answerBatch interface {
 	keep(a Answer)
 }

@@ -1,10 +1,12 @@
 package resolver
 
 import (
+	"errors"
 	"net"
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -148,4 +150,99 @@ func gatherText(t *testing.T, g prometheus.Gatherer) string {
 		t.Fatalf("scrape: %d %s", w.Code, w.Body)
 	}
 	return w.Body.String()
+}
+
+// gateObserver holds up the first observer call for each answer that is
+// not from the cache, until the test lets it go.
+type gateObserver struct {
+	entered chan Answer
+	release chan struct{}
+}
+
+func (g *gateObserver) Answered(a Answer) {
+	if a.Source != SourceCache {
+		g.entered <- a
+		<-g.release
+	}
+}
+
+// TestUDPMissToldFirst: a miss answered over UDP is told to the observers
+// and cached before its answer leaves, as the loop's answers are, so that
+// a client that has its answer finds it logged, and the same question
+// asked again at once is a cache hit. Both shapes of miss: a plain answer
+// sent from the upstream's bytes, and a CNAME chain. While an observer
+// holds the miss up, nothing has reached the client: the kernel puts a
+// datagram sent on loopback in the receiver's queue within the sender's
+// system call, so an answer sent before the observers were told would be
+// there already.
+func TestUDPMissToldFirst(t *testing.T) {
+	up := dnstest.Start(t)
+	up.SetChain("alias.example.com", "cdn.example.net")
+	g := &gateObserver{entered: make(chan Answer), release: make(chan struct{})}
+	rec := &recorder{}
+	s := startWith(t, Options{Observers: []Observer{g, rec}}, groupsConfig, up)
+	c, err := net.Dial("udp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 512)
+	for _, name := range []string{"plain.example.com.", "alias.example.com."} {
+		b, _ := query(name, dns.TypeA, true).Pack()
+		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case a := <-g.entered:
+			if a.Question.Name != name {
+				t.Fatalf("observed %s, want %s", a.Question.Name, name)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no answer observed", name)
+		}
+		if n := queued(t, c.(*net.UDPConn)); n > 0 {
+			t.Errorf("%s: the client had its answer (%d bytes) before the observers were told of it", name, n)
+		}
+		close(g.release)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(buf); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		g.release = make(chan struct{})
+		if a := rec.next(t); a.Source != SourceUpstream {
+			t.Errorf("%s: source %v, want the upstream", name, a.Source)
+		}
+		// Asked again at once: from the cache.
+		if r := s.ask(t, "udp", "", query(name, dns.TypeA, true)); r.Rcode != dns.RcodeSuccess {
+			t.Errorf("%s again: %s", name, dns.RcodeToString[r.Rcode])
+		}
+		if a := rec.next(t); a.Source != SourceCache {
+			t.Errorf("%s asked again at once: source %v, want the cache", name, a.Source)
+		}
+	}
+}
+
+// queued is the size of the datagram waiting on c, 0 for none; it does
+// not wait.
+func queued(t *testing.T, c *net.UDPConn) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, buf := 0, make([]byte, 512)
+	var rerr error
+	if err := rc.Read(func(fd uintptr) bool {
+		n, _, rerr = syscall.Recvfrom(int(fd), buf, syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if errors.Is(rerr, syscall.EAGAIN) {
+		return 0
+	}
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	return n
 }

@@ -292,7 +292,7 @@ func (w *batchWriter) queue(b []byte) {
 // miss and its writer are one allocation.
 func (w *batchWriter) HandOff(m miss) {
 	s := w.s
-	job := &udpMiss{miss: m, w: udpWriter{udpReply{s: s, addr: w.addr, oob: bytes.Clone(w.oob), dst: w.dst}}}
+	job := &udpMiss{miss: m, w: udpWriter{udpReply: udpReply{s: s, addr: w.addr, oob: bytes.Clone(w.oob), dst: w.dst}}}
 	s.handed.Add(1)
 	select {
 	case s.work <- job:
@@ -308,9 +308,23 @@ type udpMiss struct {
 	w udpWriter
 }
 
+// run answers the miss. The observers are told of it before its answer
+// is sent, as the loop tells them of its batch's: a client that has its
+// answer finds it counted, logged and cached.
 func (j *udpMiss) run() {
 	defer j.w.s.handed.Done()
-	j.serve(&j.w)
+	w := &j.w
+	w.kept = &j.a // the miss's answer so far: done's copy replaces it
+	j.serve(w)
+	if w.told {
+		j.h.tell(j.a, time.Now())
+	}
+	if w.out == nil {
+		return
+	}
+	if err := w.s.sq.send(w.out, w.addr, w.oob); err != nil && j.h.log != nil {
+		j.h.log.Debug("writing answer", "err", err)
+	}
 }
 
 // workerIdle is how long a worker waits for another miss before it ends.
@@ -337,8 +351,16 @@ func (s *udpServer) worker(job *udpMiss) {
 	}
 }
 
-// udpWriter sends a miss's answer, off the read loop's batch.
-type udpWriter struct{ udpReply }
+// udpWriter is a miss's writer, off the read loop's batch. It holds the
+// answer, and what done would tell the observers of it, for run, which
+// tells them and then sends it with the answers other misses send at the
+// same time (see sendQueue).
+type udpWriter struct {
+	udpReply
+	out  []byte  // the answer; it must not change after Write
+	kept *Answer // where keep puts the answer's Answer
+	told bool    // and whether it did
+}
 
 func (w *udpWriter) WriteMsg(m *dns.Msg) error {
 	b, err := m.Pack()
@@ -349,11 +371,12 @@ func (w *udpWriter) WriteMsg(m *dns.Msg) error {
 	return err
 }
 
-// Write sends b with the answers other misses send at the same time (see
-// sendQueue); b must not change after.
 func (w *udpWriter) Write(b []byte) (int, error) {
-	if err := w.s.sq.send(b, w.addr, w.oob); err != nil {
-		return 0, err
+	if w.out != nil {
+		return 0, errors.New("a second answer to one query")
 	}
+	w.out = b
 	return len(b), nil
 }
+
+func (w *udpWriter) keep(a Answer) { *w.kept, w.told = a, true }
