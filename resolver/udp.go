@@ -313,9 +313,19 @@ type udpMiss struct {
 // answer finds it counted, logged and cached.
 func (j *udpMiss) run() {
 	defer j.w.s.handed.Done()
+	j.w.kept = &j.a // the miss's answer so far: done's copy replaces it
+	j.serve(&j.w)
+	j.finish()
+}
+
+// finish tells the observers of the miss's answer and sends it. It is
+// a call of its own, not inlined in run (the log call makes it too big
+// for that): run's frame is under every frame of the miss, and the
+// nearly 500 bytes finish needs (an Answer passed by value, the log
+// call's arguments) there grew a worker's stack past 8 KB, and resident
+// memory under load by 1.4 MB.
+func (j *udpMiss) finish() {
 	w := &j.w
-	w.kept = &j.a // the miss's answer so far: done's copy replaces it
-	j.serve(w)
 	if w.told {
 		j.h.tell(j.a, time.Now())
 	}
@@ -352,7 +362,7 @@ func (s *udpServer) worker(job *udpMiss) {
 }
 
 // udpWriter is a miss's writer, off the read loop's batch. It holds the
-// answer, and what done would tell the observers of it, for run, which
+// answer, and what done would tell the observers of it, for finish, which
 // tells them and then sends it with the answers other misses send at the
 // same time (see sendQueue).
 type udpWriter struct {
