@@ -203,12 +203,11 @@ func TestUDPMissToldFirst(t *testing.T) {
 		if n := queued(t, c.(*net.UDPConn)); n > 0 {
 			t.Errorf("%s: the client had its answer (%d bytes) before the observers were told of it", name, n)
 		}
-		close(g.release)
+		g.release <- struct{}{}
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if _, err := c.Read(buf); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		g.release = make(chan struct{})
 		if a := rec.next(t); a.Source != SourceUpstream {
 			t.Errorf("%s: source %v, want the upstream", name, a.Source)
 		}
