@@ -80,7 +80,9 @@ func parseWire(b []byte, q *wireQuery) bool {
 		if l == 0 {
 			break
 		}
-		if l > 63 || off+l > len(b) || n+l+1 > len(name) {
+		// A name is at most 255 octets on the wire (RFC 1035 section
+		// 2.3.4): its text form, a dot after each label, one fewer.
+		if l > 63 || off+l > len(b) || n+l+1 >= len(name) {
 			return false
 		}
 		for _, c := range b[off : off+l] {

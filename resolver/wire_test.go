@@ -259,11 +259,43 @@ func TestWireTooBig(t *testing.T) {
 	}
 }
 
+// TestParseWireNameLength: parseWire takes a name of 255 octets on the
+// wire, the most RFC 1035 allows, and leaves one of 256 to ServeDNS,
+// which drops it as malformed (a miss made from it went upstream, whose
+// FORMERR without a question then counted as timeouts against it).
+func TestParseWireNameLength(t *testing.T) {
+	for _, c := range []struct {
+		last int // the last label's length, after three of 63
+		want bool
+	}{{61, true}, {62, false}} {
+		b := longNameQuery(c.last)
+		var q wireQuery
+		if got := parseWire(b, &q); got != c.want {
+			t.Errorf("a name of %d octets: parseWire %v, want %v", 3*64+c.last+2, got, c.want)
+		}
+		if err := new(dns.Msg).Unpack(b); (err == nil) != c.want {
+			t.Errorf("a name of %d octets: miekg/dns unpacks it: %v", 3*64+c.last+2, err)
+		}
+	}
+}
+
+// longNameQuery is a query for a name of three 63-octet labels and one of
+// last octets, packed by hand (miekg/dns packs no name over 255 octets).
+func longNameQuery(last int) []byte {
+	b := []byte{0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0}
+	for _, l := range []int{63, 63, 63, last} {
+		b = append(b, byte(l))
+		b = append(b, bytes.Repeat([]byte{'a'}, l)...)
+	}
+	return append(b, 0, 0, 1, 0, 1) // the root, type A, class IN
+}
+
 // FuzzParseWire: whatever parseWire takes, miekg/dns reads the same way:
 // the same ID, flags, question (name as sent), EDNS0 size and DO bit.
 //
 //	go test -run '^$' -fuzz FuzzParseWire -fuzztime 1m ./resolver
 func FuzzParseWire(f *testing.F) {
+	f.Add(longNameQuery(62))
 	for _, build := range []func(m *dns.Msg){
 		func(m *dns.Msg) { m.SetQuestion("www.example.com.", dns.TypeA) },
 		func(m *dns.Msg) { m.SetQuestion("A-b_C.example.", dns.TypeAAAA); m.SetEdns0(1232, true) },
