@@ -12,8 +12,9 @@ import (
 // An Observer watches the request path: the metrics, the query log, the
 // web page's activity and, next, the history store. Answered is called
 // once for every query answered (not for those the rate limit drops), on
-// the goroutine that answered it, after the answer was sent. It must not
-// block: an observer that writes somewhere slow queues and drops.
+// the goroutine that answered it: over UDP just before the answer is
+// sent, over TCP, TLS and HTTPS just after. It must not block: an
+// observer that writes somewhere slow queues and drops.
 //
 // Adding an observer touches nothing of the request path: pass it in
 // Options.Observers.
@@ -45,7 +46,7 @@ type Answer struct {
 	// Transport is what the query came over: UDP, TCP, DNS over TLS or
 	// DNS over HTTPS.
 	Transport Transport
-	Duration  time.Duration // from Start until the answer was sent
+	Duration  time.Duration // from Start until the answer was sent (over UDP, just before)
 }
 
 // Decided reports whether the policy decided the query.

@@ -525,8 +525,8 @@ func (c *tcpConn) handle(b []byte) {
 	h.ServeDNS(c, req)
 }
 
-// HandOff runs f, a query waiting for an upstream, in a goroutine of its
-// own, so that the reader goes on to the queries pipelined behind it.
+// HandOff serves m, a query waiting for an upstream, in a goroutine of
+// its own, so that the reader goes on to the queries pipelined behind it.
 func (c *tcpConn) HandOff(m miss) { c.waits.run(func() { m.serve(c) }) }
 
 // handOffs runs a connection's queries that wait for the upstreams, each
