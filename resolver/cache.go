@@ -371,14 +371,14 @@ func (c *Cache) keep(k cacheKey, e *cached, ttl time.Duration, chain *Chain) {
 	c.lru.Add(k.hash, e)
 }
 
-// keepPlain stores the entry of a plain answer (plainAnswer) to q, as
+// keepPlain stores the entry of a plain answer (plainAnswer) to the
+// question, packed, of a query with the key flags (keyFlags), as
 // putReceived would store it: for its records' smallest TTL, clamped.
-func (c *Cache) keepPlain(q *dns.Msg, e *cached) {
+func (c *Cache) keepPlain(question []byte, flags uint8, e *cached) {
 	if c.lru == nil {
 		return
 	}
-	var buf [maxQuestion]byte
-	k := c.keyOfMsg(q, &buf)
+	k := c.key(question, flags)
 	if !k.ok {
 		return
 	}

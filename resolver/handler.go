@@ -239,14 +239,19 @@ func (h *Handler) answerPlain(w *udpWriter, req *dns.Msg, st *State, a Answer, w
 	}
 	var buf [maxQuestion]byte
 	q := wireQuery{id: req.Id, rd: req.RecursionDesired, cd: req.CheckingDisabled, question: packQuestion(req, &buf), size: dns.MinMsgSize}
+	if q.question == nil {
+		return false
+	}
 	if o := req.IsEdns0(); o != nil {
 		q.edns, q.do, q.size = true, o.Do(), max(dns.MinMsgSize, min(int(o.UDPSize()), maxUDP))
 	}
 	out, ok := q.cached(make([]byte, 0, int(e.wlen)+q.optLen(false, 0)), e, 0)
-	if q.question == nil || !ok {
+	if !ok {
 		return false
 	}
-	st.Cache.keepPlain(req, e) // after the copy: the cache clamps its TTLs, the client gets the upstream's
+	// After the copy: the cache clamps its TTLs, the client gets the
+	// upstream's.
+	st.Cache.keepPlain(q.question, keyFlags(q.do, q.cd), e)
 	w.Write(out)
 	a.Rcode, a.Source = dns.RcodeSuccess, SourceUpstream
 	h.done(w, a)
@@ -395,27 +400,36 @@ func (h *Handler) resolved(st *State, req *dns.Msg, ans upstreamAnswer, err erro
 // CD and the DO bit, an EDNS0 size of 1232, and none of the client's EDNS0
 // options (no Client Subnet leaves the network).
 func upstreamQuery(req *dns.Msg) *dns.Msg {
-	// One allocation for the message, its question and its OPT record.
+	var opt dns.OPT
+	opt.Hdr = dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}
+	opt.SetUDPSize(maxUDP)
+	if o := req.IsEdns0(); o != nil && o.Do() {
+		opt.SetDo()
+	}
+	hdr := dns.MsgHdr{RecursionDesired: true, CheckingDisabled: req.CheckingDisabled, AuthenticatedData: req.AuthenticatedData}
+	return newQuery(hdr, req.Question[0], &opt.Hdr)
+}
+
+// newQuery is a query of one question and, when opt is not nil, an OPT
+// record of that header, made in one allocation (unpacking one makes
+// six): the upstream query of every miss, and a query the wire path read
+// (wireQuery.msg).
+func newQuery(hdr dns.MsgHdr, question dns.Question, opt *dns.RR_Header) *dns.Msg {
 	v := new(struct {
-		q   dns.Msg
-		qq  [1]dns.Question
+		m   dns.Msg
+		q   [1]dns.Question
 		x   [1]dns.RR
 		opt dns.OPT
 	})
-	q := &v.q
-	v.qq[0] = req.Question[0]
-	q.Question = v.qq[:]
-	q.RecursionDesired = true
-	q.CheckingDisabled = req.CheckingDisabled
-	q.AuthenticatedData = req.AuthenticatedData
-	v.opt.Hdr = dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}
-	v.opt.SetUDPSize(maxUDP)
-	if o := req.IsEdns0(); o != nil && o.Do() {
-		v.opt.SetDo()
+	v.m.MsgHdr = hdr
+	v.q[0] = question
+	v.m.Question = v.q[:]
+	if opt != nil {
+		v.opt.Hdr = *opt
+		v.x[0] = &v.opt
+		v.m.Extra = v.x[:]
 	}
-	v.x[0] = &v.opt
-	q.Extra = v.x[:]
-	return q
+	return &v.m
 }
 
 // The names a resolver answers itself to keep its clients: Firefox's

@@ -238,29 +238,18 @@ func (h *Handler) serveWire(w wireWriter, b []byte, now time.Time) wireResult {
 
 // msg is the query as miekg/dns unpacks it, made from what parseWire read
 // rather than read again: the header's ID and bits, the question, and the
-// OPT record, in one allocation where unpacking made six. It
-// returns nil for a query that is not plain (EDNS options, an rcode, the
-// AA, RA or Z bit): that one is unpacked.
+// OPT record (newQuery). It returns nil for a query that is not plain
+// (EDNS options, an rcode, the AA, RA or Z bit): that one is unpacked.
 func (q *wireQuery) msg() *dns.Msg {
 	if !q.plain {
 		return nil
 	}
-	// One allocation for the message, its question and its OPT record.
-	v := new(struct {
-		m   dns.Msg
-		q   [1]dns.Question
-		x   [1]dns.RR
-		opt dns.OPT
-	})
-	v.m.MsgHdr = dns.MsgHdr{Id: q.id, RecursionDesired: q.rd, AuthenticatedData: q.ad, CheckingDisabled: q.cd}
-	v.q[0] = dns.Question{Name: q.name, Qtype: q.qtype, Qclass: q.qclass}
-	v.m.Question = v.q[:]
+	hdr := dns.MsgHdr{Id: q.id, RecursionDesired: q.rd, AuthenticatedData: q.ad, CheckingDisabled: q.cd}
+	var opt *dns.RR_Header
 	if q.edns {
-		v.opt.Hdr = dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: q.optClass, Ttl: q.optTTL}
-		v.x[0] = &v.opt
-		v.m.Extra = v.x[:]
+		opt = &dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: q.optClass, Ttl: q.optTTL}
 	}
-	return &v.m
+	return newQuery(hdr, dns.Question{Name: q.name, Qtype: q.qtype, Qclass: q.qclass}, opt)
 }
 
 // cached writes the cached answer e, age seconds old, as the answer to q
