@@ -130,12 +130,24 @@ func TestDoHFailover(t *testing.T) {
 		doh := s.st.Forwarder.Upstreams[0]
 		d.SetFault(dnstest.FaultStatus)
 		d.SetStatus(http.StatusServiceUnavailable)
-		if r := mustAsk(t, s, "a.example."); answerText(r) != dnstest.AnswerA || plain.Seen("a.example") != 1 || d.Requests() != 1 {
-			t.Fatalf("failover: %v; UDP saw %d, DoH %d requests", r, plain.Seen("a.example"), d.Requests())
+		if r := mustAsk(t, s, "a.example."); answerText(r) != dnstest.AnswerA || plain.Seen("a.example") != 1 {
+			t.Fatalf("failover: %v; UDP saw %d", r, plain.Seen("a.example"))
 		}
+		// The UDP upstream is also asked after the DoH one's hedge delay,
+		// which on a loaded machine (a TLS handshake under the race
+		// detector) can be before the HTTP error, and answer first.
+		waitFor(t, "the DoH upstream to back off", func() bool { return !doh.healthy(time.Now()) })
+		if d.Requests() != 1 {
+			t.Fatalf("failover: DoH %d requests, want 1", d.Requests())
+		}
+		// Asked only as a hedge, when the UDP upstream is slower than its
+		// hedge delay (a loaded machine).
+		hedges := s.hedges(doh.Name)
 		mustAsk(t, s, "b.example.")
-		if d.Requests() != 1 || plain.Seen("b.example") != 1 {
-			t.Errorf("a backed-off DoH upstream was asked (%d requests)", d.Requests())
+		hedges = s.hedges(doh.Name) - hedges
+		waitFor(t, "the hedges' requests", func() bool { return d.Requests() >= 1+hedges })
+		if d.Requests() != 1+hedges || plain.Seen("b.example") != 1 {
+			t.Errorf("a backed-off DoH upstream was asked (%d requests, %d hedges)", d.Requests(), hedges)
 		}
 		if n := testutil.ToFloat64(s.h.metrics.upstreamErrs.WithLabelValues(doh.Name, "protocol")); n != 1 {
 			t.Errorf("protocol errors %v, want 1", n)
@@ -148,18 +160,26 @@ func TestDoHFailover(t *testing.T) {
 		doh.downUntil.Store(time.Now().UnixNano())
 		mustAsk(t, s, "c.example.")
 		recovered(t, doh)
+		hedges = s.hedges(plain.Addr())
 		mustAsk(t, s, "d.example.")
-		if d.DNS.Seen("c.example") != 1 || d.DNS.Seen("d.example") != 1 || plain.Seen("d.example") != 0 {
-			t.Error("a recovered DoH upstream was not asked again")
+		// The UDP upstream is asked as a hedge when the DoH one is
+		// slower than its hedge delay, and may answer first.
+		hedges = s.hedges(plain.Addr()) - hedges
+		waitFor(t, "d.example over DoH", func() bool { return d.DNS.Seen("d.example") >= 1 })
+		if d.DNS.Seen("c.example") != 1 || d.DNS.Seen("d.example") != 1 || seen(t, plain, "d.example", hedges) != hedges {
+			t.Errorf("a recovered DoH upstream was not asked again (the UDP one asked %d times as a hedge)", hedges)
 		}
 	})
 	t.Run("doh-timeout-then-udp", func(t *testing.T) {
 		d, plain := dnstest.StartDoH(t), dnstest.Start(t)
 		s, _ := startUpstreams(t, trusting(t, d), d.URL()+"#"+d.Addr(), plain.Addr())
 		d.DNS.SetMode(dnstest.Drop)
-		if r := mustAsk(t, s, "a.example."); answerText(r) != dnstest.AnswerA || plain.Seen("a.example") != 1 || d.DNS.Seen("a.example") != 1 {
+		if r := mustAsk(t, s, "a.example."); answerText(r) != dnstest.AnswerA || plain.Seen("a.example") != 1 {
 			t.Fatalf("failover: %v", r)
 		}
+		// The UDP upstream is asked after the DoH one's hedge delay, which
+		// on a loaded machine can be before the DoH request has arrived.
+		waitFor(t, "a.example over DoH", func() bool { return d.DNS.Seen("a.example") == 1 })
 		// The DoH attempt times out after the UDP upstream has answered.
 		timeouts := s.h.metrics.upstreamErrs.WithLabelValues(s.st.Forwarder.Upstreams[0].Name, "timeout")
 		for give := time.Now().Add(10 * time.Second); testutil.ToFloat64(timeouts) == 0 && time.Now().Before(give); {
@@ -177,9 +197,13 @@ func TestDoHFailover(t *testing.T) {
 			t.Fatalf("failover to DoH: %v", r)
 		}
 		s.backOff(t, s.st.Forwarder.Upstreams[0])
+		// Asked only as a hedge, when the DoH upstream is slower than its
+		// hedge delay (a loaded machine).
+		hedges := s.hedges(plain.Addr())
 		mustAsk(t, s, "b.example.")
-		if plain.Seen("b.example") != 0 || d.DNS.Seen("b.example") != 1 {
-			t.Error("the backed-off UDP upstream was asked again")
+		hedges = s.hedges(plain.Addr()) - hedges
+		if seen(t, plain, "b.example", hedges) != hedges || d.DNS.Seen("b.example") != 1 {
+			t.Errorf("the backed-off UDP upstream was asked again (%d times as a hedge)", hedges)
 		}
 	})
 }
@@ -289,11 +313,16 @@ func TestDoHBadAnswers(t *testing.T) {
 		}
 		doh.downUntil.Store(0)
 		name := fmt.Sprintf("bad%d.example.", i)
-		if r := mustAsk(t, s, name); answerText(r) != dnstest.AnswerA || plain.Seen(name) != 1 || d.DNS.Seen(name) == 0 && tc.fault != dnstest.FaultStatus {
+		if r := mustAsk(t, s, name); answerText(r) != dnstest.AnswerA || plain.Seen(name) != 1 {
 			t.Errorf("fault %d (%d): %v; UDP saw it %d times", tc.fault, tc.status, r, plain.Seen(name))
 		}
-		if doh.healthy(time.Now()) {
-			t.Errorf("fault %d (%d): the DoH upstream is not backed off", tc.fault, tc.status)
+		// The DoH upstream slower than its hedge delay (a loaded machine)
+		// has the UDP one asked too, whose answer can come before the
+		// DoH request has arrived or failed.
+		for give := time.Now().Add(10 * time.Second); doh.healthy(time.Now()) || d.DNS.Seen(name) == 0 && tc.fault != dnstest.FaultStatus; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(give) {
+				t.Fatalf("fault %d (%d): the DoH upstream is not backed off, or was not asked (%d times)", tc.fault, tc.status, d.DNS.Seen(name))
+			}
 		}
 	}
 	if n := testutil.ToFloat64(s.h.metrics.upstreamErrs.WithLabelValues(doh.Name, "protocol")); n != float64(len(cases)) {
@@ -381,6 +410,7 @@ func TestDoHLookup(t *testing.T) {
 		w.WriteMsg(m)
 	})
 	s, log := startUpstreams(t, trusting(t, d), d.URL(), plain.Addr())
+	patient(s)
 	var wg sync.WaitGroup
 	errs := make(chan error, 20)
 	for i := range 20 {
@@ -409,6 +439,7 @@ func TestDoHLookup(t *testing.T) {
 	// the next query looks the host up again.
 	at.Store("127.0.0.2")
 	s, _ = startUpstreams(t, trusting(t, d), d.URL(), plain.Addr())
+	patient(s)
 	if r := mustAsk(t, s, "moved1.example."); answerText(r) != "192.0.2.99" {
 		t.Errorf("with the DoH server unreachable: %v", r)
 	}
@@ -426,6 +457,19 @@ func TestDoHLookup(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), "looking up "+dnstest.TLSServerName) {
 		t.Errorf("the log does not say why:\n%s", log)
+	}
+}
+
+// patient gives s's upstreams a round-trip time of a third of hedgeMax, as
+// if each had answered that slowly, so that the next upstream is asked (or
+// the only one asked again) after hedgeMax, not hedgeFirst, until their
+// answers bring it down: the DoH upstream's first exchange (a lookup, a
+// TLS handshake under the race detector) can take longer than hedgeFirst
+// on a loaded machine, and the plain upstream, asked meanwhile, would
+// answer first.
+func patient(s *testServer) {
+	for _, u := range s.st.Forwarder.Upstreams {
+		u.srtt.Store(int64(hedgeMax / hedgeRTTs))
 	}
 }
 
