@@ -121,11 +121,23 @@ func TestUDPSocketsRenew(t *testing.T) {
 // a new miss fails at once instead of piling up goroutines.
 func TestForwarderOverload(t *testing.T) {
 	stub := dnstest.Start(t)
-	stub.SetMode(dnstest.Delay)
-	stub.SetDelay(300 * time.Millisecond)
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	stub.SetHandler(func(w dns.ResponseWriter, r *dns.Msg) {
+		select {
+		case arrived <- struct{}{}:
+		default: // the same query sent again (resendIfDue)
+		}
+		<-release // the first query waits until the test lets it go
+		w.WriteMsg(new(dns.Msg).SetReply(r))
+	})
 	u, _ := ParseUpstream(stub.Addr())
 	f := NewForwarder([]*Upstream{u}, 1, nil)
 	defer f.Close()
+	// The first query is not given up while the test runs: a second that
+	// waited for it, rather than fail at once, would wait until the test
+	// lets the first go, which it does only after the second's error, or
+	// 10 s.
+	f.TryTimeout, f.Timeout = time.Minute, time.Minute
 	q := func(name string) *dns.Msg {
 		m := new(dns.Msg)
 		m.SetQuestion(name, dns.TypeA)
@@ -136,13 +148,21 @@ func TestForwarderOverload(t *testing.T) {
 		_, err := f.Forward(context.Background(), q("slow.example."))
 		done <- err
 	}()
-	for stub.Seen("slow.example") == 0 {
-		time.Sleep(5 * time.Millisecond)
+	<-arrived
+	second := make(chan error, 1)
+	go func() {
+		_, err := f.Forward(context.Background(), q("other.example."))
+		second <- err
+	}()
+	select {
+	case err := <-second:
+		if err != ErrOverload {
+			t.Errorf("second query while one waits: %v, want %v", err, ErrOverload)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the second query waited for the first")
 	}
-	start := time.Now()
-	if _, err := f.Forward(context.Background(), q("other.example.")); err != ErrOverload || time.Since(start) > 100*time.Millisecond {
-		t.Errorf("second query while one waits: %v after %v", err, time.Since(start))
-	}
+	close(release)
 	if err := <-done; err != nil {
 		t.Errorf("first query: %v", err)
 	}
