@@ -168,20 +168,26 @@ func (s *testServer) ask(t *testing.T, network, from string, m *dns.Msg) *dns.Ms
 }
 
 // exchange is ask for goroutines other than the test's: it returns the
-// error instead of failing the test.
+// error instead of failing the test. It waits clientTimeout for the answer.
 func (s *testServer) exchange(network, from string, m *dns.Msg) (*dns.Msg, error) {
-	c := &dns.Client{Net: network, Timeout: 3 * time.Second}
+	c := &dns.Client{Net: network, Timeout: clientTimeout}
 	if from != "" {
 		ip := net.ParseIP(from)
 		if network == "tcp" {
-			c.Dialer = &net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 3 * time.Second}
+			c.Dialer = &net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: clientTimeout}
 		} else {
-			c.Dialer = &net.Dialer{LocalAddr: &net.UDPAddr{IP: ip}, Timeout: 3 * time.Second}
+			c.Dialer = &net.Dialer{LocalAddr: &net.UDPAddr{IP: ip}, Timeout: clientTimeout}
 		}
 	}
 	r, _, err := c.Exchange(m, s.addr)
 	return r, err
 }
+
+// clientTimeout is how long the test's client waits for an answer: far
+// longer than the server takes to answer or give up (a second in start),
+// even on a loaded machine, where 3 s was once too short for 30 queries at
+// once under the race detector.
+const clientTimeout = 10 * time.Second
 
 func query(name string, qtype uint16, edns bool) *dns.Msg {
 	m := new(dns.Msg)

@@ -237,7 +237,7 @@ func TestHedge(t *testing.T) {
 	t.Run("silent", func(t *testing.T) {
 		// A per-try timeout of a minute: without the hedge, each query
 		// would wait that long on the first upstream, and the client's
-		// 3-s exchange would fail.
+		// exchange (clientTimeout) would fail.
 		bad, good := dnstest.Start(t), dnstest.Start(t)
 		bad.SetMode(dnstest.Drop)
 		s := startWith(t, Options{TryTimeout: time.Minute, Timeout: time.Minute, Registry: prometheus.NewRegistry()}, "", bad, good)
