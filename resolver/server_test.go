@@ -112,11 +112,13 @@ const flushName = "flush.test."
 // flush waits, 10 s at most, until the stub u has counted the queries sent
 // to it so far: until cond (which what describes) says it has counted
 // those the test knows of, then until it has counted a query flush sends
-// it over UDP after them, for any others. A stub counts a query only once
-// its handler runs, which on a loaded machine can be after the client's
-// exchange has returned, when u answers nothing or another upstream
-// answered first (a hedge, a probe). flush's queries count in u.Queries;
-// queries leaves them out.
+// it over UDP after them, which makes a later count of any others
+// unlikely (not impossible: miekg/dns runs each datagram's handler in a
+// goroutine of its own). A stub counts a query only once its handler runs,
+// which on a loaded machine can be after the client's exchange has
+// returned, when u answers nothing or another upstream answered first (a
+// hedge, a probe). flush's queries count in u.Queries; queries leaves them
+// out.
 func flush(t *testing.T, u *dnstest.Upstream, what string, cond func() bool) {
 	t.Helper()
 	give := time.Now().Add(10 * time.Second)
@@ -405,7 +407,11 @@ func TestFailoverAndServeStale(t *testing.T) {
 		t.Errorf("an upstream in backoff was asked (%d times as a hedge)", hedges)
 	}
 	// Recovery: once its backoff is over, the next query probes it, and
-	// once it has answered it is the first asked again.
+	// once it has answered it is the first asked again. Every query it
+	// was sent has timed out first: a late timeout would back it off
+	// again before the probe.
+	timeouts := s.h.metrics.upstreamErrs.WithLabelValues(bad.Addr(), "timeout")
+	waitFor(t, "every query sent to the dropping upstream to time out", func() bool { return testutil.ToFloat64(timeouts) >= float64(queries(bad)) })
 	bad.SetMode(dnstest.Answer)
 	s.st.Forwarder.Upstreams[0].downUntil.Store(time.Now().UnixNano())
 	s.ask(t, "udp", "", query("three.example.", dns.TypeA, false))

@@ -125,11 +125,13 @@ func TestForwarderOverload(t *testing.T) {
 	stub.SetHandler(func(w dns.ResponseWriter, r *dns.Msg) {
 		select {
 		case arrived <- struct{}{}:
-		default: // the same query sent again (resendIfDue)
+		default: // the test reads only the first
 		}
 		<-release // the first query waits until the test lets it go
 		w.WriteMsg(new(dns.Msg).SetReply(r))
 	})
+	letGo := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(letGo) // before the stub stops, should the test end early
 	u, _ := ParseUpstream(stub.Addr())
 	f := NewForwarder([]*Upstream{u}, 1, nil)
 	defer f.Close()
@@ -148,7 +150,13 @@ func TestForwarderOverload(t *testing.T) {
 		_, err := f.Forward(context.Background(), q("slow.example."))
 		done <- err
 	}()
-	<-arrived
+	select {
+	case <-arrived:
+	case err := <-done:
+		t.Fatalf("first query, before it reached the upstream: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first query did not reach the upstream")
+	}
 	second := make(chan error, 1)
 	go func() {
 		_, err := f.Forward(context.Background(), q("other.example."))
@@ -160,9 +168,9 @@ func TestForwarderOverload(t *testing.T) {
 			t.Errorf("second query while one waits: %v, want %v", err, ErrOverload)
 		}
 	case <-time.After(10 * time.Second):
-		t.Error("the second query waited for the first")
+		t.Error("the second query was not refused within 10 s")
 	}
-	close(release)
+	letGo()
 	if err := <-done; err != nil {
 		t.Errorf("first query: %v", err)
 	}
@@ -411,31 +419,36 @@ func TestHedge(t *testing.T) {
 	})
 	t.Run("probe", func(t *testing.T) {
 		// Once its backoff is over, one query probes a backed-off upstream;
-		// the others skip it while the probe waits.
+		// the others skip it while the probe waits (a minute here, so
+		// that the probe's own timeout cannot let a second one in).
 		bad, good := dnstest.Start(t), dnstest.Start(t)
 		bad.SetMode(dnstest.Drop)
-		s := startWith(t, Options{TryTimeout: 300 * time.Millisecond, Timeout: time.Second, Registry: prometheus.NewRegistry()}, "", bad, good)
-		u := s.st.Forwarder.Upstreams[0]
-		s.backOff(t, u)
-		before := queries(bad)
-		u.downUntil.Store(time.Now().UnixNano()) // the backoff is over
+		s := startWith(t, Options{TryTimeout: time.Minute, Timeout: time.Minute, Registry: prometheus.NewRegistry()}, "", bad, good)
+		s.st.Forwarder.Upstreams[0].downUntil.Store(time.Now().UnixNano()) // backed off, and the backoff is over
 		var wg sync.WaitGroup
+		errs := make(chan error, 20)
 		for i := range 20 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.exchange("udp", "", query(fmt.Sprintf("p%d.example.", i), dns.TypeA, false))
+				if _, err := s.exchange("udp", "", query(fmt.Sprintf("p%d.example.", i), dns.TypeA, false)); err != nil {
+					errs <- err
+				}
 			}()
 		}
 		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
 		// Every query to bad left before its exchange returned, but the
 		// stub counts a datagram only once its handler has run. A query
 		// whose answer from good came later than the hedge delay (a
 		// loaded machine) was also sent to bad as a hedge, which is
 		// counted apart: only the rest are probes.
 		hedges := s.hedges(bad.Addr())
-		flush(t, bad, fmt.Sprintf("1 probe and %d hedges", hedges), func() bool { return queries(bad)-before >= 1+hedges })
-		if probes := queries(bad) - before - hedges; probes != 1 {
+		flush(t, bad, fmt.Sprintf("1 probe and %d hedges", hedges), func() bool { return queries(bad) >= 1+hedges })
+		if probes := queries(bad) - hedges; probes != 1 {
 			t.Errorf("the backed-off upstream was probed %d times by 20 queries (asked %d times as a hedge), want 1", probes, hedges)
 		}
 	})

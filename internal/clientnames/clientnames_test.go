@@ -237,8 +237,8 @@ func TestWhoIsLookedUp(t *testing.T) {
 		{Off, false, "192.168.1.20", "", false},
 		{Off, false, "192.168.1.21", "", false},
 	} {
-		// The lookups wait until Close, so a lookup queued stays pending
-		// while the test looks.
+		// The lookups wait until Close (or their timeout), so a lookup
+		// queued stays pending while the test looks.
 		f := &fake{block: make(chan struct{})}
 		n, _ := newNames(t, Config{ClientNames: c.mode}, Options{ConfigNames: configNames, Anonymize: c.anonymize})
 		n.Start(f.lookup)
