@@ -128,18 +128,7 @@ func flush(t *testing.T, u *dnstest.Upstream, what string, cond func() bool) {
 		}
 	}
 	n := u.Seen(flushName)
-	wire, err := query(flushName, dns.TypeA, false).Pack()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.Dial("udp", u.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write(wire); err != nil {
-		t.Fatal(err)
-	}
+	sendUDP(t, u.Addr(), query(flushName, dns.TypeA, false)).Close()
 	for ; u.Seen(flushName) == n; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(give) {
 			t.Fatal("waited 10 s for the stub to count a query of the test's own")

@@ -645,6 +645,21 @@ func TestPlainMiss(t *testing.T) {
 // askRaw sends q to addr over UDP and returns the answer's bytes.
 func askRaw(t *testing.T, addr string, q *dns.Msg) []byte {
 	t.Helper()
+	c := sendUDP(t, addr, q)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(clientTimeout))
+	buf := make([]byte, 1500)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf[:n]
+}
+
+// sendUDP sends q to addr over UDP from a socket of its own, which it
+// returns for the answer, if any, and for the caller to close.
+func sendUDP(t *testing.T, addr string, q *dns.Msg) net.Conn {
+	t.Helper()
 	b, err := q.Pack()
 	if err != nil {
 		t.Fatal(err)
@@ -653,15 +668,9 @@ func askRaw(t *testing.T, addr string, q *dns.Msg) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Write(b); err != nil {
+		c.Close()
 		t.Fatal(err)
 	}
-	buf := make([]byte, 1500)
-	n, err := c.Read(buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return buf[:n]
+	return c
 }
