@@ -134,9 +134,7 @@ func TestDoHFailover(t *testing.T) {
 		}
 		// Asked only as a hedge, when the UDP upstream is slower than its
 		// hedge delay (a loaded machine).
-		hedges := s.hedges(doh.Name)
-		mustAsk(t, s, "b.example.")
-		hedges = s.hedges(doh.Name) - hedges
+		hedges := s.askHedged(t, "b.example.", doh.Name)
 		waitFor(t, "the hedges' requests", func() bool { return d.Requests() >= 1+hedges })
 		if d.Requests() != 1+hedges || plain.Seen("b.example") != 1 {
 			t.Errorf("a backed-off DoH upstream was asked (%d requests, %d hedges)", d.Requests(), hedges)
@@ -156,11 +154,9 @@ func TestDoHFailover(t *testing.T) {
 		doh.downUntil.Store(time.Now().UnixNano())
 		mustAsk(t, s, "c.example.")
 		recovered(t, doh)
-		hedges = s.hedges(plain.Addr())
-		mustAsk(t, s, "d.example.")
 		// The UDP upstream is asked as a hedge when the DoH one is
 		// slower than its hedge delay, and may answer first.
-		hedges = s.hedges(plain.Addr()) - hedges
+		hedges = s.askHedged(t, "d.example.", plain.Addr())
 		waitFor(t, "d.example over DoH", func() bool { return d.DNS.Seen("d.example") >= 1 })
 		if d.DNS.Seen("c.example") != 1 || d.DNS.Seen("d.example") != 1 || seen(t, plain, "d.example", hedges) != hedges {
 			t.Errorf("a recovered DoH upstream was not asked again (the UDP one asked %d times as a hedge)", hedges)
@@ -198,9 +194,7 @@ func TestDoHFailover(t *testing.T) {
 		s.backOff(t, s.st.Forwarder.Upstreams[0])
 		// Asked only as a hedge, when the DoH upstream is slower than its
 		// hedge delay (a loaded machine).
-		hedges := s.hedges(plain.Addr())
-		mustAsk(t, s, "b.example.")
-		hedges = s.hedges(plain.Addr()) - hedges
+		hedges := s.askHedged(t, "b.example.", plain.Addr())
 		if seen(t, plain, "b.example", hedges) != hedges || d.DNS.Seen("b.example") != 1 {
 			t.Errorf("the backed-off UDP upstream was asked again (%d times as a hedge)", hedges)
 		}
@@ -460,10 +454,10 @@ func TestDoHLookup(t *testing.T) {
 // patient gives s's upstreams a round-trip time of a third of hedgeMax, as
 // if each had answered that slowly, so that the next upstream is asked
 // after hedgeMax (and the only one asked again after twice that), not
-// hedgeFirst, until their answers bring it down: the DoH upstream's first exchange (a lookup, a
-// TLS handshake under the race detector) can take longer than hedgeFirst
-// on a loaded machine, and the plain upstream, asked meanwhile, would
-// answer first.
+// hedgeFirst, until their answers bring it down: the DoH upstream's first
+// exchange (a lookup, a TLS handshake under the race detector) can take
+// longer than hedgeFirst on a loaded machine, and the plain upstream,
+// asked meanwhile, would answer first.
 func patient(s *testServer) {
 	for _, u := range s.st.Forwarder.Upstreams {
 		u.srtt.Store(int64(hedgeMax / hedgeRTTs))

@@ -106,6 +106,15 @@ func (s *testServer) hedges(name string) int {
 	return int(testutil.ToFloat64(s.h.metrics.upstreamHedges.WithLabelValues(name)))
 }
 
+// askHedged asks s for name's A record over UDP, and returns how many
+// times the query was sent to the upstream named upstream as a hedge.
+func (s *testServer) askHedged(t *testing.T, name, upstream string) int {
+	t.Helper()
+	before := s.hedges(upstream)
+	s.ask(t, "udp", "", query(name, dns.TypeA, false))
+	return s.hedges(upstream) - before
+}
+
 // flushName is the name of the queries flush sends.
 const flushName = "flush.test."
 
@@ -390,9 +399,7 @@ func TestFailoverAndServeStale(t *testing.T) {
 	// backed-off one only as a hedge, when the good one is slower than its
 	// hedge delay (a loaded machine).
 	s.backOff(t, s.st.Forwarder.Upstreams[0])
-	hedges := s.hedges(bad.Addr())
-	s.ask(t, "udp", "", query("two.example.", dns.TypeA, false))
-	if hedges = s.hedges(bad.Addr()) - hedges; seen(t, bad, "two.example", hedges) != hedges {
+	if hedges := s.askHedged(t, "two.example.", bad.Addr()); seen(t, bad, "two.example", hedges) != hedges {
 		t.Errorf("an upstream in backoff was asked (%d times as a hedge)", hedges)
 	}
 	// Recovery: once its backoff is over, the next query probes it, and
@@ -405,9 +412,7 @@ func TestFailoverAndServeStale(t *testing.T) {
 	s.st.Forwarder.Upstreams[0].downUntil.Store(time.Now().UnixNano())
 	s.ask(t, "udp", "", query("three.example.", dns.TypeA, false))
 	recovered(t, s.st.Forwarder.Upstreams[0])
-	hedges = s.hedges(good.Addr())
-	s.ask(t, "udp", "", query("back.example.", dns.TypeA, false))
-	hedges = s.hedges(good.Addr()) - hedges
+	hedges := s.askHedged(t, "back.example.", good.Addr())
 	if bad.Seen("three.example") != 1 || seen(t, bad, "back.example", 1) != 1 || seen(t, good, "back.example", hedges) != hedges {
 		t.Errorf("a recovered upstream was not asked again (the other asked %d times as a hedge)", hedges)
 	}
